@@ -1,0 +1,1 @@
+//! uring-fs: a general FUSE server crate. Not built yet: see issue 4.
