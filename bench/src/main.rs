@@ -1,5 +1,188 @@
 //! `starlight-bench`: the evaluation harness.
+//!
+//! - `corpus-layers` builds the layers of real images from Debian packages;
+//! - `overhead` converts them to the Starlight format and reports the size
+//!   overhead and the conversion and scan throughputs.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+mod apt;
+mod corpus;
+mod cputime;
+mod images;
+mod overhead;
+mod report;
+mod run;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use starlight_proxy::format::{DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL};
+
+use crate::corpus::Corpus;
+use crate::images::{layer_names, ImageSpec};
+use crate::report::{ImageReport, Summary};
+
+#[derive(Parser)]
+#[command(
+    name = "starlight-bench",
+    version,
+    about = "Starlight's evaluation harness"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build (or reuse) the original layer blobs of the corpus images.
+    CorpusLayers(CorpusArgs),
+    /// Measure the Starlight format's size overhead and throughput on the corpus.
+    Overhead(OverheadArgs),
+}
+
+#[derive(Args)]
+struct CorpusArgs {
+    /// Cache directory for the base rootfs, packages and layer blobs.
+    #[arg(long, default_value = "target/bench-corpus")]
+    cache: PathBuf,
+    /// Images to build (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    images: Option<Vec<String>>,
+}
+
+#[derive(Args)]
+struct OverheadArgs {
+    #[command(flatten)]
+    corpus: CorpusArgs,
+    /// Output prefix: writes PREFIX.tsv and PREFIX.json.
+    #[arg(long, default_value = "bench/results/overhead")]
+    out: PathBuf,
+    /// Runs per measurement; the best time is kept.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// gzip level of the Starlight conversion (default: the converter's).
+    #[arg(long)]
+    gzip_level: Option<i32>,
+    /// zstd level of the Starlight conversion (default: the converter's).
+    #[arg(long)]
+    zstd_level: Option<i32>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CorpusLayers(args) => {
+            let images = select(&args)?;
+            Corpus::new(&args.cache)?.build(&images)
+        }
+        Command::Overhead(args) => run_overhead(&args),
+    }
+}
+
+fn select(args: &CorpusArgs) -> Result<Vec<&'static ImageSpec>> {
+    images::select(args.images.as_deref()).map_err(|e| anyhow!(e))
+}
+
+/// The JSON document written next to the TSV.
+#[derive(Serialize)]
+struct OverheadJson<'a> {
+    command: &'a str,
+    unix_time: u64,
+    cpus: usize,
+    levels: overhead::Levels,
+    images: &'a [ImageReport],
+    total: &'a Summary,
+}
+
+fn run_overhead(args: &OverheadArgs) -> Result<()> {
+    let images = select(&args.corpus)?;
+    let corpus = Corpus::new(&args.corpus.cache)?;
+    let levels = overhead::Levels {
+        gzip: Some(args.gzip_level.unwrap_or(DEFAULT_GZIP_LEVEL)),
+        zstd: Some(args.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL)),
+    };
+    corpus.build(&images)?;
+
+    let mut measured: Vec<overhead::LayerResult> = Vec::new();
+    let mut reports = Vec::new();
+    for image in &images {
+        let mut layers = Vec::new();
+        for name in layer_names(image) {
+            let result = match measured.iter().find(|r| r.layer == name) {
+                Some(done) => done.clone(),
+                None => {
+                    tracing::info!(image = image.name, layer = name, "measuring");
+                    let r = overhead::measure(&corpus, name, levels, args.runs)
+                        .with_context(|| format!("image {}, layer {name}", image.name))?;
+                    measured.push(r.clone());
+                    r
+                }
+            };
+            layers.push(result);
+        }
+        let total = Summary::of(image.name, &layers);
+        reports.push(ImageReport {
+            image: image.name.to_string(),
+            layers,
+            total,
+        });
+    }
+    let total = Summary::of("distinct layers", &measured);
+
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let level = |l: Option<i32>| l.map_or("default".to_string(), |l| l.to_string());
+    let setup = format!(
+        "original: gzip level 6; Starlight: gzip level {}, zstd level {}",
+        level(levels.gzip),
+        level(levels.zstd)
+    );
+    println!("{setup}");
+    print!("{}", report::table(&reports, &total));
+    let json = OverheadJson {
+        command: &command,
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        levels,
+        images: &reports,
+        total: &total,
+    };
+    write_out(
+        &args.out,
+        "tsv",
+        &report::tsv(&format!("{command} ({setup})"), &reports, &total),
+    )?;
+    write_out(
+        &args.out,
+        "json",
+        &(serde_json::to_string_pretty(&json)? + "\n"),
+    )?;
+    Ok(())
+}
+
+fn write_out(prefix: &Path, ext: &str, text: &str) -> Result<()> {
+    let mut path = prefix.as_os_str().to_os_string();
+    path.push(".");
+    path.push(ext);
+    let path = PathBuf::from(path);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "written");
+    Ok(())
 }

@@ -3,3 +3,9 @@
 
 pub mod format;
 pub mod registry;
+pub mod convert;
+pub mod config;
+pub mod db;
+pub mod index;
+pub mod merge;
+pub mod optimize;

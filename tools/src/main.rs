@@ -1,5 +1,64 @@
-//! `starlight`: the command-line tool.
+//! `starlight`: the command-line tool. One module per subcommand under
+//! [`cmd`]; `main` only parses arguments, sets up logging and runs the
+//! chosen command.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+use std::io::IsTerminal;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Starlight: fast container provisioning on the edge and over the WAN.
+#[derive(Debug, Parser)]
+#[command(name = "starlight", version, about)]
+struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert an image in a registry to the Starlight seekable layer format.
+    Convert(cmd::convert::Args),
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Convert(args) => cmd::convert::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,1 +1,15 @@
-//! transport-quic: the Delta Bundle Protocol. Not built yet: see issue 3.
+//! transport-quic: the Delta Bundle Protocol.
+//!
+//! - [`codec`]: the wire format as a sans-I/O codec (bytes in, typed events out).
+//! - [`quic`]: a QUIC client and server around it (quinn + rustls with the ring
+//!   provider), one bidirectional stream per request.
+//! - [`tls`]: certificate helpers (a self-signed pair for demos and tests, PEM parsing).
+
+pub mod codec;
+pub mod quic;
+pub mod tls;
+
+pub use codec::{
+    End, EntryKind, ErrorCode, ErrorFrame, Event, Header, Limits, PayloadCompression, PayloadInfo,
+    ProtocolError, Request, Source, TocEntry,
+};

@@ -122,6 +122,7 @@ impl Entry {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -151,7 +152,10 @@ mod tests {
             entry("etc/.wh.passwd").whiteout(),
             Some(Whiteout::Remove("etc/passwd".into()))
         );
-        assert_eq!(entry(".wh.opt").whiteout(), Some(Whiteout::Remove("opt".into())));
+        assert_eq!(
+            entry(".wh.opt").whiteout(),
+            Some(Whiteout::Remove("opt".into()))
+        );
         assert_eq!(
             entry("var/lib/.wh..wh..opq").whiteout(),
             Some(Whiteout::Opaque("var/lib".into()))

@@ -7,10 +7,46 @@
 //! content out of the blob by byte range and the worker can decompress it
 //! alone. There is no index inside the blob: [`scan_layer`] recovers every
 //! member's byte range when the proxy indexes the image.
+//!
+//! Layout of a converted blob (each box is one member):
+//!
+//! ```text
+//! [hdr(a/) hdr(a/f)] [content of a/f] [pad(a/f) hdr(b) hdr(c)] [content of c] [pad(c) 0*1024]
+//! ```
+//!
+//! Plain `gzip -d`/`zstd -d` (and containerd) read it as one tar stream.
+//! Headers are re-serialized as POSIX ustar with PAX records where a field
+//! does not fit; the output is deterministic (same input, same bytes).
+//! Everything read from a layer is bounded first (see [`limits`]).
 
+mod codec;
+mod convert;
 pub mod entry;
+mod error;
+mod extract;
+mod hashio;
+pub mod limits;
+mod members;
+mod normalize;
+pub mod path;
+mod pax;
+mod scan;
+mod tar_read;
+mod tar_write;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod testkit;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
+pub use codec::{detect_compression, DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL};
+pub use convert::{convert_layer, ConvertOptions, ConvertedLayer};
 pub use entry::{ContentRef, Entry, EntryKind, Whiteout};
+pub use error::FormatError;
+pub use extract::{decompress_member, extract_content};
+pub use scan::{scan_layer, ScannedLayer};
 
 /// Compression of a layer blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -1,0 +1,420 @@
+//! Merges the layers of an image into one table of contents, the way an
+//! overlay of the extracted layers looks to a container.
+//!
+//! Rules, applied bottom to top:
+//! - `dir/.wh.name` removes `dir/name` and everything below it from the
+//!   lower layers; `dir/.wh..wh..opq` hides every lower-layer child of `dir`.
+//!   Whiteouts never affect entries of their own layer and never appear in
+//!   the output.
+//! - A non-directory replacing a directory removes the lower subtree; a
+//!   directory over a directory keeps the lower children (upper metadata
+//!   wins); a directory over a non-directory replaces it.
+//! - Hard links stay hard links: they carry their target path and their own
+//!   content reference (filled in by the scanner), whatever happens to the
+//!   target later.
+//! - Parent directories missing from the layers are synthesized (mode
+//!   `0o755`, owner 0:0, attributed to the layer that needed them); an
+//!   ancestor that is a non-directory in a lower layer is replaced the same
+//!   way. The root `""` appears exactly once.
+//!
+//! The output is sorted by path (bytewise, as [`String`]'s order).
+
+use crate::db::TocEntry;
+use crate::format::{Entry, EntryKind, Whiteout};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// Merges `layers` (bottom first, each in tar order) into a table of
+/// contents sorted by path.
+pub fn merge_layers(layers: &[Vec<Entry>]) -> Vec<TocEntry> {
+    let mut tree: BTreeMap<String, TocEntry> = BTreeMap::new();
+    for (index, entries) in layers.iter().enumerate() {
+        let layer = u32::try_from(index).unwrap_or(u32::MAX);
+        // Whiteouts first: they only act on the layers below.
+        for e in entries {
+            match e.whiteout() {
+                // `.wh.` alone names nothing.
+                Some(Whiteout::Remove(path))
+                    if e.name() != crate::format::entry::WHITEOUT_PREFIX =>
+                {
+                    tree.remove(&path);
+                    remove_subtree(&mut tree, &path);
+                }
+                Some(Whiteout::Opaque(dir)) => remove_subtree(&mut tree, &dir),
+                _ => {}
+            }
+        }
+        for e in entries {
+            if e.whiteout().is_some() {
+                // The directory holding a whiteout exists in this layer.
+                ensure_parents(&mut tree, e.parent(), layer, false);
+                continue;
+            }
+            let replaced_dir = tree
+                .get(&e.path)
+                .is_some_and(|t| t.entry.kind == EntryKind::Dir);
+            if replaced_dir && e.kind != EntryKind::Dir {
+                remove_subtree(&mut tree, &e.path);
+            }
+            if !e.path.is_empty() {
+                ensure_parents(&mut tree, e.parent(), layer, true);
+            }
+            tree.insert(
+                e.path.clone(),
+                TocEntry {
+                    entry: e.clone(),
+                    layer,
+                },
+            );
+        }
+    }
+    if !tree.contains_key("") {
+        tree.insert(
+            String::new(),
+            TocEntry {
+                entry: synthesized_dir(""),
+                layer: 0,
+            },
+        );
+    }
+    tree.into_values().collect()
+}
+
+/// Removes every entry strictly below directory `dir` (`""`: everything but
+/// the root).
+fn remove_subtree(tree: &mut BTreeMap<String, TocEntry>, dir: &str) {
+    let below: Vec<String> = if dir.is_empty() {
+        tree.range::<str, _>((Bound::Excluded(""), Bound::Unbounded))
+            .map(|(k, _)| k.clone())
+            .collect()
+    } else {
+        // Paths under `dir/` sort between `dir/` and `dir0` ('0' follows '/').
+        let start = format!("{dir}/");
+        let end = format!("{dir}0");
+        tree.range::<str, _>((
+            Bound::Included(start.as_str()),
+            Bound::Excluded(end.as_str()),
+        ))
+        .map(|(k, _)| k.clone())
+        .collect()
+    };
+    for k in below {
+        tree.remove(&k);
+    }
+}
+
+/// Makes `dir` and its ancestors directories. With `replace_non_dirs`, a
+/// non-directory in the way is replaced by a synthesized directory (as an
+/// overlay shows an upper directory over a lower file).
+fn ensure_parents(
+    tree: &mut BTreeMap<String, TocEntry>,
+    dir: &str,
+    layer: u32,
+    replace_non_dirs: bool,
+) {
+    let mut end = 0;
+    loop {
+        let next = dir[end..].find('/').map(|i| end + i).unwrap_or(dir.len());
+        let ancestor = &dir[..next];
+        match tree.get(ancestor) {
+            Some(t) if t.entry.kind == EntryKind::Dir => {}
+            Some(_) if !replace_non_dirs => return,
+            _ => {
+                tree.insert(
+                    ancestor.to_string(),
+                    TocEntry {
+                        entry: synthesized_dir(ancestor),
+                        layer,
+                    },
+                );
+            }
+        }
+        if next >= dir.len() {
+            break;
+        }
+        end = next + 1;
+    }
+    if !tree.contains_key("") {
+        tree.insert(
+            String::new(),
+            TocEntry {
+                entry: synthesized_dir(""),
+                layer,
+            },
+        );
+    }
+}
+
+/// A directory entry for a parent missing from the layers.
+fn synthesized_dir(path: &str) -> Entry {
+    Entry {
+        path: path.to_string(),
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        uname: String::new(),
+        gname: String::new(),
+        mtime: 0,
+        mtime_nsec: 0,
+        size: 0,
+        link: None,
+        devmajor: 0,
+        devminor: 0,
+        xattrs: vec![],
+        content: None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::format::ContentRef;
+
+    fn e(path: &str, kind: EntryKind) -> Entry {
+        Entry {
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            kind,
+            ..synthesized_dir(path)
+        }
+    }
+    fn dir(path: &str) -> Entry {
+        Entry {
+            mode: 0o700,
+            ..e(path, EntryKind::Dir)
+        }
+    }
+    fn file(path: &str, tag: u8) -> Entry {
+        Entry {
+            size: 1,
+            content: Some(ContentRef {
+                sha256: [tag; 32],
+                offset: u64::from(tag),
+                compressed_len: 1,
+            }),
+            ..e(path, EntryKind::File)
+        }
+    }
+    fn symlink(path: &str, target: &str) -> Entry {
+        Entry {
+            link: Some(target.into()),
+            ..e(path, EntryKind::Symlink)
+        }
+    }
+    fn wh(path: &str) -> Entry {
+        e(path, EntryKind::File)
+    }
+
+    /// (path, layer) of every merged entry.
+    fn paths(toc: &[TocEntry]) -> Vec<(String, u32)> {
+        toc.iter()
+            .map(|t| (t.entry.path.clone(), t.layer))
+            .collect()
+    }
+    fn p(v: &[(&str, u32)]) -> Vec<(String, u32)> {
+        v.iter().map(|(s, l)| (s.to_string(), *l)).collect()
+    }
+    fn get<'a>(toc: &'a [TocEntry], path: &str) -> &'a TocEntry {
+        toc.iter().find(|t| t.entry.path == path).unwrap()
+    }
+
+    #[test]
+    fn single_layer_is_sorted_with_root_once() {
+        let toc = merge_layers(&[vec![dir(""), file("b", 1), dir("a"), file("a/x", 2)]]);
+        assert_eq!(paths(&toc), p(&[("", 0), ("a", 0), ("a/x", 0), ("b", 0)]));
+        assert_eq!(
+            get(&toc, "").entry.mode,
+            0o700,
+            "the layer's root wins over a synthesized one"
+        );
+    }
+
+    #[test]
+    fn missing_parents_are_synthesized() {
+        let toc = merge_layers(&[vec![file("usr/lib/x/y", 1)], vec![file("opt/z", 2)]]);
+        assert_eq!(
+            paths(&toc),
+            p(&[
+                ("", 0),
+                ("opt", 1),
+                ("opt/z", 1),
+                ("usr", 0),
+                ("usr/lib", 0),
+                ("usr/lib/x", 0),
+                ("usr/lib/x/y", 0)
+            ])
+        );
+        let usr = &get(&toc, "usr").entry;
+        assert_eq!(
+            (usr.kind, usr.mode, usr.uid, usr.gid),
+            (EntryKind::Dir, 0o755, 0, 0)
+        );
+    }
+
+    #[test]
+    fn whiteout_removes_lower_path_and_subtree() {
+        let lower = vec![
+            dir("etc"),
+            file("etc/passwd", 1),
+            dir("etc/ssl"),
+            file("etc/ssl/cert", 2),
+            file("etc/sslx", 3),
+        ];
+        let upper = vec![wh("etc/.wh.passwd"), wh("etc/.wh.ssl")];
+        let toc = merge_layers(&[lower, upper]);
+        assert_eq!(paths(&toc), p(&[("", 0), ("etc", 0), ("etc/sslx", 0)]));
+    }
+
+    #[test]
+    fn whiteout_does_not_touch_its_own_layer() {
+        let toc = merge_layers(&[vec![file("a", 1)], vec![file("a", 2), wh(".wh.a")]]);
+        assert_eq!(paths(&toc), p(&[("", 0), ("a", 1)]));
+        assert_eq!(get(&toc, "a").entry.content.unwrap().sha256, [2; 32]);
+    }
+
+    #[test]
+    fn whiteout_then_recreate_in_a_higher_layer() {
+        let toc = merge_layers(&[
+            vec![dir("d"), file("d/f", 1)],
+            vec![wh(".wh.d")],
+            vec![dir("d"), file("d/g", 3)],
+        ]);
+        assert_eq!(paths(&toc), p(&[("", 0), ("d", 2), ("d/g", 2)]));
+    }
+
+    #[test]
+    fn opaque_hides_lower_children_but_keeps_same_layer() {
+        let lower = vec![
+            dir("var"),
+            dir("var/lib"),
+            file("var/lib/a", 1),
+            dir("var/lib/sub"),
+            file("var/lib/sub/b", 2),
+            file("var/lib2", 9),
+        ];
+        let upper = vec![
+            dir("var/lib"),
+            file("var/lib/new", 3),
+            wh("var/lib/.wh..wh..opq"),
+        ];
+        let toc = merge_layers(&[lower, upper]);
+        assert_eq!(
+            paths(&toc),
+            p(&[
+                ("", 0),
+                ("var", 0),
+                ("var/lib", 1),
+                ("var/lib/new", 1),
+                ("var/lib2", 0)
+            ])
+        );
+    }
+
+    #[test]
+    fn opaque_root_hides_everything_below() {
+        let toc = merge_layers(&[
+            vec![dir(""), file("a", 1), dir("b")],
+            vec![wh(".wh..wh..opq"), file("c", 2)],
+        ]);
+        assert_eq!(paths(&toc), p(&[("", 0), ("c", 1)]));
+    }
+
+    #[test]
+    fn non_directory_over_directory_removes_subtree() {
+        let toc = merge_layers(&[
+            vec![dir("d"), file("d/f", 1), dir("d/e")],
+            vec![symlink("d", "/elsewhere")],
+        ]);
+        assert_eq!(paths(&toc), p(&[("", 0), ("d", 1)]));
+        assert_eq!(get(&toc, "d").entry.kind, EntryKind::Symlink);
+    }
+
+    #[test]
+    fn directory_over_directory_keeps_children_and_takes_upper_metadata() {
+        let upper_dir = Entry {
+            mode: 0o1777,
+            uid: 5,
+            ..dir("d")
+        };
+        let toc = merge_layers(&[vec![dir("d"), file("d/f", 1)], vec![upper_dir.clone()]]);
+        assert_eq!(paths(&toc), p(&[("", 0), ("d", 1), ("d/f", 0)]));
+        assert_eq!(get(&toc, "d").entry, upper_dir);
+    }
+
+    #[test]
+    fn directory_or_child_over_non_directory_replaces_it() {
+        let toc = merge_layers(&[
+            vec![file("a", 1), symlink("b", "x")],
+            vec![dir("a"), file("b/c", 2)],
+        ]);
+        assert_eq!(paths(&toc), p(&[("", 0), ("a", 1), ("b", 1), ("b/c", 1)]));
+        assert_eq!(get(&toc, "b").entry.kind, EntryKind::Dir);
+    }
+
+    #[test]
+    fn hard_link_keeps_its_content_when_the_target_is_replaced() {
+        let link = Entry {
+            link: Some("bin/a".into()),
+            size: 1,
+            content: Some(ContentRef {
+                sha256: [1; 32],
+                offset: 1,
+                compressed_len: 1,
+            }),
+            ..e("bin/b", EntryKind::Hardlink)
+        };
+        let toc = merge_layers(&[
+            vec![dir("bin"), file("bin/a", 1), link.clone()],
+            vec![file("bin/a", 2)],
+        ]);
+        assert_eq!(
+            paths(&toc),
+            p(&[("", 0), ("bin", 0), ("bin/a", 1), ("bin/b", 0)])
+        );
+        assert_eq!(get(&toc, "bin/b").entry, link);
+        assert_eq!(get(&toc, "bin/a").entry.content.unwrap().sha256, [2; 32]);
+
+        let toc = merge_layers(&[
+            vec![
+                file("a", 1),
+                Entry {
+                    path: "b".into(),
+                    ..link
+                },
+            ],
+            vec![wh(".wh.a")],
+        ]);
+        assert_eq!(paths(&toc), p(&[("", 0), ("b", 0)]));
+        assert_eq!(get(&toc, "b").entry.kind, EntryKind::Hardlink);
+    }
+
+    #[test]
+    fn whiteouts_never_appear_and_their_parent_exists() {
+        let toc = merge_layers(&[vec![file("x", 1)], vec![wh("new/.wh.gone"), wh("x/.wh.y")]]);
+        assert!(toc.iter().all(|t| t.entry.whiteout().is_none()));
+        // `new` is created like containerd does; `x` stays a file.
+        assert_eq!(paths(&toc), p(&[("", 0), ("new", 1), ("x", 0)]));
+    }
+
+    #[test]
+    fn bare_whiteout_prefix_removes_nothing() {
+        let toc = merge_layers(&[vec![file("a", 1)], vec![wh(".wh.")]]);
+        assert_eq!(paths(&toc), p(&[("", 0), ("a", 0)]));
+    }
+
+    #[test]
+    fn later_duplicate_in_one_layer_wins() {
+        let toc = merge_layers(&[vec![file("a", 1), file("a", 2)]]);
+        assert_eq!(toc.len(), 2);
+        assert_eq!(get(&toc, "a").entry.content.unwrap().sha256, [2; 32]);
+    }
+
+    #[test]
+    fn empty_image_has_a_root() {
+        assert_eq!(paths(&merge_layers(&[])), p(&[("", 0)]));
+        assert_eq!(paths(&merge_layers(&[vec![], vec![]])), p(&[("", 0)]));
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Starlight's test suite: installs what is missing (scripts/setup.sh), builds
+# every crate and target, and runs every test. Run as root (sudo
+# scripts/test.sh): the end-to-end tests start containerd and mount
+# snapshots; without root they are skipped with a message, and setup is
+# skipped too.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*"; }
+elapsed() { printf '    (%ds)\n' $((SECONDS - $1)); }
+
+if [[ $(id -u) -eq 0 ]]; then
+    step "Checking and installing dependencies"
+    t=$SECONDS
+    "$ROOT/scripts/setup.sh"
+    elapsed "$t"
+else
+    echo "warning: not root: skipping scripts/setup.sh; tests that need root (containerd) will skip" >&2
+fi
+# shellcheck source=scripts/cargo-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cargo-env.sh"
+
+step "cargo build --workspace --all-targets"
+t=$SECONDS
+cargo build --workspace --all-targets
+elapsed "$t"
+
+step "cargo test --workspace --no-fail-fast"
+t=$SECONDS
+cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+elapsed "$t"
+
+step "All tests passed"

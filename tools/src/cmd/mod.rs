@@ -1,0 +1,3 @@
+//! One module per `starlight` subcommand.
+
+pub mod convert;

@@ -1,0 +1,4 @@
+//! Helpers for the `starlight` tool's end-to-end tests.
+#![allow(dead_code)]
+
+pub mod containerd;

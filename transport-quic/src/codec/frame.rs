@@ -1,0 +1,180 @@
+//! Preamble and frame headers: `u8 type + u32 LE length + payload`.
+
+use super::{Limits, ProtocolError};
+
+/// The four bytes every stream (in both directions) starts with.
+pub const MAGIC: [u8; 4] = *b"SLDB";
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Length of the preamble: magic + u16 LE version.
+pub const PREAMBLE_LEN: usize = 6;
+/// Length of a frame header: u8 type + u32 LE length.
+pub const FRAME_HEADER_LEN: usize = 5;
+
+/// Longest End frame (postcard of two varints).
+const MAX_END_FRAME: u32 = 32;
+
+/// The preamble bytes of this build.
+pub fn preamble() -> [u8; PREAMBLE_LEN] {
+    let v = PROTOCOL_VERSION.to_le_bytes();
+    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1]]
+}
+
+/// Checks a received preamble.
+pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<(), ProtocolError> {
+    let found = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if found != MAGIC {
+        return Err(ProtocolError::BadMagic { found });
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != PROTOCOL_VERSION {
+        return Err(ProtocolError::UnsupportedVersion { version });
+    }
+    Ok(())
+}
+
+/// The type of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Client → server: the request.
+    Request,
+    /// Server → client: the bundle header.
+    Header,
+    /// Server → client: a payload starts (u32 LE index).
+    PayloadBegin,
+    /// Server → client: compressed bytes of the current payload.
+    PayloadData,
+    /// Server → client: the payload ends (u32 LE index).
+    PayloadEnd,
+    /// Server → client: the bundle is complete.
+    End,
+    /// Server → client: an error; nothing follows.
+    Error,
+}
+
+impl FrameKind {
+    /// The type byte on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            FrameKind::Request => 1,
+            FrameKind::Header => 2,
+            FrameKind::PayloadBegin => 3,
+            FrameKind::PayloadData => 4,
+            FrameKind::PayloadEnd => 5,
+            FrameKind::End => 6,
+            FrameKind::Error => 7,
+        }
+    }
+
+    /// Parses a type byte.
+    pub fn from_code(code: u8) -> Result<Self, ProtocolError> {
+        Ok(match code {
+            1 => FrameKind::Request,
+            2 => FrameKind::Header,
+            3 => FrameKind::PayloadBegin,
+            4 => FrameKind::PayloadData,
+            5 => FrameKind::PayloadEnd,
+            6 => FrameKind::End,
+            7 => FrameKind::Error,
+            other => return Err(ProtocolError::UnknownFrameType(other)),
+        })
+    }
+
+    /// Largest length a frame of this kind may announce.
+    pub fn max_len(self, limits: &Limits) -> u32 {
+        match self {
+            FrameKind::Request => limits.max_request,
+            FrameKind::Header => limits.max_header,
+            FrameKind::PayloadBegin | FrameKind::PayloadEnd => 4,
+            FrameKind::PayloadData => limits.max_data_frame,
+            FrameKind::End => MAX_END_FRAME,
+            // Code, message length varint and the message itself.
+            FrameKind::Error => limits.max_string.saturating_add(16),
+        }
+    }
+}
+
+impl std::fmt::Display for FrameKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            FrameKind::Request => "Request",
+            FrameKind::Header => "Header",
+            FrameKind::PayloadBegin => "PayloadBegin",
+            FrameKind::PayloadData => "PayloadData",
+            FrameKind::PayloadEnd => "PayloadEnd",
+            FrameKind::End => "End",
+            FrameKind::Error => "Error",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Encodes a frame header.
+pub fn frame_header(kind: FrameKind, len: u32) -> [u8; FRAME_HEADER_LEN] {
+    let l = len.to_le_bytes();
+    [kind.code(), l[0], l[1], l[2], l[3]]
+}
+
+/// Parses a frame header and checks its length against the limits, before any of the
+/// frame's payload is buffered.
+pub fn parse_frame_header(
+    bytes: &[u8; FRAME_HEADER_LEN],
+    limits: &Limits,
+) -> Result<(FrameKind, u32), ProtocolError> {
+    let kind = FrameKind::from_code(bytes[0])?;
+    let len = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let limit = kind.max_len(limits);
+    if len > limit {
+        return Err(ProtocolError::FrameTooLarge {
+            kind,
+            len: u64::from(len),
+            limit: u64::from(limit),
+        });
+    }
+    Ok((kind, len))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_their_codes() {
+        for code in 0..=255u8 {
+            match FrameKind::from_code(code) {
+                Ok(kind) => assert_eq!(kind.code(), code),
+                Err(e) => assert_eq!(e, ProtocolError::UnknownFrameType(code)),
+            }
+        }
+    }
+
+    #[test]
+    fn preamble_checks_magic_and_version() {
+        assert_eq!(check_preamble(&preamble()), Ok(()));
+        let mut p = preamble();
+        p[4] = 7;
+        let err = check_preamble(&p).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "protocol version 7 is not supported (this build speaks 1)"
+        );
+        let err = check_preamble(b"HTTP/1").unwrap_err();
+        assert!(matches!(err, ProtocolError::BadMagic { .. }), "{err}");
+    }
+
+    #[test]
+    fn frame_lengths_are_bounded_before_buffering() {
+        let limits = Limits::default();
+        let h = frame_header(FrameKind::PayloadData, limits.max_data_frame + 1);
+        let err = parse_frame_header(&h, &limits).unwrap_err();
+        assert!(matches!(err, ProtocolError::FrameTooLarge { .. }), "{err}");
+        let h = frame_header(FrameKind::PayloadBegin, 5);
+        assert!(parse_frame_header(&h, &limits).is_err());
+        let h = frame_header(FrameKind::Header, 1000);
+        assert_eq!(
+            parse_frame_header(&h, &limits),
+            Ok((FrameKind::Header, 1000))
+        );
+    }
+}

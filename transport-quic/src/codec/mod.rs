@@ -1,0 +1,74 @@
+//! The Delta Bundle Protocol as a sans-I/O codec: bytes in, typed events out; no
+//! sockets, no clock.
+//!
+//! Each direction of a stream starts with a preamble (`b"SLDB"` + u16 LE version), then
+//! frames of `u8 type + u32 LE length + payload`. The client sends one Request frame. The
+//! server answers with a Header frame, then for each payload in header order
+//! PayloadBegin, PayloadData frames carrying exactly its `compressed_len` bytes, and
+//! PayloadEnd, then an End frame with totals; or, at any point, an Error frame.
+//!
+//! | type | frame        | direction | payload                                   |
+//! |------|--------------|-----------|-------------------------------------------|
+//! | 1    | Request      | c → s     | postcard [`Request`]                      |
+//! | 2    | Header       | s → c     | postcard [`Header`]                       |
+//! | 3    | PayloadBegin | s → c     | u32 LE payload index                      |
+//! | 4    | PayloadData  | s → c     | raw compressed bytes (≤ `max_data_frame`) |
+//! | 5    | PayloadEnd   | s → c     | u32 LE payload index                      |
+//! | 6    | End          | s → c     | postcard [`End`]                          |
+//! | 7    | Error        | s → c     | postcard [`ErrorFrame`]                   |
+//!
+//! A round trip, fed in small pieces as a socket would deliver it:
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use transport_quic::codec::*;
+//!
+//! let header = Header { layers: vec!["sha256:l0".into()], image_layers: vec![0],
+//!     payloads: vec![PayloadInfo { sha256: [0; 32], compression: PayloadCompression::Zstd,
+//!         compressed_len: 3, size: 9 }], ..Header::default() };
+//! let mut enc = ResponseEncoder::default();
+//! let mut wire = BytesMut::new();
+//! enc.header(&header, &mut wire)?;
+//! enc.begin_payload(0, &mut wire)?;
+//! enc.data(b"abc", &mut wire)?;
+//! enc.end_payload(0, &mut wire)?;
+//! let totals = enc.totals();
+//! enc.end(&totals, &mut wire)?;
+//!
+//! let mut dec = ResponseDecoder::default();
+//! let mut events = Vec::new();
+//! for piece in wire.chunks(7) {
+//!     dec.feed(piece);
+//!     while let Some(event) = dec.next_event()? {
+//!         events.push(event);
+//!     }
+//! }
+//! dec.finish()?; // the stream ended with End and nothing after it
+//! assert_eq!(events.len(), 5);
+//! assert_eq!(events[4], Event::End(End { payloads: 1, bytes: 3 }));
+//! # Ok::<(), ProtocolError>(())
+//! ```
+
+mod decode;
+mod encode;
+mod error;
+mod frame;
+mod limits;
+mod sequence;
+mod types;
+mod validate;
+
+pub use decode::{RequestDecoder, ResponseDecoder};
+pub use encode::{RequestEncoder, ResponseEncoder};
+pub use error::ProtocolError;
+pub use frame::{preamble, FrameKind, FRAME_HEADER_LEN, MAGIC, PREAMBLE_LEN, PROTOCOL_VERSION};
+pub use limits::Limits;
+pub use types::{
+    End, EntryKind, ErrorCode, ErrorFrame, Event, Header, PayloadCompression, PayloadInfo, Request,
+    Source, TocEntry,
+};
+pub use validate::{validate_error, validate_header, validate_request};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,106 @@
+//! Checks decoded messages against the [`Limits`] and their internal references.
+
+use super::types::{ErrorFrame, Header, Request, Source};
+use super::{Limits, ProtocolError};
+
+fn count(what: &'static str, n: usize, limit: u32) -> Result<(), ProtocolError> {
+    if n as u64 > u64::from(limit) {
+        return Err(ProtocolError::LimitExceeded {
+            what,
+            count: n as u64,
+            limit: u64::from(limit),
+        });
+    }
+    Ok(())
+}
+
+fn string(what: &'static str, s: &str, limits: &Limits) -> Result<(), ProtocolError> {
+    count(what, s.len(), limits.max_string)
+}
+
+/// Checks a request's counts and string lengths.
+pub fn validate_request(req: &Request, limits: &Limits) -> Result<(), ProtocolError> {
+    string("token length", &req.token, limits)?;
+    string("image reference length", &req.image, limits)?;
+    if let Some(p) = &req.platform {
+        string("platform length", p, limits)?;
+    }
+    count("held images", req.held_images.len(), limits.max_held_images)?;
+    for d in &req.held_images {
+        string("held image digest length", d, limits)?;
+    }
+    count(
+        "held payloads",
+        req.held_payloads.len(),
+        limits.max_held_payloads,
+    )?;
+    Ok(())
+}
+
+/// Checks an error frame's message length.
+pub fn validate_error(frame: &ErrorFrame, limits: &Limits) -> Result<(), ProtocolError> {
+    string("error message length", &frame.message, limits)
+}
+
+/// Checks a header's counts, string lengths and that every index it holds points inside
+/// the table it refers to.
+pub fn validate_header(h: &Header, limits: &Limits) -> Result<(), ProtocolError> {
+    string("manifest digest length", &h.manifest_digest, limits)?;
+    string("manifest media type length", &h.manifest_media_type, limits)?;
+    count("manifest size", h.manifest.len(), limits.max_document)?;
+    count("config size", h.config.len(), limits.max_document)?;
+    count("layers", h.layers.len(), limits.max_layers)?;
+    for l in &h.layers {
+        string("layer digest length", l, limits)?;
+    }
+    count("image layers", h.image_layers.len(), limits.max_layers)?;
+    let n_layers = h.layers.len();
+    for &i in &h.image_layers {
+        if i as usize >= n_layers {
+            return Err(ProtocolError::InvalidHeader(format!(
+                "image layer index {i} is outside the layer table ({n_layers} layers)"
+            )));
+        }
+    }
+    count("payloads", h.payloads.len(), limits.max_payloads)?;
+    count(
+        "table of contents entries",
+        h.toc.len(),
+        limits.max_toc_entries,
+    )?;
+    let n_payloads = h.payloads.len();
+    for e in &h.toc {
+        string("path length", &e.path, limits)?;
+        if let Some(link) = &e.link {
+            string("link target length", link, limits)?;
+        }
+        count(
+            "extended attributes on one entry",
+            e.xattrs.len(),
+            limits.max_xattrs,
+        )?;
+        for (name, value) in &e.xattrs {
+            string("extended attribute name length", name, limits)?;
+            count(
+                "extended attribute value size",
+                value.len(),
+                limits.max_xattr_value,
+            )?;
+        }
+        if e.layer as usize >= n_layers {
+            return Err(ProtocolError::InvalidHeader(format!(
+                "entry {:?} names layer {} outside the layer table ({n_layers} layers)",
+                e.path, e.layer
+            )));
+        }
+        if let Source::Payload(p) = e.source {
+            if p as usize >= n_payloads {
+                return Err(ProtocolError::InvalidHeader(format!(
+                    "entry {:?} names payload {p} outside the payload table ({n_payloads} payloads)",
+                    e.path
+                )));
+            }
+        }
+    }
+    Ok(())
+}

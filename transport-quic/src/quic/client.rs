@@ -1,0 +1,388 @@
+//! The QUIC client: fetches bundles from a proxy.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream};
+use rustls::pki_types::CertificateDer;
+use tracing::debug;
+
+use super::transport::TransportTuning;
+use super::verify::PinnedCertVerifier;
+use super::ALPN;
+use crate::codec::{
+    ErrorCode, ErrorFrame, Event, Limits, ProtocolError, Request, RequestEncoder, ResponseDecoder,
+};
+use crate::tls::{self, TlsError};
+
+/// How the client checks the proxy's certificate.
+#[derive(Debug, Clone)]
+pub enum ClientTls {
+    /// Trust the CA certificates in this PEM file (the usual name checks apply).
+    CaFile(PathBuf),
+    /// Trust the CA certificates in this PEM text.
+    CaPem(Vec<u8>),
+    /// Accept exactly this certificate (DER), whatever the name.
+    PinnedCert(Vec<u8>),
+}
+
+/// Client settings beyond TLS.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Codec limits for what the proxy sends.
+    pub limits: Limits,
+    /// QUIC windows and timers.
+    pub transport: TransportTuning,
+    /// How long a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// Largest chunk read from the stream at once.
+    pub read_chunk: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            limits: Limits::default(),
+            transport: TransportTuning::default(),
+            connect_timeout: Duration::from_secs(10),
+            read_chunk: 256 * 1024,
+        }
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client's TLS settings could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The proxy's certificate failed verification.
+    #[error("certificate not trusted: {0}")]
+    CertificateNotTrusted(String),
+    /// The proxy answered Unauthorized.
+    #[error("proxy refused the token: {0}")]
+    Unauthorized(String),
+    /// The proxy answered another Error frame.
+    #[error("proxy error: {0}")]
+    Proxy(ErrorFrame),
+    /// The bundle stream ended (or was reset, or the connection lost) before its End.
+    #[error("bundle truncated: {0}")]
+    Truncated(String),
+    /// The proxy sent something the protocol does not allow.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The proxy could not be reached.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The proxy's address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection failed after it was established.
+    #[error("connection to the proxy failed: {0}")]
+    Connection(ConnectionError),
+    /// The request could not be sent.
+    #[error("cannot send the request: {0}")]
+    Send(String),
+}
+
+impl ClientError {
+    fn from_error_frame(frame: ErrorFrame) -> Self {
+        match frame.code {
+            ErrorCode::Unauthorized => ClientError::Unauthorized(frame.message),
+            _ => ClientError::Proxy(frame),
+        }
+    }
+}
+
+/// Whether a connection failure is the local TLS stack refusing the server's
+/// certificate.
+fn certificate_failure(e: &ConnectionError) -> Option<String> {
+    if let ConnectionError::TransportError(t) = e {
+        let code = u64::from(t.code);
+        let tls_alert = (0x100..0x200).contains(&code);
+        if tls_alert && t.reason.contains("certificate") {
+            return Some(t.reason.clone());
+        }
+    }
+    None
+}
+
+fn connect_error(addr: SocketAddr, e: ConnectionError, pinned: bool) -> ClientError {
+    match certificate_failure(&e) {
+        Some(reason) if pinned => ClientError::CertificateNotTrusted(format!(
+            "the proxy's certificate is not the pinned certificate ({reason})"
+        )),
+        Some(reason) => ClientError::CertificateNotTrusted(reason),
+        None => ClientError::Connect {
+            addr,
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn client_crypto(tls: &ClientTls) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = tls::crypto_provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut config = match tls {
+        ClientTls::CaFile(_) | ClientTls::CaPem(_) => {
+            let (pem, what) = match tls {
+                ClientTls::CaFile(path) => (tls::read_file(path)?, path.display().to_string()),
+                ClientTls::CaPem(pem) => (pem.clone(), "the CA PEM".to_string()),
+                ClientTls::PinnedCert(_) => unreachable!("matched above"),
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in tls::certs_from_pem(&pem, &what)? {
+                roots.add(cert).map_err(|e| TlsError::Certificates {
+                    what: what.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        ClientTls::PinnedCert(der) => {
+            let verifier = PinnedCertVerifier::new(CertificateDer::from(der.clone()), provider);
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A client for one or more proxies. Connections are cached per (address, name) and
+/// shared by concurrent fetches (one stream each).
+pub struct Client {
+    config: quinn::ClientConfig,
+    options: ClientOptions,
+    pinned: bool,
+    endpoints: Mutex<(Option<Endpoint>, Option<Endpoint>)>,
+    connections: Mutex<HashMap<(SocketAddr, String), Connection>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client with default [`ClientOptions`].
+    pub fn new(tls: ClientTls) -> Result<Client, ClientError> {
+        Self::with_options(tls, ClientOptions::default())
+    }
+
+    /// A client with `options`.
+    pub fn with_options(tls: ClientTls, options: ClientOptions) -> Result<Client, ClientError> {
+        let crypto = client_crypto(&tls)?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| {
+            TlsError::Rustls(rustls::Error::General(format!("not usable for QUIC: {e}")))
+        })?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(options.transport.to_quinn(false));
+        Ok(Client {
+            config,
+            options,
+            pinned: matches!(tls, ClientTls::PinnedCert(_)),
+            endpoints: Mutex::new((None, None)),
+            connections: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The local endpoint for the address family of `addr` (bound on first use).
+    fn endpoint(&self, addr: SocketAddr) -> Result<Endpoint, ClientError> {
+        let mut guard = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = if addr.is_ipv4() {
+            &mut guard.0
+        } else {
+            &mut guard.1
+        };
+        if let Some(e) = slot {
+            return Ok(e.clone());
+        }
+        let bind: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let mut endpoint = Endpoint::client(bind).map_err(|e| ClientError::Connect {
+            addr,
+            reason: format!("cannot bind a local UDP socket: {e}"),
+        })?;
+        endpoint.set_default_client_config(self.config.clone());
+        *slot = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Connection, ClientError> {
+        let endpoint = self.endpoint(addr)?;
+        let connecting = endpoint
+            .connect(addr, server_name)
+            .map_err(|e| ClientError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let conn = match tokio::time::timeout(self.options.connect_timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(connect_error(addr, e, self.pinned)),
+            Err(_) => {
+                return Err(ClientError::Connect {
+                    addr,
+                    reason: format!("no answer within {:?}", self.options.connect_timeout),
+                })
+            }
+        };
+        debug!(%addr, server_name, "connected");
+        Ok(conn)
+    }
+
+    fn cached(&self, key: &(SocketAddr, String)) -> Option<Connection> {
+        let map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).filter(|c| c.close_reason().is_none()).cloned()
+    }
+
+    /// Sends `request` to the proxy at `addr` (its certificate must be valid for
+    /// `server_name`, unless pinned) and returns the bundle's stream of events.
+    pub async fn fetch(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        request: &Request,
+    ) -> Result<BundleStream, ClientError> {
+        let bytes = RequestEncoder::new(self.options.limits).encode(request)?;
+        let key = (addr, server_name.to_string());
+        let mut conn = match self.cached(&key) {
+            Some(c) => c,
+            None => self.new_connection(&key).await?,
+        };
+        let (mut send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(_) => {
+                // The cached connection died since: connect again, once.
+                conn = self.new_connection(&key).await?;
+                conn.open_bi().await.map_err(ClientError::Connection)?
+            }
+        };
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| ClientError::Send(e.to_string()))?;
+        send.finish()
+            .map_err(|e| ClientError::Send(e.to_string()))?;
+        Ok(BundleStream {
+            recv,
+            decoder: ResponseDecoder::new(self.options.limits),
+            read_chunk: self.options.read_chunk,
+            eof: false,
+            failed: false,
+            bytes_received: 0,
+            _conn: conn,
+        })
+    }
+
+    async fn new_connection(&self, key: &(SocketAddr, String)) -> Result<Connection, ClientError> {
+        let conn = self.connect(key.0, &key.1).await?;
+        let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key.clone(), conn.clone());
+        Ok(conn)
+    }
+}
+
+/// The events of one bundle as they arrive.
+///
+/// Call [`next_event`](Self::next_event) until it returns `Ok(None)`: that, and only
+/// that, means the bundle arrived complete (End received, stream closed cleanly, nothing
+/// after). An Error frame from the proxy comes back as `Err` ([`ClientError::Unauthorized`]
+/// or [`ClientError::Proxy`]).
+#[derive(Debug)]
+pub struct BundleStream {
+    recv: RecvStream,
+    decoder: ResponseDecoder,
+    read_chunk: usize,
+    eof: bool,
+    failed: bool,
+    bytes_received: u64,
+    _conn: Connection,
+}
+
+impl BundleStream {
+    /// Bytes received on the stream so far (framing included).
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
+    }
+
+    /// The next event, `Ok(None)` once the bundle is complete.
+    pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
+        if self.failed {
+            return Err(ClientError::Truncated("the stream already failed".into()));
+        }
+        let r = self.next_inner().await;
+        if r.is_err() {
+            self.failed = true;
+            // Tell the proxy to stop sending.
+            let _ = self.recv.stop(quinn::VarInt::from_u32(0));
+        }
+        r
+    }
+
+    async fn next_inner(&mut self) -> Result<Option<Event>, ClientError> {
+        loop {
+            match self.decoder.next_event()? {
+                Some(Event::Error(frame)) => return Err(ClientError::from_error_frame(frame)),
+                Some(event) => return Ok(Some(event)),
+                None => {}
+            }
+            if self.eof {
+                return match self.decoder.finish() {
+                    Ok(()) => Ok(None),
+                    Err(e @ ProtocolError::Truncated { .. }) => {
+                        Err(ClientError::Truncated(e.to_string()))
+                    }
+                    Err(e) => Err(ClientError::Protocol(e)),
+                };
+            }
+            match self.recv.read_chunk(self.read_chunk, true).await {
+                Ok(Some(chunk)) => {
+                    self.bytes_received += chunk.bytes.len() as u64;
+                    self.decoder.feed(&chunk.bytes);
+                }
+                Ok(None) => self.eof = true,
+                Err(quinn::ReadError::Reset(code)) => {
+                    return Err(ClientError::Truncated(format!(
+                        "the proxy reset the stream (code {code}) while expecting {}",
+                        self.expecting()
+                    )))
+                }
+                Err(quinn::ReadError::ConnectionLost(e)) => {
+                    if let Some(reason) = certificate_failure(&e) {
+                        return Err(ClientError::CertificateNotTrusted(reason));
+                    }
+                    return Err(ClientError::Truncated(format!(
+                        "connection lost ({e}) while expecting {}",
+                        self.expecting()
+                    )));
+                }
+                Err(e) => return Err(ClientError::Truncated(e.to_string())),
+            }
+        }
+    }
+
+    fn expecting(&self) -> String {
+        match self.decoder.finish() {
+            Err(ProtocolError::Truncated { expected }) => expected.to_string(),
+            _ => "the end of the stream".to_string(),
+        }
+    }
+}
