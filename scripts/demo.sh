@@ -12,7 +12,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+if [[ -t 1 ]]; then
+    step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+else
+    step() { printf '\n==> %s\n' "$*"; }
+fi
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root (sudo $0): it installs packages and runs a registry"
@@ -23,7 +27,7 @@ export RUST_LOG=${RUST_LOG:-warn}
 step "Checking and installing dependencies"
 "$ROOT/scripts/setup.sh"
 # shellcheck source=scripts/cargo-env.sh
-source "$(dirname "${BASH_SOURCE[0]}")/cargo-env.sh"
+source "$ROOT/scripts/cargo-env.sh"
 
 step "Building release binaries (starlight, starlight-proxy)"
 cargo build --release -p starlight-tools -p starlight-proxy

@@ -21,7 +21,7 @@ else
     echo "warning: not root: skipping scripts/setup.sh; tests that need root (containerd) will skip" >&2
 fi
 # shellcheck source=scripts/cargo-env.sh
-source "$(dirname "${BASH_SOURCE[0]}")/cargo-env.sh"
+source "$ROOT/scripts/cargo-env.sh"
 
 step "cargo build --workspace --all-targets"
 t=$SECONDS

@@ -6,6 +6,19 @@
 //! [registry]
 //! url = "127.0.0.1:5000"   # prefixed to image names without a registry host
 //! plain_http = true
+//!
+//! [serve]                  # `starlight-proxy serve`
+//! listen = "0.0.0.0:4433"  # UDP address of the QUIC server
+//! cert = "/etc/starlight/proxy.crt"
+//! key = "/etc/starlight/proxy.key"
+//! tokens = ["worker-secret"]
+//! in_flight = 8            # range requests to the registry in flight per bundle
+//! max_range = 8388608      # largest range request, bytes
+//! max_gap = 65536          # largest gap between coalesced ranges, bytes
+//! retries = 3              # retries of a failed range request (transient errors)
+//! plan_cache_entries = 256
+//! plan_cache_bytes = 268435456
+//! send_window = 16777216   # QUIC send window per connection, bytes
 //! ```
 //!
 //! Every key is optional; command-line flags override the file.
@@ -45,6 +58,57 @@ pub struct Config {
     pub db: PathBuf,
     /// The registry images are indexed from.
     pub registry: RegistryConfig,
+    /// The bundle server (`starlight-proxy serve`).
+    pub serve: ServeConfig,
+}
+
+/// Default QUIC listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:4433";
+
+/// Settings of the bundle server.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// UDP address the QUIC server listens on.
+    pub listen: String,
+    /// PEM certificate chain of the server.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key: Option<PathBuf>,
+    /// Bearer tokens accepted from workers.
+    pub tokens: Vec<String>,
+    /// Range requests to the registry in flight per bundle.
+    pub in_flight: usize,
+    /// Largest range request in bytes (a larger payload is fetched in pieces).
+    pub max_range: u64,
+    /// Largest gap in bytes between two members fetched by one range request.
+    pub max_gap: u64,
+    /// Retries of a range request after a transient error.
+    pub retries: u32,
+    /// Most plans kept in the plan cache.
+    pub plan_cache_entries: usize,
+    /// Approximate bytes of plans kept in the plan cache.
+    pub plan_cache_bytes: usize,
+    /// QUIC send window per connection in bytes (bytes buffered unacknowledged).
+    pub send_window: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: DEFAULT_LISTEN.to_string(),
+            cert: None,
+            key: None,
+            tokens: Vec::new(),
+            in_flight: 8,
+            max_range: 8 << 20,
+            max_gap: 64 << 10,
+            retries: 3,
+            plan_cache_entries: 256,
+            plan_cache_bytes: 256 << 20,
+            send_window: 16 << 20,
+        }
+    }
 }
 
 /// Registry settings.
@@ -62,6 +126,7 @@ impl Default for Config {
         Config {
             db: PathBuf::from(DEFAULT_DB),
             registry: RegistryConfig::default(),
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -117,6 +182,23 @@ mod tests {
         assert_eq!(c.db, PathBuf::from("/tmp/x"));
         assert_eq!(c.registry.url.as_deref(), Some("127.0.0.1:5000"));
         assert!(c.registry.plain_http);
+    }
+
+    #[test]
+    fn serve_section_parses_and_defaults() {
+        let c = Config::parse(
+            "[serve]\nlisten = \"127.0.0.1:9000\"\ntokens = [\"a\", \"b\"]\nin_flight = 2\ncert = \"c.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.serve.listen, "127.0.0.1:9000");
+        assert_eq!(c.serve.tokens, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(c.serve.in_flight, 2);
+        assert_eq!(c.serve.cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(c.serve.max_range, ServeConfig::default().max_range);
+        let e = Config::parse("[serve]\nlisen = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `starlight-proxy`: indexes images into the directory database and prints
-//! their merged tables of contents (serving delta bundles comes later).
+//! `starlight-proxy`: indexes images into the directory database, prints
+//! their merged tables of contents, and serves delta bundles over QUIC.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -10,6 +10,8 @@ use starlight_proxy::index::{index_image, TocSummary};
 use starlight_proxy::registry::RegistryClient;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+mod serve_cmd;
 
 /// The Starlight proxy.
 #[derive(Parser, Debug)]
@@ -44,6 +46,17 @@ enum Command {
         /// Image reference as indexed, or a manifest digest.
         image: String,
     },
+    /// Serves delta bundles over QUIC (see the `[serve]` config section).
+    Serve(serve_cmd::ServeArgs),
+    /// Writes a self-signed certificate and key (cert.pem, key.pem) for demos.
+    GenCert {
+        /// Directory to write cert.pem and key.pem to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Names (IP addresses or DNS names) the certificate is valid for.
+        #[arg(long = "name", default_values_t = vec!["127.0.0.1".to_string(), "localhost".to_string()])]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -73,14 +86,30 @@ fn open_db(path: &Path) -> Result<Db> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The server logs every request at info level; the one-shot commands only warnings.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
-    match Cli::parse().command {
+    match cli.command {
+        Command::Serve(args) => serve_cmd::run(args).await?,
+        Command::GenCert { out, names } => {
+            let (cert, key) = serve_cmd::write_self_signed(&out, &names)?;
+            println!(
+                "certificate {}\nkey         {}",
+                cert.display(),
+                key.display()
+            );
+        }
         Command::Index {
             common,
             plain_http,

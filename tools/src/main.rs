@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Convert an image in a registry to the Starlight seekable layer format.
     Convert(cmd::convert::Args),
+    /// Fetch a delta bundle from a proxy, verify it and write it to a file.
+    Fetch(cmd::fetch::Args),
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
@@ -52,13 +54,17 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Convert(args) => cmd::convert::run(args).await,
+            Command::Fetch(args) => cmd::fetch::run(args).await,
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<cmd::fetch::FetchFailure>() {
+                Some(f) => std::process::ExitCode::from(f.code),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

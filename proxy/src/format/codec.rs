@@ -193,6 +193,9 @@ pub fn stream_decoder<'a, R: BufRead + 'a>(
 
 /// One member being decoded; it stops at the member's end and gives the
 /// reader back, positioned right after the member.
+// One decoder lives at a time and is moved rarely: the size difference
+// between the variants (zlib-rs state is inline) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum MemberDecoder<R: BufRead> {
     /// A gzip member.
     Gzip(flate2::bufread::GzDecoder<R>),

@@ -111,9 +111,28 @@ pub fn scan_layer<R: Read>(blob: R) -> Result<ScannedLayer, FormatError> {
                 let target = entry.link.as_deref().unwrap_or("");
                 let found = by_path.get(target).and_then(|i| entries[*i].as_ref());
                 match found {
-                    Some(t) if t.kind != EntryKind::Dir => {
+                    // A hard link shares its target's inode: the visible
+                    // metadata is the target's, whatever the link's header says.
+                    Some(t) if t.kind == EntryKind::File || t.kind == EntryKind::Hardlink => {
                         entry.size = t.size;
                         entry.content = t.content;
+                        entry.mode = t.mode;
+                        entry.uid = t.uid;
+                        entry.gid = t.gid;
+                        entry.uname = t.uname.clone();
+                        entry.gname = t.gname.clone();
+                        entry.mtime = t.mtime;
+                        entry.mtime_nsec = t.mtime_nsec;
+                        entry.xattrs = t.xattrs.clone();
+                        if t.kind == EntryKind::Hardlink {
+                            entry.link = t.link.clone();
+                        }
+                    }
+                    // A hard link to a symlink, device or fifo: a second copy
+                    // of that special file under this path.
+                    Some(t) if t.kind != EntryKind::Dir => {
+                        let path = std::mem::take(&mut entry.path);
+                        entry = Entry { path, ..t.clone() };
                     }
                     Some(_) => return Err(missing_hardlink_target(&entry, true)),
                     None => return Err(missing_hardlink_target(&entry, false)),

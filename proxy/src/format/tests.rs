@@ -33,8 +33,18 @@ fn scan_view(expected: &[(Entry, Vec<u8>)]) -> Vec<(Entry, Vec<u8>)> {
         let mut e = e.clone();
         let mut c = c.clone();
         if e.kind == EntryKind::Hardlink {
+            // A hard link shows its target's inode: metadata and content.
             let (t, tc) = out[by_path[e.link.as_ref().unwrap()]].clone().unwrap();
-            e.size = t.size;
+            if matches!(t.kind, EntryKind::File | EntryKind::Hardlink) {
+                e = Entry {
+                    path: e.path,
+                    kind: EntryKind::Hardlink,
+                    link: if t.kind == EntryKind::Hardlink { t.link.clone() } else { e.link },
+                    ..t
+                };
+            } else {
+                e = Entry { path: e.path, ..t };
+            }
             c = tc;
         }
         if let Some(old) = by_path.insert(e.path.clone(), out.len()) {

@@ -1,3 +1,4 @@
 //! One module per `starlight` subcommand.
 
 pub mod convert;
+pub mod fetch;

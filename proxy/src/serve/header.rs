@@ -1,0 +1,186 @@
+//! Maps an optimizer plan and the wanted image's record to the wire header.
+
+use crate::db::ImageRecord;
+use crate::format::{Compression, EntryKind};
+use crate::optimize::{BundlePlan, PlannedEntry, PlannedSource};
+use transport_quic::codec::{
+    EntryKind as WireKind, Header, PayloadCompression, PayloadInfo, Source, TocEntry,
+};
+
+/// Why a plan cannot be put on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// A payload's blob is not compressed (the format requires gzip or zstd).
+    #[error("payload {index} comes from an uncompressed blob {layer}")]
+    Uncompressed {
+        /// Payload index.
+        index: usize,
+        /// Blob digest.
+        layer: String,
+    },
+}
+
+fn wire_kind(kind: EntryKind) -> WireKind {
+    match kind {
+        EntryKind::Dir => WireKind::Dir,
+        EntryKind::File => WireKind::File,
+        EntryKind::Symlink => WireKind::Symlink,
+        EntryKind::Hardlink => WireKind::Hardlink,
+        EntryKind::CharDev => WireKind::CharDev,
+        EntryKind::BlockDev => WireKind::BlockDev,
+        EntryKind::Fifo => WireKind::Fifo,
+    }
+}
+
+fn wire_entry(p: &PlannedEntry) -> TocEntry {
+    let e = &p.entry;
+    TocEntry {
+        path: e.path.clone(),
+        kind: wire_kind(e.kind),
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        mtime: e.mtime,
+        mtime_nsec: e.mtime_nsec,
+        size: e.size,
+        link: e.link.clone(),
+        devmajor: e.devmajor,
+        devminor: e.devminor,
+        xattrs: e.xattrs.clone(),
+        sha256: e.content.map(|c| c.sha256),
+        layer: p.layer,
+        source: match p.source {
+            PlannedSource::NoContent => Source::NoContent,
+            PlannedSource::Payload(i) => Source::Payload(i),
+            PlannedSource::Held => Source::Held,
+        },
+    }
+}
+
+/// The header of the bundle that carries `plan` for the image `wanted`.
+pub fn build_header(wanted: &ImageRecord, plan: &BundlePlan) -> Result<Header, HeaderError> {
+    let payloads = plan
+        .payloads
+        .iter()
+        .enumerate()
+        .map(|(index, p)| {
+            let compression = match p.compression {
+                Compression::Gzip => PayloadCompression::Gzip,
+                Compression::Zstd => PayloadCompression::Zstd,
+                Compression::None => {
+                    return Err(HeaderError::Uncompressed {
+                        index,
+                        layer: p.layer_digest.clone(),
+                    })
+                }
+            };
+            Ok(PayloadInfo {
+                sha256: p.sha256,
+                compression,
+                compressed_len: p.compressed_len,
+                size: p.size,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Header {
+        manifest_digest: wanted.manifest_digest.clone(),
+        manifest_media_type: wanted.manifest_media_type.clone(),
+        manifest: wanted.manifest_raw.clone(),
+        config: wanted.config_raw.clone(),
+        layers: plan.layers.clone(),
+        image_layers: plan.image_layers.clone(),
+        toc: plan.toc.iter().map(wire_entry).collect(),
+        payloads,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::format::{ContentRef, Entry};
+    use crate::optimize::PlannedPayload;
+
+    fn entry(path: &str, kind: EntryKind, content: Option<ContentRef>) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            uname: String::new(),
+            gname: String::new(),
+            mtime: 3,
+            mtime_nsec: 4,
+            size: content.map_or(0, |_| 9),
+            link: None,
+            devmajor: 0,
+            devminor: 0,
+            xattrs: vec![("user.a".into(), b"v".to_vec())],
+            content,
+        }
+    }
+
+    #[test]
+    fn plan_maps_to_a_valid_header() {
+        let c = ContentRef {
+            sha256: [7; 32],
+            offset: 10,
+            compressed_len: 5,
+        };
+        let record = ImageRecord {
+            manifest_digest: "sha256:m".into(),
+            references: vec![],
+            manifest_media_type: "mt".into(),
+            manifest_raw: b"{m}".to_vec(),
+            config_raw: b"{c}".to_vec(),
+            platform: "linux/amd64".into(),
+            layers: vec![],
+            toc_entries: 3,
+        };
+        let plan = BundlePlan {
+            layers: vec!["sha256:l0".into(), "sha256:h0".into()],
+            image_layers: vec![0],
+            toc: vec![
+                PlannedEntry {
+                    entry: entry("d", EntryKind::Dir, None),
+                    layer: 0,
+                    source: PlannedSource::NoContent,
+                },
+                PlannedEntry {
+                    entry: entry("d/f", EntryKind::File, Some(c)),
+                    layer: 0,
+                    source: PlannedSource::Payload(0),
+                },
+                PlannedEntry {
+                    entry: entry("d/g", EntryKind::File, Some(c)),
+                    layer: 1,
+                    source: PlannedSource::Held,
+                },
+            ],
+            payloads: vec![PlannedPayload {
+                sha256: [7; 32],
+                layer: 0,
+                layer_digest: "sha256:l0".into(),
+                compression: Compression::Zstd,
+                offset: 10,
+                compressed_len: 5,
+                size: 9,
+                rank: None,
+            }],
+        };
+        let h = build_header(&record, &plan).unwrap();
+        transport_quic::codec::validate_header(&h, &Default::default()).unwrap();
+        assert_eq!(h.manifest, b"{m}");
+        assert_eq!(h.toc[1].source, Source::Payload(0));
+        assert_eq!(h.toc[2].source, Source::Held);
+        assert_eq!(h.toc[2].layer, 1);
+        assert_eq!(h.toc[1].sha256, Some([7; 32]));
+        assert_eq!(h.toc[0].kind, WireKind::Dir);
+        assert_eq!(h.payloads[0].compression, PayloadCompression::Zstd);
+
+        let mut bad = plan.clone();
+        bad.payloads[0].compression = Compression::None;
+        assert!(build_header(&record, &bad).is_err());
+    }
+}

@@ -1,0 +1,311 @@
+//! The bundle server: answers Delta Bundle Protocol requests (see
+//! `transport_quic`) from the directory database and the registry.
+//!
+//! For each request: check it; find the wanted image (indexing it first if
+//! needed) and the held images; get the plan from the shared [`PlanCache`];
+//! send the header at once; then stream the payloads in plan order, reading
+//! them from the registry with HTTP range requests (coalesced, several in
+//! flight, retried on transient errors; see [`body`]).
+
+mod body;
+mod header;
+mod pieces;
+mod resolve;
+
+pub use body::FetchPolicy;
+pub use header::{build_header, HeaderError};
+pub use pieces::{plan_pieces, Piece, PieceLimits, Slice};
+pub use resolve::{index_error, Resolver};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+use transport_quic::quic::{BundleHandler, BundleWriter, HandlerError, HandlerFuture};
+use transport_quic::{ErrorCode, Request};
+
+use crate::db::{Db, ImageRecord, TocEntry};
+use crate::optimize::{optimize, BundlePlan, CacheStats, OptimizeInput, PlanCache, PlanKey};
+use crate::registry::{Platform, RegistryClient};
+
+/// The version of the ranks plans are built with (no ranks are recorded yet).
+const RANKS_VERSION: u64 = 0;
+
+/// Settings of the bundle server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Registry host (`HOST[:PORT]`) prefixed to image names that name none.
+    pub registry_host: Option<String>,
+    /// Range requests in flight per bundle.
+    pub in_flight: usize,
+    /// Largest range request in bytes.
+    pub max_range: u64,
+    /// Largest gap in bytes between coalesced members.
+    pub max_gap: u64,
+    /// Retries of a range request after a transient error.
+    pub retries: u32,
+    /// Wait before the first retry (doubled each time).
+    pub retry_backoff: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            registry_host: None,
+            in_flight: 8,
+            max_range: 8 << 20,
+            max_gap: 64 << 10,
+            retries: 3,
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The bound on payload bytes held in memory per bundle: the requests in
+    /// flight plus the one being sent.
+    pub fn memory_bound(&self) -> u64 {
+        (self.in_flight.max(1) as u64 + 1) * self.max_range.max(1)
+    }
+}
+
+/// Counters of a [`BundleServer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServeStats {
+    /// Requests handled.
+    pub requests: u64,
+    /// Bundles sent complete.
+    pub completed: u64,
+    /// Requests answered with an error (or cut off).
+    pub failed: u64,
+    /// Payload bytes sent.
+    pub payload_bytes: u64,
+    /// Images indexed on demand.
+    pub indexed: u64,
+    /// The plan cache's counters.
+    pub plan_cache: CacheStats,
+}
+
+/// Serves bundles; implements [`BundleHandler`].
+pub struct BundleServer {
+    db: Arc<Db>,
+    registry: Arc<RegistryClient>,
+    cache: Arc<PlanCache>,
+    resolver: Resolver,
+    options: ServeOptions,
+    requests: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    payload_bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for BundleServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleServer")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a plan lookup produced.
+struct Planned {
+    plan: Arc<BundlePlan>,
+    cache_hit: bool,
+}
+
+/// Milliseconds with one decimal, for logs.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::new(ErrorCode::Internal, format!("{what}: {e}"))
+}
+
+impl BundleServer {
+    /// A server over `db`, reading blobs with `registry`, caching plans in `cache`.
+    pub fn new(
+        db: Arc<Db>,
+        registry: Arc<RegistryClient>,
+        cache: Arc<PlanCache>,
+        options: ServeOptions,
+    ) -> Self {
+        let resolver = Resolver::new(db.clone(), registry.clone(), options.registry_host.clone());
+        BundleServer {
+            db,
+            registry,
+            cache,
+            resolver,
+            options,
+            requests: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            payload_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> ServeStats {
+        ServeStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            payload_bytes: self.payload_bytes.load(Ordering::Relaxed),
+            indexed: self.resolver.indexed(),
+            plan_cache: self.cache.stats(),
+        }
+    }
+
+    /// The plan for `wanted` given `held`, from the cache or built (the
+    /// tables of contents are loaded only on a miss). Runs blocking.
+    fn plan(
+        db: &Db,
+        cache: &PlanCache,
+        wanted: &ImageRecord,
+        held: &[ImageRecord],
+        held_payloads: &HashSet<[u8; 32]>,
+    ) -> Result<Planned, HandlerError> {
+        let key = PlanKey::new(
+            &wanted.manifest_digest,
+            held.iter().map(|r| r.manifest_digest.as_str()),
+            held_payloads,
+            RANKS_VERSION,
+        );
+        if let Some(plan) = cache.get(&key) {
+            return Ok(Planned {
+                plan,
+                cache_hit: true,
+            });
+        }
+        let toc = |r: &ImageRecord| -> Result<Vec<TocEntry>, HandlerError> {
+            db.merged_toc(&r.manifest_digest)
+                .map_err(|e| internal("directory database", e))
+        };
+        let wanted_toc = toc(wanted)?;
+        let held_tocs = held.iter().map(toc).collect::<Result<Vec<_>, _>>()?;
+        let ranks = HashMap::new();
+        let input = OptimizeInput {
+            wanted,
+            wanted_toc: &wanted_toc,
+            held: held
+                .iter()
+                .zip(&held_tocs)
+                .map(|(r, t)| (r, t.as_slice()))
+                .collect(),
+            held_payloads,
+            ranks: &ranks,
+        };
+        let plan = optimize(&input).map_err(|e| internal("optimizer", e))?;
+        Ok(Planned {
+            plan: cache.insert(key, Arc::new(plan)),
+            cache_hit: false,
+        })
+    }
+
+    async fn serve(&self, request: Request, out: &mut BundleWriter) -> Result<u64, HandlerError> {
+        let started = Instant::now();
+        let platform = match &request.platform {
+            Some(p) => Some(
+                Platform::parse(p)
+                    .map_err(|e| HandlerError::new(ErrorCode::BadRequest, e.to_string()))?,
+            ),
+            None => None,
+        };
+        let wanted = self
+            .resolver
+            .wanted(&request.image, platform.as_ref())
+            .await?;
+        let held = self.resolver.held(&request.held_images)?;
+        let held_payloads: HashSet<[u8; 32]> = request.held_payloads.iter().copied().collect();
+        let reference = wanted
+            .references
+            .iter()
+            .find(|r| !r.contains('@'))
+            .or_else(|| wanted.references.first())
+            .cloned()
+            .ok_or_else(|| {
+                HandlerError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "image {} has no reference to read blobs from",
+                        wanted.manifest_digest
+                    ),
+                )
+            })?;
+
+        let (db, cache) = (self.db.clone(), self.cache.clone());
+        let limits = PieceLimits {
+            max_range: self.options.max_range,
+            max_gap: self.options.max_gap,
+        };
+        let held_count = held.len();
+        let (header, pieces, cache_hit, payload_total) = tokio::task::spawn_blocking(move || {
+            let planned = Self::plan(&db, &cache, &wanted, &held, &held_payloads)?;
+            let header = build_header(&wanted, &planned.plan)
+                .map_err(|e| internal("building the header", e))?;
+            let pieces = plan_pieces(&planned.plan.payloads, limits);
+            Ok::<_, HandlerError>((
+                header,
+                pieces,
+                planned.cache_hit,
+                planned.plan.payload_bytes(),
+            ))
+        })
+        .await
+        .map_err(|e| internal("planning task", e))??;
+
+        out.send_header(&header).await?;
+        let to_header = started.elapsed();
+        let payloads = header.payloads.len();
+        let manifest = header.manifest_digest.clone();
+        drop(header);
+
+        let requests = pieces.len();
+        let policy = FetchPolicy {
+            in_flight: self.options.in_flight,
+            retries: self.options.retries,
+            backoff: self.options.retry_backoff,
+        };
+        let sent =
+            body::stream_payloads(self.registry.clone(), reference, pieces, policy, out).await?;
+        let totals = out.totals();
+        out.finish(totals).await?;
+        info!(
+            image = %request.image,
+            %manifest,
+            held = held_count,
+            plan_cache = if cache_hit { "hit" } else { "miss" },
+            payloads,
+            bytes = sent,
+            planned_bytes = payload_total,
+            range_requests = requests,
+            header_ms = millis(to_header),
+            total_ms = millis(started.elapsed()),
+            "bundle sent"
+        );
+        Ok(sent)
+    }
+}
+
+impl BundleHandler for BundleServer {
+    fn handle<'a>(&'a self, request: Request, out: &'a mut BundleWriter) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let image = request.image.clone();
+            match self.serve(request, out).await {
+                Ok(bytes) => {
+                    self.completed.fetch_add(1, Ordering::Relaxed);
+                    self.payload_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(e) => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(%image, error = %e, "request failed");
+                    Err(e)
+                }
+            }
+        })
+    }
+}
