@@ -37,9 +37,14 @@ PROXY=$TARGET_DIR/release/starlight-proxy
 
 WORK=$(mktemp -d /tmp/starlight-demo.XXXXXX)
 REGISTRY_PID=
+PROXY_PID=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
+        kill "$PROXY_PID" 2>/dev/null || true
+        wait "$PROXY_PID" 2>/dev/null || true
+    fi
     if [[ -n $REGISTRY_PID ]] && kill -0 "$REGISTRY_PID" 2>/dev/null; then
         kill "$REGISTRY_PID" 2>/dev/null || true
         wait "$REGISTRY_PID" 2>/dev/null || true
@@ -154,6 +159,29 @@ step "Merged table of contents (summary)"
 
 step "Merged table of contents, entries outside /bin (mode, uid:gid, size, sha256, layer, path)"
 "$PROXY" toc --db "$WORK/db" "$REG/demo:v1-starlight" | grep -v ' /bin/'
+
+step "Indexing demo:v1-starlight-zstd too (same files, other layer digests)"
+"$PROXY" index --plain-http --db "$WORK/db" "$REG/demo:v1-starlight-zstd" | head -3
+
+step "Serving delta bundles over QUIC (starlight-proxy serve, self-signed TLS, token 'demo')"
+QPORT=$((20000 + RANDOM % 20000))
+"$PROXY" serve --listen "127.0.0.1:$QPORT" --registry "$REG" --plain-http --db "$WORK/db" \
+    --self-signed "$WORK/certs" --token demo >"$WORK/proxy.out" 2>"$WORK/proxy.log" &
+PROXY_PID=$!
+for _ in $(seq 100); do
+    grep -q "listening on" "$WORK/proxy.out" 2>/dev/null && break
+    kill -0 "$PROXY_PID" 2>/dev/null || die "starlight-proxy serve exited: $(cat "$WORK/proxy.log")"
+    sleep 0.1
+done
+grep -q "listening on" "$WORK/proxy.out" || die "starlight-proxy serve did not start"
+cat "$WORK/proxy.out"
+fetch() { "$STARLIGHT" fetch --proxy "127.0.0.1:$QPORT" --ca "$WORK/certs/cert.pem" --token demo "$@"; }
+
+step "A fresh worker fetches demo:v1-starlight (every distinct content once, verified)"
+fetch "$REG/demo:v1-starlight" -o "$WORK/fresh.bundle"
+
+step "A worker holding demo:v1-starlight-zstd fetches demo:v1-starlight (nothing to send but metadata)"
+fetch --from "$REG/demo:v1-starlight-zstd" "$REG/demo:v1-starlight" -o "$WORK/update.bundle"
 
 step "Size overhead (sum of compressed layer sizes, from the registry's manifests)"
 layers_size() {

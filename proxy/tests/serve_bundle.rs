@@ -255,31 +255,25 @@ async fn refusals_are_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_fetches_complete_and_verify() {
     let reg = TestRegistry::start();
-    // 20 images sharing a base, each with its own app layer; pushed in parallel.
+    // 20 images sharing a base, each with its own app layer. Pushed one at a
+    // time: docker-registry answers 500 to concurrent pushes sharing a blob.
     let base = layer(&base_files(&[]), 1);
-    std::thread::scope(|s| {
-        for i in 0..20u32 {
-            let (reg, base) = (&reg, base.clone());
-            s.spawn(move || {
-                let mut app = app_files(i);
-                app.push((format!("app/own-{i}"), noise(u64::from(i) + 10, 30_000)));
-                let zstd = i % 2 == 0;
-                let l = starlight_layer(
-                    &tar_of(&app, 1),
-                    if zstd {
-                        Compression::Zstd
-                    } else {
-                        Compression::Gzip
-                    },
-                );
-                push_image(reg, "serve/many", &format!("t{i}"), &[base, l]);
-            });
-        }
-    });
+    for i in 0..20u32 {
+        let mut app = app_files(i);
+        app.push((format!("app/own-{i}"), noise(u64::from(i) + 10, 30_000)));
+        let compression = if i % 2 == 0 {
+            Compression::Zstd
+        } else {
+            Compression::Gzip
+        };
+        let l = starlight_layer(&tar_of(&app, 1), compression);
+        push_image(&reg, "serve/many", &format!("t{i}"), &[base.clone(), l]);
+    }
     let proxy = Proxy::start(&reg, options());
     let client = std::sync::Arc::new(proxy.client());
     let mut tasks = Vec::new();
-    for i in 0..20u32 {
+    // Five more requests for t0 at the same time share its indexing job.
+    for i in (0..20u32).chain([0; 5]) {
         let (client, addr) = (client.clone(), proxy.addr);
         tasks.push(tokio::spawn(async move {
             let b = fetch(&client, addr, &request(&format!("serve/many:t{i}"), &[]))
@@ -297,7 +291,7 @@ async fn twenty_concurrent_fetches_complete_and_verify() {
     }
     assert_eq!(digests.len(), 20);
     let stats = proxy.handler.stats();
-    assert_eq!((stats.completed, stats.failed, stats.indexed), (20, 0, 20));
+    assert_eq!((stats.completed, stats.failed, stats.indexed), (25, 0, 20));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -368,4 +362,112 @@ async fn truncation_and_corruption_are_never_success() {
     let err = verify(&bundle).unwrap_err();
     assert!(err.contains("app/main"), "{err}");
     proxy.stop().await;
+}
+
+/// A TCP front for the registry that answers `503` to the first `fail`
+/// range requests and forwards everything else, one request per connection.
+struct FlakyFront {
+    addr: String,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn flaky_front(registry: &str, fail: u64) -> FlakyFront {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (registry, counter) = (registry.to_string(), failed.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { return };
+            let (registry, counter) = (registry.clone(), counter.clone());
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match client.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if text.contains("\r\nrange:")
+                    && counter
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                            (n < fail).then_some(n + 1)
+                        })
+                        .is_ok()
+                {
+                    let _ = client.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                // One request per connection, so that every request is seen here.
+                head.truncate(head.len() - 2);
+                head.extend_from_slice(b"Connection: close\r\n\r\n");
+                let Ok(mut upstream) = std::net::TcpStream::connect(&registry) else {
+                    return;
+                };
+                if upstream.write_all(&head).is_err() {
+                    return;
+                }
+                let _ = std::io::copy(&mut upstream, &mut client);
+            });
+        }
+    });
+    FlakyFront { addr, failed }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_registry_errors_are_retried_then_reported() {
+    let reg = TestRegistry::start();
+    push_image(&reg, "serve/flaky", "v1", &[layer(&base_files(&[]), 1)]);
+    let through = |front: &FlakyFront| {
+        Proxy::start(
+            &reg,
+            ServeOptions {
+                registry_host: Some(front.addr.clone()),
+                ..options()
+            },
+        )
+    };
+
+    // Three range requests fail with 503: retried, the bundle completes.
+    let front = flaky_front(&reg.addr, 3);
+    let proxy = through(&front);
+    let b = fetch(&proxy.client(), proxy.addr, &request("serve/flaky:v1", &[]))
+        .await
+        .unwrap();
+    verify(&b).unwrap();
+    assert_eq!(front.failed.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    // Every range request fails: after the header, the bundle ends with an
+    // Upstream error, never with success.
+    let broken = flaky_front(&reg.addr, u64::MAX);
+    let proxy = through(&broken);
+    let client = proxy.client();
+    let mut stream = client
+        .fetch(proxy.addr, "127.0.0.1", &request("serve/flaky:v1", &[]))
+        .await
+        .unwrap();
+    let mut got_header = false;
+    let err = loop {
+        match stream.next_event().await {
+            Ok(Some(Event::Header(_))) => got_header = true,
+            Ok(Some(Event::End(_))) | Ok(None) => panic!("completed despite the registry"),
+            Ok(Some(_)) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(got_header);
+    match &err {
+        ClientError::Proxy(f) => assert_eq!(f.code, ErrorCode::Upstream, "{err}"),
+        e => panic!("expected an Upstream error, got {e}"),
+    }
+    assert!(err.to_string().contains("503"), "{err}");
+    // The first attempt and `retries` more, for the one failing request.
+    let attempts = broken.failed.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(attempts >= 4, "{attempts}");
 }

@@ -39,7 +39,11 @@ fn scan_view(expected: &[(Entry, Vec<u8>)]) -> Vec<(Entry, Vec<u8>)> {
                 e = Entry {
                     path: e.path,
                     kind: EntryKind::Hardlink,
-                    link: if t.kind == EntryKind::Hardlink { t.link.clone() } else { e.link },
+                    link: if t.kind == EntryKind::Hardlink {
+                        t.link.clone()
+                    } else {
+                        e.link
+                    },
                     ..t
                 };
             } else {

@@ -21,7 +21,9 @@
 //! 5. **Sort**: payloads by ascending average rank (rank sum / hit count; a
 //!    payload shared by several paths takes the lowest), ties broken by path;
 //!    unranked payloads follow all ranked ones, in layer order (layer index,
-//!    then path). The order is total, so the plan is deterministic.
+//!    then the member's offset in its blob, i.e. the layer's tar order, so
+//!    the proxy reads each blob front to back in few coalesced range
+//!    requests). The order is total, so the plan is deterministic.
 //!
 //! [`PlanCache`] keeps built plans so a second worker asking for the same
 //! thing gets the same [`Arc<BundlePlan>`](std::sync::Arc) at once.

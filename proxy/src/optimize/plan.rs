@@ -251,13 +251,15 @@ struct Draft {
 
 impl Draft {
     /// The send order: ranked payloads by ascending average rank then path;
-    /// then unranked ones by layer then path. An average rank is a quotient
-    /// of unsigned integers, so finite and non-negative, and the bits of
-    /// such floats order as the floats do.
-    fn send_key(&self) -> (bool, u64, u32, usize) {
+    /// then unranked ones in layer order: by layer, then by where the member
+    /// lies in its blob (the layer's own tar order), so that the proxy reads
+    /// each blob front to back with few, coalesced range requests. An
+    /// average rank is a quotient of unsigned integers, so finite and
+    /// non-negative, and the bits of such floats order as the floats do.
+    fn send_key(&self) -> (bool, u64, u32, u64, usize) {
         match self.rank {
-            Some(rank) => (false, rank.to_bits(), 0, self.path_pos),
-            None => (true, 0, self.layer, self.path_pos),
+            Some(rank) => (false, rank.to_bits(), 0, 0, self.path_pos),
+            None => (true, 0, self.layer, self.content.offset, self.path_pos),
         }
     }
 }

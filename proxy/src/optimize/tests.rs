@@ -308,8 +308,9 @@ fn update_carries_only_changed_contents_each_once() {
     );
     assert_eq!(plan.image_layers, vec![0, 1]);
     let shas: Vec<[u8; 32]> = plan.payloads.iter().map(|p| p.sha256).collect();
-    // Unranked: layer 0 first (b.so), then layer 1 by path.
-    assert_eq!(shas, vec![sha(20), sha(51), sha(50)]);
+    // Unranked: layer 0 first (b.so), then layer 1 in blob order
+    // (main.py's member at 50 before extra.py's at 80).
+    assert_eq!(shas, vec![sha(20), sha(50), sha(51)]);
     let get = |path: &str| plan.toc.iter().find(|t| t.entry.path == path).unwrap();
     // Same path, same content: held, from v1's base layer (index 2).
     assert_eq!(
@@ -335,10 +336,10 @@ fn update_carries_only_changed_contents_each_once() {
         (get("lib/b.so").source, get("lib/b.so").layer),
         (PlannedSource::Payload(0), 0)
     );
-    assert_eq!(get("app/main.py").source, PlannedSource::Payload(2));
-    assert_eq!(get("app/util2.py").source, PlannedSource::Payload(2));
+    assert_eq!(get("app/main.py").source, PlannedSource::Payload(1));
+    assert_eq!(get("app/util2.py").source, PlannedSource::Payload(1));
     assert_eq!(
-        plan.payloads[2].offset, 50,
+        plan.payloads[1].offset, 50,
         "first entry in path order supplies it"
     );
     assert_eq!(get("app").source, PlannedSource::NoContent);
@@ -765,7 +766,8 @@ fn unsorted_tables_of_contents_still_match_by_path_and_keep_their_order() {
     let held = image("sha256:h", &["sha256:H0", "sha256:H1"]);
     let held_toc = vec![file("z", 3, 1), file("a", 1, 0), file("m", 2, 1)];
     let wanted = image("sha256:w", &["sha256:W0"]);
-    // "z" before "q": payloads still follow path order, not input order.
+    // Unranked payloads follow their members' order in the blob ("z" at
+    // 2048 before "q" at 4608), whatever the input order.
     let toc = vec![
         file("m", 2, 0),
         file("z", 4, 0),
@@ -784,9 +786,9 @@ fn unsorted_tables_of_contents_still_match_by_path_and_keep_their_order() {
         sources(&plan),
         vec![
             ("m", PlannedSource::Held, 2),
-            ("z", PlannedSource::Payload(1), 0),
+            ("z", PlannedSource::Payload(0), 0),
             ("a", PlannedSource::Held, 1),
-            ("q", PlannedSource::Payload(0), 0),
+            ("q", PlannedSource::Payload(1), 0),
         ]
     );
 }

@@ -5,7 +5,7 @@
 //! requests in flight, or done and waiting for their turn, plus the one
 //! being sent).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
@@ -27,20 +27,62 @@ pub struct FetchPolicy {
     pub backoff: Duration,
 }
 
-/// Reads one piece whole, retrying transient failures.
+/// Buffers for range requests, shared by every bundle of a server and
+/// reused from request to request. Each is allocated once with room for the
+/// largest request, so steady serving allocates nothing and the allocator
+/// cannot fragment under churn; at most `keep` free buffers are kept.
+#[derive(Debug, Clone)]
+pub struct BufferPool {
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    capacity: usize,
+    keep: usize,
+}
+
+impl BufferPool {
+    /// A pool of buffers of `capacity` bytes, keeping at most `keep` free.
+    pub fn new(capacity: u64, keep: usize) -> Self {
+        BufferPool {
+            free: Arc::default(),
+            capacity: usize::try_from(capacity).unwrap_or(usize::MAX),
+            keep,
+        }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        let reused = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(self.capacity))
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        if free.len() < self.keep {
+            free.push(buf);
+        }
+    }
+}
+
+/// Reads one piece whole into a pooled buffer, retrying transient failures.
 async fn fetch_piece(
     registry: &RegistryClient,
     reference: &str,
     piece: &Piece,
     policy: FetchPolicy,
+    pool: &BufferPool,
 ) -> Result<Vec<u8>, RangeError> {
+    let mut buf = pool.take();
     if piece.len == 0 {
-        return Ok(Vec::new());
+        return Ok(buf);
     }
     let mut attempt = 0u32;
     loop {
-        match fetch_once(registry, reference, piece).await {
-            Ok(bytes) => return Ok(bytes),
+        buf.clear();
+        match fetch_once(registry, reference, piece, &mut buf).await {
+            Ok(()) => return Ok(buf),
             Err(e) if e.transient && attempt < policy.retries => {
                 let wait = policy.backoff.saturating_mul(1u32 << attempt.min(16));
                 warn!(
@@ -54,7 +96,10 @@ async fn fetch_piece(
                 tokio::time::sleep(wait).await;
                 attempt += 1;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                pool.give(buf);
+                return Err(e);
+            }
         }
     }
 }
@@ -63,16 +108,38 @@ async fn fetch_once(
     registry: &RegistryClient,
     reference: &str,
     piece: &Piece,
-) -> Result<Vec<u8>, RangeError> {
+    buf: &mut Vec<u8>,
+) -> Result<(), RangeError> {
     let mut body = registry
         .open_range(reference, &piece.layer_digest, piece.offset, piece.len)
         .await?;
-    // The range stream refuses more than `len` bytes, so this never grows.
-    let mut buf = Vec::with_capacity(usize::try_from(piece.len).unwrap_or(0));
+    // The range stream refuses more than `len` (≤ the pool's capacity)
+    // bytes, so this never reallocates.
     while let Some(chunk) = body.next_chunk().await? {
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf)
+    Ok(())
+}
+
+/// A spawned task, aborted when dropped (a bundle abandoned mid-way stops
+/// its range requests).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
 }
 
 /// Sends every payload of `pieces` (fetched from `reference`'s repository)
@@ -82,19 +149,28 @@ pub async fn stream_payloads(
     reference: String,
     pieces: Vec<Piece>,
     policy: FetchPolicy,
+    pool: &BufferPool,
     out: &mut BundleWriter,
 ) -> Result<u64, HandlerError> {
-    let registry = &registry;
-    let reference = reference.as_str();
     let total_pieces = pieces.len();
-    let mut fetched = stream::iter(pieces.into_iter().map(|piece| async move {
-        let bytes = fetch_piece(registry, reference, &piece, policy).await;
-        (piece, bytes)
+    // Each request runs as its own task, so requests keep progressing while
+    // this task waits for the client's flow control; `buffered` keeps at
+    // most `in_flight` of them started ahead and yields them in order.
+    // Dropping the stream (client gone, error) aborts the tasks.
+    let mut fetched = stream::iter(pieces.into_iter().map(|piece| {
+        let (registry, reference, pool) = (registry.clone(), reference.clone(), pool.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            let bytes = fetch_piece(&registry, &reference, &piece, policy, &pool).await;
+            (piece, bytes)
+        }))
     }))
     .buffered(policy.in_flight.max(1));
     let mut sent = 0u64;
     let mut done = 0usize;
-    while let Some((piece, bytes)) = fetched.next().await {
+    while let Some(joined) = fetched.next().await {
+        let (piece, bytes) = joined.map_err(|e| {
+            HandlerError::new(ErrorCode::Internal, format!("range request task: {e}"))
+        })?;
         let bytes = bytes.map_err(|e| {
             HandlerError::new(
                 ErrorCode::Upstream,
@@ -123,6 +199,7 @@ pub async fn stream_payloads(
                 out.end_payload().await?;
             }
         }
+        pool.give(bytes);
         done += 1;
     }
     debug!(

@@ -12,7 +12,7 @@ mod header;
 mod pieces;
 mod resolve;
 
-pub use body::FetchPolicy;
+pub use body::{BufferPool, FetchPolicy};
 pub use header::{build_header, HeaderError};
 pub use pieces::{plan_pieces, Piece, PieceLimits, Slice};
 pub use resolve::{index_error, Resolver};
@@ -95,6 +95,7 @@ pub struct BundleServer {
     cache: Arc<PlanCache>,
     resolver: Resolver,
     options: ServeOptions,
+    buffers: BufferPool,
     requests: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
@@ -138,6 +139,7 @@ impl BundleServer {
             registry,
             cache,
             resolver,
+            buffers: BufferPool::new(options.max_range.max(1), options.in_flight.max(1) + 1),
             options,
             requests: AtomicU64::new(0),
             completed: AtomicU64::new(0),
@@ -268,8 +270,15 @@ impl BundleServer {
             retries: self.options.retries,
             backoff: self.options.retry_backoff,
         };
-        let sent =
-            body::stream_payloads(self.registry.clone(), reference, pieces, policy, out).await?;
+        let sent = body::stream_payloads(
+            self.registry.clone(),
+            reference,
+            pieces,
+            policy,
+            &self.buffers,
+            out,
+        )
+        .await?;
         let totals = out.totals();
         out.finish(totals).await?;
         info!(

@@ -97,13 +97,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts a proxy for `reg` with `options` (its `registry_host` is set here).
+    /// Starts a proxy for `reg` with `options` (`registry_host` defaults to `reg`).
     pub fn start(reg: &TestRegistry, mut options: ServeOptions) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
         let registry = Arc::new(RegistryClient::new(true));
         let cache = Arc::new(PlanCache::new(64, 64 << 20));
-        options.registry_host = Some(reg.addr.clone());
+        if options.registry_host.is_none() {
+            options.registry_host = Some(reg.addr.clone());
+        }
         let handler = Arc::new(BundleServer::new(db.clone(), registry, cache, options));
         let (cert, key) = transport_quic::tls::self_signed(&["127.0.0.1", "localhost"]).unwrap();
         let server = Server::bind(

@@ -100,7 +100,9 @@ impl PayloadVerifier {
             limit: info.size,
         };
         let decoder = match info.compression {
-            PayloadCompression::Gzip => Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(sink))),
+            PayloadCompression::Gzip => {
+                Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(sink)))
+            }
             PayloadCompression::Zstd => {
                 Decoder::Zstd(zstd::stream::write::Decoder::new(sink).map_err(|e| {
                     VerifyError::Corrupt {
