@@ -241,3 +241,60 @@ async fn fetch_failures_exit_non_zero_with_clear_messages() {
     assert!(stderr.contains("truncated"), "{stderr}");
     assert!(!Path::new(o).exists());
 }
+
+/// Runs `starlight convert --plain-http --notify PROXY ...` with `token`.
+async fn convert_notify(proxy: &Proxy, ca: &Path, token: &str, src: &str, dst: &str) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_starlight"));
+    cmd.env("RUST_LOG", "warn")
+        .args(["convert", "--plain-http", "--no-progress", "--notify"])
+        .arg(proxy.addr.to_string())
+        .arg("--ca")
+        .arg(ca)
+        .arg("--token")
+        .arg(token)
+        .args([src, dst]);
+    cmd.output().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convert_notify_has_the_proxy_index_the_new_image() {
+    let reg = TestRegistry::start();
+    // An original (non-Starlight) image: plain gzip layer.
+    let mut layout = common::layout::OciLayout::new();
+    let layer = common::layout::Layer::gzip(&tar_of(&files(1, false), 1_700_000_000));
+    let desc = layout.add_image("linux", "amd64", &[layer], &["/bin/app"]);
+    layout.tag("v1", &desc);
+    layout.push("v1", &format!("{}/notify/app:v1", reg.addr), false);
+    let proxy = Proxy::start(&reg, ServeOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &proxy.cert_pem).unwrap();
+    let src = format!("{}/notify/app:v1", reg.addr);
+
+    let dst = format!("{}/notify/app:v1-starlight", reg.addr);
+    let out = convert_notify(&proxy, &ca, TOKEN, &src, &dst).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("indexed {dst} (")),
+        "no notify line in:\n{stdout}"
+    );
+    assert_eq!(proxy.handler.stats().indexed, 1, "the proxy indexed it");
+    // (The client hangs up after the header; a bundle this small may still
+    // have been written out in full by then, so the count of completed
+    // bundles is not asserted.)
+
+    // A refused token: the image is converted and pushed all the same, and
+    // the command says the proxy could not index it, with a non-zero exit.
+    let dst2 = format!("{}/notify/app:v1-other", reg.addr);
+    let out = convert_notify(&proxy, &ca, "wrong-token", &src, &dst2).await;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("was converted and pushed, but proxy")
+            && stderr.contains("could not index it"),
+        "{stderr}"
+    );
+    assert!(reg.has_manifest("notify/app", "v1-other"));
+    assert_eq!(proxy.handler.stats().indexed, 1);
+}

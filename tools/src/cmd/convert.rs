@@ -1,6 +1,8 @@
 //! `starlight convert`: converts an image to the Starlight layer format.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context;
 use starlight_proxy::convert::{convert_image, ConvertImageOptions, PlatformSelection};
@@ -37,6 +39,20 @@ pub struct Args {
     /// Never draw progress bars, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// After pushing, ask this Starlight proxy (QUIC `HOST:PORT`) to index
+    /// the converted image now, so the first worker does not wait for it.
+    #[arg(long, value_name = "PROXY", requires_all = ["ca", "token"])]
+    pub notify: Option<String>,
+    /// With --notify: PEM file of the CA (or self-signed certificate) to trust.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// With --notify: bearer token presented to the proxy.
+    #[arg(long, env = "STARLIGHT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// With --notify: name the proxy's certificate must be valid for
+    /// (default: the host of --notify).
+    #[arg(long)]
+    pub server_name: Option<String>,
     /// The image to convert, e.g. `registry:5000/app:v1`.
     pub src: String,
     /// Where to push the converted image, e.g. `registry:5000/app:v1-starlight`.
@@ -62,5 +78,56 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("converting {} to {}", args.src, args.dst))?;
     println!("{report}");
+    if let (Some(proxy), Some(ca), Some(token)) = (&args.notify, &args.ca, &args.token) {
+        let started = Instant::now();
+        let entries = notify(proxy, ca, token, args.server_name.as_deref(), &args.dst)
+            .await
+            .with_context(|| {
+                format!(
+                    "{} was converted and pushed, but proxy {proxy} could not index it",
+                    args.dst
+                )
+            })?;
+        println!(
+            "proxy {proxy} indexed {} ({entries} entries) in {:.1} ms",
+            args.dst,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
     Ok(())
+}
+
+/// Has the proxy index `image`: asks it for the image's bundle and hangs up
+/// as soon as the header arrives (the proxy builds a header only from an
+/// indexed image, indexing it first when needed). Returns the number of
+/// table-of-contents entries.
+async fn notify(
+    proxy: &str,
+    ca: &std::path::Path,
+    token: &str,
+    server_name: Option<&str>,
+    image: &str,
+) -> anyhow::Result<usize> {
+    use transport_quic::quic::{Client, ClientTls};
+    use transport_quic::{Event, Request};
+    let (addr, host) = super::fetch::resolve_proxy(proxy).await?;
+    let client = Client::new(ClientTls::CaFile(ca.to_path_buf()))?;
+    let request = Request {
+        token: token.to_string(),
+        image: image.to_string(),
+        platform: None,
+        held_images: vec![],
+        held_payloads: vec![],
+    };
+    let mut stream = client
+        .fetch(addr, server_name.unwrap_or(&host), &request)
+        .await?;
+    loop {
+        match stream.next_event().await? {
+            Some(Event::Header(h)) => return Ok(h.toc.len()),
+            Some(Event::Error(e)) => anyhow::bail!("proxy error: {}", e.message),
+            Some(_) => {}
+            None => anyhow::bail!("the proxy closed the stream before sending a header"),
+        }
+    }
 }

@@ -148,7 +148,7 @@ impl std::fmt::Display for Report {
 }
 
 /// The address and default server name of `proxy` (`HOST:PORT`).
-async fn resolve_proxy(proxy: &str) -> Result<(SocketAddr, String), FetchFailure> {
+pub(crate) async fn resolve_proxy(proxy: &str) -> Result<(SocketAddr, String), FetchFailure> {
     let host = match proxy.rsplit_once(':') {
         Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
         None => {
