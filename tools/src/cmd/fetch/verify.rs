@@ -4,6 +4,7 @@
 //! decompression overlaps with receiving.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
@@ -207,11 +208,17 @@ pub struct Verified {
     pub bytes: u64,
 }
 
-/// A verifier thread and the sending end of its channel.
+/// Verifier threads and the sending ends of their channels: payloads are
+/// spread over the threads (payload `i` goes to thread `i % n`), so
+/// decompression and hashing use every core while the stream is received.
 pub struct VerifierThread {
-    tx: Option<SyncSender<Msg>>,
-    handle: JoinHandle<Result<Verified, VerifyError>>,
+    workers: Vec<(SyncSender<Msg>, Worker)>,
+    /// The thread the current payload's messages go to.
+    current: AtomicUsize,
 }
+
+/// One verifier thread: what it checked, or its first failure.
+type Worker = JoinHandle<Result<Verified, VerifyError>>;
 
 fn run(rx: Receiver<Msg>) -> Result<Verified, VerifyError> {
     let mut current: Option<PayloadVerifier> = None;
@@ -239,33 +246,71 @@ fn run(rx: Receiver<Msg>) -> Result<Verified, VerifyError> {
 }
 
 impl VerifierThread {
-    /// Starts the thread; `depth` messages may wait in the channel.
+    /// Starts one verifier thread per core (at most 4); `depth` messages may
+    /// wait in each thread's channel.
     pub fn start(depth: usize) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel(depth);
-        let handle = std::thread::Builder::new()
-            .name("verify".into())
-            .spawn(move || run(rx))?;
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        Self::start_n(n, depth)
+    }
+
+    /// Starts `n` (at least 1) verifier threads.
+    pub fn start_n(n: usize, depth: usize) -> std::io::Result<Self> {
+        let mut workers = Vec::with_capacity(n.max(1));
+        for i in 0..n.max(1) {
+            let (tx, rx) = sync_channel(depth);
+            let handle = std::thread::Builder::new()
+                .name(format!("verify-{i}"))
+                .spawn(move || run(rx))?;
+            workers.push((tx, handle));
+        }
         Ok(VerifierThread {
-            tx: Some(tx),
-            handle,
+            workers,
+            current: AtomicUsize::new(0),
         })
     }
 
     /// Sends a message; `false` if the thread stopped (on an error: see
     /// [`Self::finish`]).
     pub fn send(&self, msg: Msg) -> bool {
-        self.tx.as_ref().is_some_and(|tx| tx.send(msg).is_ok())
+        if let Msg::Begin(index, _) = &msg {
+            let n = self.workers.len().max(1);
+            self.current
+                .store(usize::try_from(*index).unwrap_or(0) % n, Ordering::Relaxed);
+        }
+        let worker = self.current.load(Ordering::Relaxed);
+        self.workers
+            .get(worker)
+            .is_some_and(|(tx, _)| tx.send(msg).is_ok())
     }
 
-    /// Waits for the thread to check everything sent.
-    pub fn finish(mut self) -> Result<Verified, VerifyError> {
-        drop(self.tx.take());
-        match self.handle.join() {
-            Ok(r) => r,
-            Err(_) => Err(VerifyError::Corrupt {
-                index: u32::MAX,
-                reason: "the verifier thread panicked".into(),
-            }),
+    /// Waits for the threads to check everything sent; the first error (by
+    /// payload index) wins.
+    pub fn finish(self) -> Result<Verified, VerifyError> {
+        let mut total = Verified::default();
+        let mut first_error: Option<VerifyError> = None;
+        for (tx, handle) in self.workers {
+            drop(tx);
+            let result = handle.join().unwrap_or_else(|_| {
+                Err(VerifyError::Corrupt {
+                    index: u32::MAX,
+                    reason: "a verifier thread panicked".into(),
+                })
+            });
+            match result {
+                Ok(v) => {
+                    total.payloads += v.payloads;
+                    total.bytes += v.bytes;
+                }
+                Err(e) => {
+                    if first_error.as_ref().is_none_or(|f| e.index() < f.index()) {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
         }
     }
 }
