@@ -294,6 +294,14 @@ async fn many_parked_opens_do_not_delay_a_stat() {
         "{PARKED} parked opens completed {:?} after release",
         released.elapsed()
     );
+
+    // A listing larger than one readdir reply continues from the offsets.
+    let root = m.root();
+    let listing = on_thread(move || fs::read_dir(root).map(|entries| entries.count()));
+    assert_eq!(
+        within(Duration::from_secs(5), listing).await.unwrap(),
+        PARKED + 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
