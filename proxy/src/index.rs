@@ -538,25 +538,13 @@ mod tests {
     fn entry(path: &str, kind: EntryKind, size: u64, sha: Option<u8>) -> TocEntry {
         TocEntry {
             entry: Entry {
-                path: path.into(),
-                kind,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                uname: String::new(),
-                gname: String::new(),
-                mtime: 0,
-                mtime_nsec: 0,
                 size,
-                link: None,
-                devmajor: 0,
-                devminor: 0,
-                xattrs: vec![],
                 content: sha.map(|b| ContentRef {
                     sha256: [b; 32],
                     offset: 0,
                     compressed_len: 1,
                 }),
+                ..Entry::new(path, kind, 0o644)
             },
             layer: 0,
         }

@@ -147,23 +147,7 @@ fn ensure_parents(
 
 /// A directory entry for a parent missing from the layers.
 fn synthesized_dir(path: &str) -> Entry {
-    Entry {
-        path: path.to_string(),
-        kind: EntryKind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        uname: String::new(),
-        gname: String::new(),
-        mtime: 0,
-        mtime_nsec: 0,
-        size: 0,
-        link: None,
-        devmajor: 0,
-        devminor: 0,
-        xattrs: vec![],
-        content: None,
-    }
+    Entry::new(path, EntryKind::Dir, 0o755)
 }
 
 #[cfg(test)]

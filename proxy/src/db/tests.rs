@@ -2,23 +2,7 @@ use super::*;
 use crate::format::{Compression, ContentRef, EntryKind};
 
 fn entry(path: &str, kind: EntryKind) -> Entry {
-    Entry {
-        path: path.into(),
-        kind,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        uname: String::new(),
-        gname: String::new(),
-        mtime: 0,
-        mtime_nsec: 0,
-        size: 0,
-        link: None,
-        devmajor: 0,
-        devminor: 0,
-        xattrs: vec![],
-        content: None,
-    }
+    Entry::new(path, kind, 0o644)
 }
 
 /// An entry with every field set to a non-default value.

@@ -87,6 +87,28 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 impl Entry {
+    /// An entry of `kind` at `path` owned by root, with `mode` and every
+    /// other field zero or empty; set the rest with struct update syntax.
+    pub fn new(path: impl Into<String>, kind: EntryKind, mode: u32) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            uname: String::new(),
+            gname: String::new(),
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            link: None,
+            devmajor: 0,
+            devminor: 0,
+            xattrs: vec![],
+            content: None,
+        }
+    }
+
     /// The final path component (empty for the root).
     pub fn name(&self) -> &str {
         self.path.rsplit('/').next().unwrap_or("")
@@ -127,23 +149,7 @@ mod tests {
     use super::*;
 
     fn entry(path: &str) -> Entry {
-        Entry {
-            path: path.into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            uname: String::new(),
-            gname: String::new(),
-            mtime: 0,
-            mtime_nsec: 0,
-            size: 0,
-            link: None,
-            devmajor: 0,
-            devminor: 0,
-            xattrs: vec![],
-            content: None,
-        }
+        Entry::new(path, EntryKind::File, 0o644)
     }
 
     #[test]

@@ -19,21 +19,12 @@ pub struct SrcTar {
 
 pub fn entry(path: &str, kind: EntryKind) -> Entry {
     Entry {
-        path: path.into(),
-        kind,
-        mode: if kind == EntryKind::Dir { 0o755 } else { 0o644 },
-        uid: 0,
-        gid: 0,
-        uname: String::new(),
-        gname: String::new(),
         mtime: 1_600_000_000,
-        mtime_nsec: 0,
-        size: 0,
-        link: None,
-        devmajor: 0,
-        devminor: 0,
-        xattrs: vec![],
-        content: None,
+        ..Entry::new(
+            path,
+            kind,
+            if kind == EntryKind::Dir { 0o755 } else { 0o644 },
+        )
     }
 }
 

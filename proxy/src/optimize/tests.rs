@@ -14,21 +14,12 @@ fn sha(n: u32) -> [u8; 32] {
 
 fn entry(path: &str, kind: EntryKind) -> Entry {
     Entry {
-        path: path.into(),
-        kind,
-        mode: if kind == EntryKind::Dir { 0o755 } else { 0o644 },
-        uid: 0,
-        gid: 0,
-        uname: String::new(),
-        gname: String::new(),
         mtime: 1_700_000_000,
-        mtime_nsec: 0,
-        size: 0,
-        link: None,
-        devmajor: 0,
-        devminor: 0,
-        xattrs: vec![],
-        content: None,
+        ..Entry::new(
+            path,
+            kind,
+            if kind == EntryKind::Dir { 0o755 } else { 0o644 },
+        )
     }
 }
 

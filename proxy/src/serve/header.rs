@@ -103,21 +103,14 @@ mod tests {
 
     fn entry(path: &str, kind: EntryKind, content: Option<ContentRef>) -> Entry {
         Entry {
-            path: path.into(),
-            kind,
-            mode: 0o644,
             uid: 1,
             gid: 2,
-            uname: String::new(),
-            gname: String::new(),
             mtime: 3,
             mtime_nsec: 4,
             size: content.map_or(0, |_| 9),
-            link: None,
-            devmajor: 0,
-            devminor: 0,
             xattrs: vec![("user.a".into(), b"v".to_vec())],
             content,
+            ..Entry::new(path, kind, 0o644)
         }
     }
 
