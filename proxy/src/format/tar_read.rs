@@ -201,16 +201,12 @@ impl<R: Read> TarReader<R> {
         }
     }
 
-    fn read_exact_counted(&mut self, buf: &mut [u8], what: &str) -> Result<(), FormatError> {
+    /// Reads until `buf` is full or the stream ends; returns the bytes read.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, FormatError> {
         let mut done = 0;
         while done < buf.len() {
             match self.inner.read(&mut buf[done..]) {
-                Ok(0) => {
-                    return Err(FormatError::Truncated(format!(
-                        "tar stream ends at byte {} inside {what}",
-                        self.pos
-                    )))
-                }
+                Ok(0) => break,
                 Ok(n) => {
                     done += n;
                     self.pos += n as u64;
@@ -218,6 +214,20 @@ impl<R: Read> TarReader<R> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(FormatError::from_decode(e, "reading the tar stream")),
             }
+        }
+        Ok(done)
+    }
+
+    fn truncated(&self, what: &str) -> FormatError {
+        FormatError::Truncated(format!(
+            "tar stream ends at byte {} inside {what}",
+            self.pos
+        ))
+    }
+
+    fn read_exact_counted(&mut self, buf: &mut [u8], what: &str) -> Result<(), FormatError> {
+        if self.fill(buf)? < buf.len() {
+            return Err(self.truncated(what));
         }
         Ok(())
     }
@@ -225,25 +235,11 @@ impl<R: Read> TarReader<R> {
     /// Reads one block; `None` at a clean end of stream.
     fn read_block(&mut self) -> Result<Option<[u8; 512]>, FormatError> {
         let mut block = [0u8; 512];
-        let mut done = 0;
-        while done < block.len() {
-            match self.inner.read(&mut block[done..]) {
-                Ok(0) if done == 0 => return Ok(None),
-                Ok(0) => {
-                    return Err(FormatError::Truncated(format!(
-                        "tar stream ends at byte {} inside a header",
-                        self.pos
-                    )))
-                }
-                Ok(n) => {
-                    done += n;
-                    self.pos += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(FormatError::from_decode(e, "reading the tar stream")),
-            }
+        match self.fill(&mut block)? {
+            0 => Ok(None),
+            512 => Ok(Some(block)),
+            _ => Err(self.truncated("a header")),
         }
-        Ok(Some(block))
     }
 
     fn skip(&mut self, mut n: u64, what: &str) -> Result<(), FormatError> {
