@@ -4,4 +4,5 @@
 
 pub mod hashing;
 pub mod layer_tar;
+pub mod netem;
 pub mod synth;

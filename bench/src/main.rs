@@ -41,6 +41,45 @@ enum Command {
     CorpusLayers(CorpusArgs),
     /// Measure the Starlight format's size overhead and throughput on the corpus.
     Overhead(OverheadArgs),
+    /// The emulated WAN link between a worker and a cloud namespace.
+    #[command(subcommand)]
+    Link(LinkCommand),
+}
+
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// Bring a link up and hold it until Ctrl-C or SIGTERM.
+    Up(LinkArgs),
+    /// Remove links left by processes that are gone.
+    Down,
+    /// Measure RTT, TCP and UDP goodput against the targets; fails if off by more than 5%.
+    Calibrate {
+        /// Round-trip times to calibrate (comma-separated, ms unless suffixed).
+        #[arg(long, value_delimiter = ',', default_value = "0,50,150,300")]
+        rtt: Vec<String>,
+        /// Rate, for example 100mbit or 1gbit.
+        #[arg(long, default_value = "100mbit")]
+        rate: String,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct LinkArgs {
+    /// Round-trip time (ms unless suffixed).
+    #[arg(long, default_value = "50ms")]
+    rtt: String,
+    /// Rate, for example 100mbit or 1gbit (0: unlimited).
+    #[arg(long, default_value = "100mbit")]
+    rate: String,
+    /// Random loss probability per direction, in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Queue limit in bytes per direction (default: 2 BDP + 64 KiB).
+    #[arg(long)]
+    queue_bytes: Option<u64>,
 }
 
 #[derive(Args)]
@@ -86,6 +125,61 @@ fn main() -> Result<()> {
             Corpus::new(&args.cache)?.build(&images)
         }
         Command::Overhead(args) => run_overhead(&args),
+        Command::Link(cmd) => run_link(cmd),
+    }
+}
+
+fn run_link(cmd: LinkCommand) -> Result<()> {
+    use starlight_bench::netem::{self, calibrate, parse_duration, parse_rate, Link, LinkConfig};
+    match cmd {
+        LinkCommand::Up(args) => {
+            netem::cleanup_stale()?;
+            let config = LinkConfig {
+                rtt: parse_duration(&args.rtt)?,
+                rate_bps: parse_rate(&args.rate)?,
+                loss: args.loss,
+                queue_bytes: args.queue_bytes,
+            };
+            netem::block_signals()?;
+            let link = Link::up(config)?;
+            println!(
+                "worker {} {} cloud {} {}",
+                link.worker_ns(),
+                link.worker_addr(),
+                link.cloud_ns(),
+                link.cloud_addr()
+            );
+            netem::wait_for_signal()?;
+            let stats = link.down()?;
+            println!("{}", serde_json::to_string(&stats)?);
+            Ok(())
+        }
+        LinkCommand::Down => {
+            for name in netem::cleanup_stale()? {
+                println!("removed {name}");
+            }
+            Ok(())
+        }
+        LinkCommand::Calibrate { rtt, rate, out } => {
+            netem::cleanup_stale()?;
+            let rate_bps = parse_rate(&rate)?;
+            let mut results = Vec::new();
+            for r in &rtt {
+                let config = LinkConfig::new(parse_duration(r)?, rate_bps);
+                tracing::info!(rtt = r, rate = rate_bps, "calibrating");
+                results.push(calibrate::calibrate(config)?);
+            }
+            print!("{}", calibrate::table(&results));
+            if let Some(out) = out {
+                fs::write(&out, serde_json::to_string_pretty(&results)?)
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+            if results.iter().all(|r| r.ok()) {
+                Ok(())
+            } else {
+                Err(anyhow!("calibration off by more than 5%"))
+            }
+        }
     }
 }
 

@@ -1,0 +1,195 @@
+//! starlightd's configuration: a TOML file (by default
+//! [`DEFAULT_CONFIG_PATH`]) whose settings command-line flags override.
+//!
+//! ```toml
+//! proxy = "127.0.0.1:8443"        # the proxy's QUIC address
+//! server_name = "proxy.example"   # the name its certificate is checked for
+//! ca_file = "/etc/starlight/ca.pem"
+//! token = "secret"
+//! state_dir = "/var/lib/starlight"
+//! grace_secs = 30                 # how long opens wait after a broken stream
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where starlightd looks for its configuration by default.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/starlight/starlightd.toml";
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's complaint.
+        source: toml::de::Error,
+    },
+    /// A required setting is missing from both the file and the flags.
+    #[error("no {0} configured (set it in the configuration file or with its flag)")]
+    Missing(&'static str),
+}
+
+/// The settings as the file (or the flags) give them; all optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The proxy's QUIC address.
+    pub proxy: Option<SocketAddr>,
+    /// The name the proxy's certificate must be valid for (default: its IP).
+    pub server_name: Option<String>,
+    /// PEM file of the CA certificates trusted for the proxy.
+    pub ca_file: Option<PathBuf>,
+    /// The bearer token sent to the proxy.
+    pub token: Option<String>,
+    /// Where the content store and mounts live.
+    pub state_dir: Option<PathBuf>,
+    /// Seconds opens still wait for contents after the stream broke.
+    pub grace_secs: Option<u64>,
+}
+
+impl Settings {
+    /// Reads `path`. A missing file gives empty settings unless `required`.
+    pub fn load(path: &Path, required: bool) -> Result<Settings, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Settings::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// These settings with every setting of `flags` taking precedence.
+    pub fn overridden_by(self, flags: Settings) -> Settings {
+        Settings {
+            proxy: flags.proxy.or(self.proxy),
+            server_name: flags.server_name.or(self.server_name),
+            ca_file: flags.ca_file.or(self.ca_file),
+            token: flags.token.or(self.token),
+            state_dir: flags.state_dir.or(self.state_dir),
+            grace_secs: flags.grace_secs.or(self.grace_secs),
+        }
+    }
+
+    /// The complete configuration, with defaults for what may default.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let proxy = self.proxy.ok_or(ConfigError::Missing("proxy address"))?;
+        Ok(Config {
+            proxy,
+            server_name: self.server_name.unwrap_or_else(|| proxy.ip().to_string()),
+            ca_file: self.ca_file.ok_or(ConfigError::Missing("CA file"))?,
+            token: self.token.ok_or(ConfigError::Missing("token"))?,
+            state_dir: self
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/starlight")),
+            grace: Duration::from_secs(self.grace_secs.unwrap_or(30)),
+        })
+    }
+}
+
+/// starlightd's complete configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The proxy's QUIC address.
+    pub proxy: SocketAddr,
+    /// The name the proxy's certificate must be valid for.
+    pub server_name: String,
+    /// PEM file of the CA certificates trusted for the proxy.
+    pub ca_file: PathBuf,
+    /// The bearer token sent to the proxy.
+    pub token: String,
+    /// Where the content store and mounts live.
+    pub state_dir: PathBuf,
+    /// How long opens still wait for contents after the stream broke.
+    pub grace: Duration,
+}
+
+impl Config {
+    /// The content store's directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.state_dir.join("content")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn file_then_flags_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("starlightd.toml");
+        std::fs::write(
+            &path,
+            "proxy = \"127.0.0.1:8443\"\nca_file = \"/etc/ca.pem\"\ntoken = \"file\"\ngrace_secs = 5\n",
+        )
+        .unwrap();
+        let file = Settings::load(&path, true).unwrap();
+        let flags = Settings {
+            token: Some("flag".into()),
+            state_dir: Some("/tmp/state".into()),
+            ..Settings::default()
+        };
+        let config = file.overridden_by(flags).resolve().unwrap();
+        assert_eq!(config.proxy, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(config.server_name, "127.0.0.1");
+        assert_eq!(config.ca_file, PathBuf::from("/etc/ca.pem"));
+        assert_eq!(config.token, "flag");
+        assert_eq!(config.state_dir, PathBuf::from("/tmp/state"));
+        assert_eq!(config.grace, Duration::from_secs(5));
+        assert_eq!(config.store_dir(), PathBuf::from("/tmp/state/content"));
+    }
+
+    #[test]
+    fn the_shipped_example_parses_completely() {
+        let example: Settings = toml::from_str(include_str!("../dist/starlightd.toml")).unwrap();
+        let config = example.resolve().unwrap();
+        assert_eq!(config.server_name, "localhost");
+        assert_eq!(config.grace, Duration::from_secs(30));
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/starlight"));
+    }
+
+    #[test]
+    fn missing_bad_and_unknown_settings_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let absent = dir.path().join("absent.toml");
+        assert_eq!(Settings::load(&absent, false).unwrap(), Settings::default());
+        assert!(matches!(
+            Settings::load(&absent, true),
+            Err(ConfigError::Read { .. })
+        ));
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "proxy = \"127.0.0.1:1\"\nproxi = 3\n").unwrap();
+        let err = Settings::load(&bad, true).unwrap_err();
+        assert!(err.to_string().contains("proxi"), "{err}");
+        let err = Settings::default().resolve().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no proxy address configured (set it in the configuration file or with its flag)"
+        );
+    }
+}

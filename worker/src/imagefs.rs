@@ -1,0 +1,699 @@
+//! The filesystem of one image: a read-only [`uring_fs::Filesystem`] over
+//! the merged table of contents of a bundle header.
+//!
+//! The tree is built from the TOC alone, so lookup, getattr, readdir,
+//! readlink and the xattr calls answer at once. Inode numbers follow the
+//! TOC (root = 1); hard links share the inode of their target. An open of a
+//! regular file whose content is in the store succeeds at once; otherwise
+//! it parks on that content's waiter ([`ContentWaiters`]) until the
+//! receiver settles it: ready → served from the store, failed → `EIO`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tracing::{error, warn};
+use transport_quic::{EntryKind, Header, TocEntry};
+use uring_fs::{
+    Attr, DirEntry, Entry, Errno, FileAttr, FileKind, Filesystem, Opened, ReadData, RequestContext,
+    StatFs, XattrValue,
+};
+
+use crate::store::Store;
+use crate::waiters::{ContentState, ContentWaiters};
+
+/// The inode number of the root directory.
+pub const ROOT: u64 = 1;
+
+/// Why a table of contents cannot be turned into a tree.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// A path names a parent that is not a directory.
+    #[error("{path}: a parent is not a directory")]
+    NotADirectory {
+        /// The entry's path.
+        path: String,
+    },
+    /// A path is empty after normalization, or has `.`/`..` components.
+    #[error("{path:?}: invalid path")]
+    InvalidPath {
+        /// The entry's path.
+        path: String,
+    },
+    /// A hard link's target is missing or not a regular file.
+    #[error("{path}: hard link to {target:?}, which is not a file of the image")]
+    BadHardlink {
+        /// The link's path.
+        path: String,
+        /// Its target.
+        target: String,
+    },
+}
+
+#[derive(Debug)]
+enum NodeData {
+    Dir {
+        parent: u64,
+        children: BTreeMap<OsString, u64>,
+    },
+    Symlink(Vec<u8>),
+    File(Option<[u8; 32]>),
+    Special,
+}
+
+#[derive(Debug)]
+struct Node {
+    attr: FileAttr,
+    data: NodeData,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+fn components(path: &str) -> Result<Vec<&str>, TreeError> {
+    let parts: Vec<&str> = path
+        .trim_start_matches("./")
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Err(TreeError::InvalidPath { path: path.into() });
+    }
+    Ok(parts)
+}
+
+/// The kernel's encoding of a device number (`new_encode_dev`).
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+fn attr_of(ino: u64, e: &TocEntry) -> FileAttr {
+    let kind = match e.kind {
+        EntryKind::Dir => FileKind::Directory,
+        EntryKind::File | EntryKind::Hardlink => FileKind::File,
+        EntryKind::Symlink => FileKind::Symlink,
+        EntryKind::CharDev => FileKind::CharDevice,
+        EntryKind::BlockDev => FileKind::BlockDevice,
+        EntryKind::Fifo => FileKind::Fifo,
+    };
+    let size = match e.kind {
+        EntryKind::File => e.size,
+        EntryKind::Symlink => e.link.as_ref().map_or(0, |l| l.len() as u64),
+        _ => 0,
+    };
+    let mut attr = FileAttr::new(ino, kind, (e.mode & 0o7777) as u16, size);
+    let mtime = if e.mtime >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::new(e.mtime as u64, e.mtime_nsec.min(999_999_999))
+    } else {
+        SystemTime::UNIX_EPOCH
+    };
+    attr.atime = mtime;
+    attr.mtime = mtime;
+    attr.ctime = mtime;
+    attr.uid = u32::try_from(e.uid).unwrap_or(u32::MAX);
+    attr.gid = u32::try_from(e.gid).unwrap_or(u32::MAX);
+    if matches!(e.kind, EntryKind::CharDev | EntryKind::BlockDev) {
+        attr.rdev = encode_dev(e.devmajor, e.devminor);
+    }
+    attr
+}
+
+/// The filesystem of one image.
+pub struct ImageFs {
+    nodes: Vec<Node>,
+    store: Arc<Store>,
+    waiters: Arc<ContentWaiters>,
+    ttl: Duration,
+    handles: Mutex<HashMap<u64, Arc<File>>>,
+    next_fh: AtomicU64,
+}
+
+impl std::fmt::Debug for ImageFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageFs")
+            .field("inodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImageFs {
+    /// The tree of `header`'s table of contents, served from `store`, with
+    /// opens of missing contents waiting on `waiters`. `ttl` is the cache
+    /// timeout given to the kernel (the tree never changes).
+    pub fn new(
+        header: &Header,
+        store: Arc<Store>,
+        waiters: Arc<ContentWaiters>,
+        ttl: Duration,
+    ) -> Result<ImageFs, TreeError> {
+        let mut root_attr = FileAttr::new(ROOT, FileKind::Directory, 0o755, 0);
+        root_attr.mtime = SystemTime::UNIX_EPOCH;
+        let mut nodes = vec![Node {
+            attr: root_attr,
+            data: NodeData::Dir {
+                parent: ROOT,
+                children: BTreeMap::new(),
+            },
+            xattrs: Vec::new(),
+        }];
+        let mut by_path: HashMap<String, u64> = HashMap::from([(String::new(), ROOT)]);
+        // Hard links last: their targets may sort after them.
+        let (links, others): (Vec<&TocEntry>, Vec<&TocEntry>) = header
+            .toc
+            .iter()
+            .partition(|e| e.kind == EntryKind::Hardlink);
+        for e in others {
+            let parts = components(&e.path)?;
+            if parts.is_empty() {
+                // The root itself: take its metadata.
+                if e.kind == EntryKind::Dir {
+                    let attr = attr_of(ROOT, e);
+                    nodes[0].attr = FileAttr {
+                        nlink: nodes[0].attr.nlink,
+                        ..attr
+                    };
+                    nodes[0].xattrs = e.xattrs.clone();
+                }
+                continue;
+            }
+            let parent = Self::ensure_dirs(&mut nodes, &mut by_path, &parts, &e.path)?;
+            let name = parts[parts.len() - 1];
+            let full = parts.join("/");
+            if let Some(&existing) = by_path.get(&full) {
+                // An implicit directory met its own entry: take its metadata.
+                let node = &mut nodes[(existing - 1) as usize];
+                if e.kind == EntryKind::Dir && matches!(node.data, NodeData::Dir { .. }) {
+                    let nlink = node.attr.nlink;
+                    node.attr = FileAttr {
+                        nlink,
+                        ..attr_of(existing, e)
+                    };
+                    node.xattrs = e.xattrs.clone();
+                }
+                continue;
+            }
+            let ino = nodes.len() as u64 + 1;
+            let data = match e.kind {
+                EntryKind::Dir => NodeData::Dir {
+                    parent,
+                    children: BTreeMap::new(),
+                },
+                EntryKind::File => NodeData::File(e.sha256.filter(|_| e.size > 0)),
+                EntryKind::Symlink => {
+                    NodeData::Symlink(e.link.clone().unwrap_or_default().into_bytes())
+                }
+                _ => NodeData::Special,
+            };
+            nodes.push(Node {
+                attr: attr_of(ino, e),
+                data,
+                xattrs: e.xattrs.clone(),
+            });
+            Self::link(&mut nodes, parent, name, ino, e.kind == EntryKind::Dir);
+            by_path.insert(full, ino);
+        }
+        for e in links {
+            let parts = components(&e.path)?;
+            let target = e.link.clone().unwrap_or_default();
+            let bad = || TreeError::BadHardlink {
+                path: e.path.clone(),
+                target: target.clone(),
+            };
+            let target_ino = *by_path
+                .get(&components(&target)?.join("/"))
+                .ok_or_else(bad)?;
+            if !matches!(nodes[(target_ino - 1) as usize].data, NodeData::File(_)) {
+                return Err(bad());
+            }
+            let Some(name) = parts.last() else {
+                return Err(bad());
+            };
+            let parent = Self::ensure_dirs(&mut nodes, &mut by_path, &parts, &e.path)?;
+            let full = parts.join("/");
+            if by_path.contains_key(&full) {
+                continue;
+            }
+            Self::link(&mut nodes, parent, name, target_ino, false);
+            nodes[(target_ino - 1) as usize].attr.nlink += 1;
+            by_path.insert(full, target_ino);
+        }
+        Ok(ImageFs {
+            nodes,
+            store,
+            waiters,
+            ttl,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    /// Makes sure the parent directories of `parts` exist (implicit ones get
+    /// mode 0755); returns the inode of the last parent.
+    fn ensure_dirs(
+        nodes: &mut Vec<Node>,
+        by_path: &mut HashMap<String, u64>,
+        parts: &[&str],
+        path: &str,
+    ) -> Result<u64, TreeError> {
+        let mut parent = ROOT;
+        for depth in 1..parts.len() {
+            let dir = parts[..depth].join("/");
+            parent = match by_path.get(&dir) {
+                Some(&ino) => {
+                    if !matches!(nodes[(ino - 1) as usize].data, NodeData::Dir { .. }) {
+                        return Err(TreeError::NotADirectory { path: path.into() });
+                    }
+                    ino
+                }
+                None => {
+                    let ino = nodes.len() as u64 + 1;
+                    nodes.push(Node {
+                        attr: FileAttr::new(ino, FileKind::Directory, 0o755, 0),
+                        data: NodeData::Dir {
+                            parent,
+                            children: BTreeMap::new(),
+                        },
+                        xattrs: Vec::new(),
+                    });
+                    Self::link(nodes, parent, parts[depth - 1], ino, true);
+                    by_path.insert(dir, ino);
+                    ino
+                }
+            };
+        }
+        Ok(parent)
+    }
+
+    fn link(nodes: &mut [Node], parent: u64, name: &str, ino: u64, is_dir: bool) {
+        let node = &mut nodes[(parent - 1) as usize];
+        if let NodeData::Dir { children, .. } = &mut node.data {
+            children.insert(name.into(), ino);
+        }
+        if is_dir {
+            node.attr.nlink += 1;
+        }
+    }
+
+    fn node(&self, ino: u64) -> Result<&Node, Errno> {
+        ino.checked_sub(1)
+            .and_then(|i| self.nodes.get(i as usize))
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// The number of inodes of the tree.
+    pub fn inode_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<File>>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Filesystem for ImageFs {
+    async fn lookup(
+        &self,
+        _ctx: &RequestContext,
+        parent: u64,
+        name: &OsStr,
+    ) -> Result<Entry, Errno> {
+        let NodeData::Dir { children, .. } = &self.node(parent)?.data else {
+            return Err(Errno::ENOTDIR);
+        };
+        let ino = *children.get(name).ok_or(Errno::ENOENT)?;
+        Ok(Entry {
+            attr: self.node(ino)?.attr.clone(),
+            generation: 0,
+            attr_ttl: self.ttl,
+            entry_ttl: self.ttl,
+        })
+    }
+
+    async fn getattr(
+        &self,
+        _ctx: &RequestContext,
+        ino: u64,
+        _fh: Option<u64>,
+    ) -> Result<Attr, Errno> {
+        Ok(Attr {
+            attr: self.node(ino)?.attr.clone(),
+            ttl: self.ttl,
+        })
+    }
+
+    async fn readlink(&self, _ctx: &RequestContext, ino: u64) -> Result<Vec<u8>, Errno> {
+        match &self.node(ino)?.data {
+            NodeData::Symlink(target) => Ok(target.clone()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    async fn open(&self, _ctx: &RequestContext, ino: u64, flags: u32) -> Result<Opened, Errno> {
+        if flags & (libc::O_ACCMODE as u32) != libc::O_RDONLY as u32 {
+            return Err(Errno::EROFS);
+        }
+        let sha = match &self.node(ino)?.data {
+            NodeData::File(sha) => *sha,
+            NodeData::Dir { .. } => return Err(Errno::EISDIR),
+            _ => return Err(Errno::EINVAL),
+        };
+        let Some(sha) = sha else {
+            // Empty file: nothing to wait for.
+            return Ok(Opened {
+                fh: 0,
+                keep_cache: true,
+                direct_io: false,
+            });
+        };
+        if !self.store.has(&sha) {
+            // Parks this request only, until the content is settled.
+            match self.waiters.wait(&sha).await {
+                Some(ContentState::Ready) => {}
+                Some(ContentState::Failed) | Some(ContentState::Pending) => {
+                    warn!(ino, sha256 = %hex::encode(sha), "open failed: the content did not arrive");
+                    return Err(Errno::EIO);
+                }
+                None => {
+                    error!(ino, sha256 = %hex::encode(sha), "open failed: content neither stored nor expected");
+                    return Err(Errno::EIO);
+                }
+            }
+        }
+        let file = self.store.open_content(&sha).map_err(|e| {
+            error!(ino, sha256 = %hex::encode(sha), "cannot open stored content: {e}");
+            Errno::EIO
+        })?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles().insert(fh, Arc::new(file));
+        Ok(Opened {
+            fh,
+            keep_cache: true,
+            direct_io: false,
+        })
+    }
+
+    async fn read(
+        &self,
+        _ctx: &RequestContext,
+        _ino: u64,
+        fh: u64,
+        offset: u64,
+        _size: u32,
+    ) -> Result<ReadData, Errno> {
+        if fh == 0 {
+            return Ok(ReadData::Bytes(Vec::new()));
+        }
+        let file = self.handles().get(&fh).cloned().ok_or(Errno::EBADF)?;
+        Ok(ReadData::File { file, offset })
+    }
+
+    async fn release(&self, _ctx: &RequestContext, _ino: u64, fh: u64) -> Result<(), Errno> {
+        self.handles().remove(&fh);
+        Ok(())
+    }
+
+    async fn readdir(
+        &self,
+        _ctx: &RequestContext,
+        ino: u64,
+        _fh: u64,
+        offset: u64,
+        _size: u32,
+    ) -> Result<Vec<DirEntry>, Errno> {
+        let NodeData::Dir { parent, children } = &self.node(ino)?.data else {
+            return Err(Errno::ENOTDIR);
+        };
+        let dots = [(OsString::from("."), ino), (OsString::from(".."), *parent)];
+        let all = dots
+            .into_iter()
+            .chain(children.iter().map(|(n, c)| (n.clone(), *c)));
+        let mut entries = Vec::new();
+        for (index, (name, child)) in all.enumerate().skip(offset as usize) {
+            entries.push(DirEntry {
+                ino: child,
+                kind: self.node(child)?.attr.kind,
+                name,
+                next_offset: index as u64 + 1,
+            });
+        }
+        Ok(entries)
+    }
+
+    async fn getxattr(
+        &self,
+        _ctx: &RequestContext,
+        ino: u64,
+        name: &OsStr,
+    ) -> Result<XattrValue, Errno> {
+        self.node(ino)?
+            .xattrs
+            .iter()
+            .find(|(n, _)| n.as_bytes() == name.as_bytes())
+            .map(|(_, v)| v.clone())
+            .ok_or(Errno::ENODATA)
+    }
+
+    async fn listxattr(&self, _ctx: &RequestContext, ino: u64) -> Result<XattrValue, Errno> {
+        let mut names = Vec::new();
+        for (name, _) in &self.node(ino)?.xattrs {
+            names.extend_from_slice(name.as_bytes());
+            names.push(0);
+        }
+        Ok(names)
+    }
+
+    async fn statfs(&self, _ctx: &RequestContext, _ino: u64) -> Result<StatFs, Errno> {
+        let bytes: u64 = self.nodes.iter().map(|n| n.attr.size).sum();
+        Ok(StatFs {
+            blocks: bytes.div_ceil(4096),
+            files: self.nodes.len() as u64,
+            bsize: 4096,
+            frsize: 4096,
+            namelen: 255,
+            ..StatFs::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sha2::{Digest, Sha256};
+    use transport_quic::Source;
+
+    fn ctx() -> RequestContext {
+        RequestContext {
+            unique: 1,
+            uid: 0,
+            gid: 0,
+            pid: 1,
+        }
+    }
+
+    fn entry(path: &str, kind: EntryKind) -> TocEntry {
+        TocEntry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            uid: 1000,
+            gid: 100,
+            mtime: 1_700_000_000,
+            mtime_nsec: 5,
+            size: 0,
+            link: None,
+            devmajor: 0,
+            devminor: 0,
+            xattrs: vec![],
+            sha256: None,
+            layer: 0,
+            source: Source::NoContent,
+        }
+    }
+
+    fn file(path: &str, data: &[u8], source: Source) -> TocEntry {
+        TocEntry {
+            size: data.len() as u64,
+            sha256: Some(Sha256::digest(data).into()),
+            source,
+            ..entry(path, EntryKind::File)
+        }
+    }
+
+    fn header() -> Header {
+        let mut dir = entry("etc", EntryKind::Dir);
+        dir.mode = 0o750;
+        dir.xattrs = vec![("user.k".into(), b"v".to_vec())];
+        let mut link = entry("etc/hard", EntryKind::Hardlink);
+        link.link = Some("usr/bin/tool".into());
+        let mut sym = entry("etc/sym", EntryKind::Symlink);
+        sym.link = Some("../usr/bin/tool".into());
+        let mut dev = entry("dev/null", EntryKind::CharDev);
+        (dev.devmajor, dev.devminor) = (1, 3);
+        Header {
+            toc: vec![
+                dev,
+                dir,
+                entry("etc/empty", EntryKind::File),
+                link,
+                file("etc/passwd", b"root\n", Source::Held),
+                sym,
+                file("usr/bin/tool", b"tool bytes", Source::Payload(0)),
+            ],
+            ..Header::default()
+        }
+    }
+
+    async fn lookup_path(fs: &ImageFs, path: &str) -> Entry {
+        let mut ino = ROOT;
+        let mut last = None;
+        for part in path.split('/') {
+            let e = fs.lookup(&ctx(), ino, OsStr::new(part)).await.unwrap();
+            ino = e.attr.ino;
+            last = Some(e);
+        }
+        last.unwrap()
+    }
+
+    #[tokio::test]
+    async fn metadata_comes_from_the_toc() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let fs = ImageFs::new(
+            &header(),
+            store,
+            Arc::new(ContentWaiters::new()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let etc = lookup_path(&fs, "etc").await;
+        assert_eq!(etc.attr.perm, 0o750);
+        assert_eq!((etc.attr.uid, etc.attr.gid), (1000, 100));
+        assert_eq!(
+            etc.attr.mtime,
+            SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)
+        );
+        let tool = lookup_path(&fs, "usr/bin/tool").await;
+        let hard = lookup_path(&fs, "etc/hard").await;
+        assert_eq!(tool.attr.ino, hard.attr.ino);
+        assert_eq!(tool.attr.nlink, 2);
+        assert_eq!(tool.attr.size, 10);
+        let sym = lookup_path(&fs, "etc/sym").await;
+        assert_eq!(sym.attr.kind, FileKind::Symlink);
+        assert_eq!(
+            fs.readlink(&ctx(), sym.attr.ino).await.unwrap(),
+            b"../usr/bin/tool"
+        );
+        let null = lookup_path(&fs, "dev/null").await;
+        assert_eq!(null.attr.kind, FileKind::CharDevice);
+        assert_eq!(null.attr.rdev, (1 << 8) | 3);
+        // Implicit directories: dev, usr, usr/bin.
+        assert_eq!(lookup_path(&fs, "usr/bin").await.attr.perm, 0o755);
+        let names: Vec<_> = fs
+            .readdir(&ctx(), etc.attr.ino, 0, 0, 4096)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name.into_string().unwrap())
+            .collect();
+        assert_eq!(names, [".", "..", "empty", "hard", "passwd", "sym"]);
+        assert_eq!(
+            fs.getxattr(&ctx(), etc.attr.ino, OsStr::new("user.k"))
+                .await
+                .unwrap(),
+            b"v"
+        );
+        assert_eq!(
+            fs.listxattr(&ctx(), etc.attr.ino).await.unwrap(),
+            b"user.k\0"
+        );
+        // Root nlink: 2 + etc, dev, usr.
+        assert_eq!(fs.getattr(&ctx(), ROOT, None).await.unwrap().attr.nlink, 5);
+        assert_eq!(
+            fs.lookup(&ctx(), ROOT, OsStr::new("nope"))
+                .await
+                .unwrap_err(),
+            Errno::ENOENT
+        );
+    }
+
+    #[tokio::test]
+    async fn opens_wait_for_content_and_fail_with_eio() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let waiters = Arc::new(ContentWaiters::new());
+        let fs = Arc::new(
+            ImageFs::new(&header(), store.clone(), waiters.clone(), Duration::ZERO).unwrap(),
+        );
+        let tool_sha: [u8; 32] = Sha256::digest(b"tool bytes").into();
+        waiters.announce(tool_sha);
+        let tool = lookup_path(&fs, "usr/bin/tool").await.attr.ino;
+        let fs2 = fs.clone();
+        let open = tokio::spawn(async move { fs2.open(&ctx(), tool, 0).await });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!open.is_finished());
+        // Metadata still answers while the open waits.
+        assert!(fs.getattr(&ctx(), tool, None).await.is_ok());
+        store.insert_bytes(b"tool bytes", &tool_sha).unwrap();
+        waiters.set(tool_sha, ContentState::Ready);
+        let opened = tokio::time::timeout(Duration::from_secs(5), open)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(opened.keep_cache);
+        let ReadData::File { file, offset } =
+            fs.read(&ctx(), tool, opened.fh, 5, 100).await.unwrap()
+        else {
+            panic!("expected a file");
+        };
+        assert_eq!(offset, 5);
+        let mut buf = [0u8; 5];
+        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset).unwrap();
+        assert_eq!(&buf, b"bytes");
+        fs.release(&ctx(), tool, opened.fh).await.unwrap();
+        // Held but missing from the store, never announced: EIO at once.
+        let passwd = lookup_path(&fs, "etc/passwd").await.attr.ino;
+        assert_eq!(fs.open(&ctx(), passwd, 0).await.unwrap_err(), Errno::EIO);
+        // Failed content: EIO.
+        let sha: [u8; 32] = Sha256::digest(b"root\n").into();
+        waiters.set(sha, ContentState::Failed);
+        assert_eq!(fs.open(&ctx(), passwd, 0).await.unwrap_err(), Errno::EIO);
+        // Empty files open at once and read empty; writes are refused.
+        let empty = lookup_path(&fs, "etc/empty").await.attr.ino;
+        let o = fs.open(&ctx(), empty, 0).await.unwrap();
+        assert!(matches!(
+            fs.read(&ctx(), empty, o.fh, 0, 10).await.unwrap(),
+            ReadData::Bytes(b) if b.is_empty()
+        ));
+        assert_eq!(
+            fs.open(&ctx(), empty, libc::O_RDWR as u32)
+                .await
+                .unwrap_err(),
+            Errno::EROFS
+        );
+    }
+
+    #[test]
+    fn bad_trees_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let waiters = Arc::new(ContentWaiters::new());
+        let mut link = entry("a", EntryKind::Hardlink);
+        link.link = Some("missing".into());
+        let bad = [
+            vec![file("f", b"x", Source::Held), entry("f/g", EntryKind::Dir)],
+            vec![entry("a/../b", EntryKind::Dir)],
+            vec![link],
+        ];
+        for toc in bad {
+            let h = Header {
+                toc,
+                ..Header::default()
+            };
+            assert!(ImageFs::new(&h, store.clone(), waiters.clone(), Duration::ZERO).is_err());
+        }
+    }
+}
