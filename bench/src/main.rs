@@ -2,7 +2,9 @@
 //!
 //! - `corpus-layers` builds the layers of real images from Debian packages;
 //! - `overhead` converts them to the Starlight format and reports the size
-//!   overhead and the conversion and scan throughputs.
+//!   overhead and the conversion and scan throughputs;
+//! - `link up|down|calibrate` runs the emulated WAN link (see
+//!   `starlight_bench::netem`).
 
 mod apt;
 mod corpus;
@@ -162,6 +164,7 @@ fn run_link(cmd: LinkCommand) -> Result<()> {
         }
         LinkCommand::Calibrate { rtt, rate, out } => {
             netem::cleanup_stale()?;
+            netem::exit_on_signal()?;
             let rate_bps = parse_rate(&rate)?;
             let mut results = Vec::new();
             for r in &rtt {

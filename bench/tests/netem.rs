@@ -111,7 +111,12 @@ fn loss_drops_about_the_configured_fraction() {
     // Expected 1800 received, standard deviation 13.4: +-110 is over 8 sigma.
     assert!((1690..=1910).contains(&udp.received), "{udp:?}");
     let lost = stats.cloud_to_worker.lost;
-    assert_eq!(lost + udp.received, 2000, "{stats:?} {udp:?}");
+    // Every datagram that did not arrive was lost by the emulator (a stray
+    // packet of the kernel's own may be lost too).
+    assert!(
+        (2000..2010).contains(&(lost + udp.received)),
+        "{stats:?} {udp:?}"
+    );
     assert_eq!(stats.cloud_to_worker.drops, 0, "{stats:?}");
 }
 
@@ -203,4 +208,95 @@ fn link_subcommands_are_listed() {
     for sub in ["up", "down", "calibrate"] {
         assert!(text.contains(sub), "{text}");
     }
+}
+
+/// Kills and reaps a child on drop, then removes what it may have left.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = netem::cleanup_stale();
+    }
+}
+
+#[test]
+fn link_up_holds_the_link_until_sigterm() {
+    use std::io::BufRead;
+    let Some(_guard) = setup("link_up_holds_the_link_until_sigterm") else {
+        return;
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_starlight-bench"))
+        .args(["link", "up", "--rtt", "10ms", "--rate", "10mbit"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.len(), 6, "{line}");
+    let (w, c) = (words[1].to_string(), words[4].to_string());
+    let listed = namespaces();
+    assert!(listed.contains(&w) && listed.contains(&c), "{listed}");
+
+    // SAFETY: signals our own child, which is still running.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let stats = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(stats.contains("cloud_to_worker"), "{stats}");
+    let listed = namespaces();
+    assert!(!listed.contains(&w) && !listed.contains(&c), "{listed}");
+}
+
+#[test]
+fn interrupted_calibration_leaves_nothing_behind() {
+    let Some(_guard) = setup("interrupted_calibration_leaves_nothing_behind") else {
+        return;
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_starlight-bench"))
+        .args(["link", "calibrate", "--rtt", "300", "--rate", "10mbit"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let ours = format!("sl-{}-", child.0.id());
+    let (w, c) = (format!("{ours}0-w"), format!("{ours}0-c"));
+    let start = std::time::Instant::now();
+    while !(namespaces().contains(&w) && namespaces().contains(&c)) {
+        assert!(start.elapsed() < Duration::from_secs(20), "no link came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let it finish configuring the link and start measuring.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signals our own child, which is still running.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) }, 0);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{status}");
+    let listed = namespaces();
+    assert!(!listed.contains(&ours), "{listed}");
 }

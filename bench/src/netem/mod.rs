@@ -395,6 +395,40 @@ pub fn wait_for_signal() -> Result<i32, NetemError> {
     Ok(sig)
 }
 
+/// Removes every namespace this process created (for an abrupt exit, when
+/// the [`Link`]s cannot be dropped); returns their names.
+pub fn remove_own() -> Result<Vec<String>, NetemError> {
+    let me = std::process::id();
+    let mut removed = Vec::new();
+    for name in ns::list()? {
+        if owner_pid(&name) == Some(me) {
+            ns::del(&name)?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP remove this process's namespaces (see
+/// [`remove_own`]) and exit with status 130. Call before starting threads:
+/// it blocks the signals in the calling thread, and threads started
+/// afterwards inherit that.
+pub fn exit_on_signal() -> Result<(), NetemError> {
+    block_signals()?;
+    std::thread::Builder::new()
+        .name("netem-signals".into())
+        .spawn(|| {
+            if let Ok(sig) = wait_for_signal() {
+                tracing::warn!(signal = sig, "interrupted: removing the emulated links");
+                if let Err(e) = remove_own() {
+                    tracing::warn!(error = %e, "removing the emulated links");
+                }
+                std::process::exit(130);
+            }
+        })?;
+    Ok(())
+}
+
 fn exec_in(ns: &str, program: &str) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, program]);

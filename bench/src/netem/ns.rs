@@ -81,8 +81,8 @@ pub fn join<T>(handle: JoinHandle<io::Result<T>>) -> io::Result<T> {
 }
 
 /// Opens a non-blocking TUN device `ifname` (IFF_TUN | IFF_NO_PI) from inside
-/// namespace `ns`, and raises the TCP buffer limits of that namespace so that
-/// long fat links can be filled.
+/// namespace `ns`, raises the TCP buffer limits of that namespace so that
+/// long fat links can be filled, and disables IPv6 there.
 pub fn open_tun(ns: &str, ifname: &str) -> Result<OwnedFd, NetemError> {
     let ifname = ifname.to_string();
     let thread = spawn_in(ns, move || {
@@ -91,6 +91,14 @@ pub fn open_tun(ns: &str, ifname: &str) -> Result<OwnedFd, NetemError> {
             ("ipv4/tcp_wmem", "4096 16384 67108864"),
         ] {
             std::fs::write(format!("/proc/sys/net/{knob}"), value)?;
+        }
+        // No IPv6: the links carry IPv4 only, and router solicitations or
+        // MLD reports would be stray packets on the emulated link.
+        for conf in ["all", "default"] {
+            let knob = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+            if std::path::Path::new(&knob).exists() {
+                std::fs::write(knob, "1")?;
+            }
         }
         tun(&ifname)
     })
