@@ -6,6 +6,7 @@
 //! - [`tls`]: certificate helpers (a self-signed pair for demos and tests, PEM parsing).
 
 pub mod codec;
+pub mod payload;
 pub mod quic;
 pub mod tls;
 

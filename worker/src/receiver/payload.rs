@@ -3,12 +3,12 @@
 //! being hashed; [`PayloadWriter::finish`] checks size and SHA-256 and only
 //! then renames the file into place.
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
-use transport_quic::{PayloadCompression, PayloadInfo};
+use transport_quic::payload::{PayloadDecoder, PayloadError as DecodeError};
+use transport_quic::PayloadInfo;
 
 use crate::store::{Store, StoreError};
 
@@ -53,53 +53,36 @@ pub enum PayloadError {
     },
 }
 
-/// Writes decoded bytes to the temporary file and hashes them; refuses
-/// more than the announced size.
-struct Sink {
-    file: BufWriter<NamedTempFile>,
-    hasher: Sha256,
-    written: u64,
-    limit: u64,
-}
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.written += buf.len() as u64;
-        if self.written > self.limit {
-            return Err(std::io::Error::other(format!(
-                "decompresses to more than the {} bytes announced",
-                self.limit
-            )));
-        }
-        self.hasher.update(buf);
-        self.file.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-enum Decoder {
-    Gzip(Box<flate2::write::GzDecoder<Sink>>),
-    Zstd(Box<zstd::stream::write::Decoder<'static, Sink>>),
-}
-
-impl Decoder {
-    fn sink(&self) -> &Sink {
-        match self {
-            Decoder::Gzip(d) => d.get_ref(),
-            Decoder::Zstd(d) => d.get_ref(),
+impl From<DecodeError> for PayloadError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Corrupt { index, reason } => PayloadError::Corrupt { index, reason },
+            DecodeError::Size {
+                index,
+                expected,
+                actual,
+            } => PayloadError::Size {
+                index,
+                expected,
+                actual,
+            },
+            DecodeError::Digest {
+                index,
+                expected,
+                actual,
+            } => PayloadError::Digest {
+                index,
+                expected,
+                actual,
+            },
         }
     }
 }
 
-/// A payload being written into the store.
+/// A payload being written into the store: decoded (and hashed) by the
+/// protocol's [`PayloadDecoder`] into a temporary file of the store.
 pub struct PayloadWriter {
-    index: u32,
-    info: PayloadInfo,
-    decoder: Decoder,
+    decoder: PayloadDecoder<BufWriter<NamedTempFile>>,
 }
 
 impl PayloadWriter {
@@ -108,92 +91,28 @@ impl PayloadWriter {
         let file = store
             .temp()
             .map_err(|source| PayloadError::Store { index, source })?;
-        let sink = Sink {
-            file: BufWriter::with_capacity(256 << 10, file),
-            hasher: Sha256::new(),
-            written: 0,
-            limit: info.size,
-        };
-        let decoder = match info.compression {
-            PayloadCompression::Gzip => {
-                Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(sink)))
-            }
-            PayloadCompression::Zstd => Decoder::Zstd(Box::new(
-                zstd::stream::write::Decoder::new(sink).map_err(|e| PayloadError::Corrupt {
-                    index,
-                    reason: e.to_string(),
-                })?,
-            )),
-        };
-        Ok(PayloadWriter {
-            index,
-            info: info.clone(),
-            decoder,
-        })
+        let decoder = PayloadDecoder::new(index, info, BufWriter::with_capacity(256 << 10, file))?;
+        Ok(PayloadWriter { decoder })
     }
 
     /// The payload's announced description.
     pub fn info(&self) -> &PayloadInfo {
-        &self.info
-    }
-
-    fn corrupt(&self, e: std::io::Error) -> PayloadError {
-        let written = self.decoder.sink().written;
-        if written > self.info.size {
-            return PayloadError::Size {
-                index: self.index,
-                expected: self.info.size,
-                actual: written,
-            };
-        }
-        PayloadError::Corrupt {
-            index: self.index,
-            reason: e.to_string(),
-        }
+        self.decoder.info()
     }
 
     /// Feeds compressed bytes.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), PayloadError> {
-        let r = match &mut self.decoder {
-            Decoder::Gzip(d) => d.write_all(data),
-            Decoder::Zstd(d) => d.write_all(data),
-        };
-        r.map_err(|e| self.corrupt(e))
+        Ok(self.decoder.feed(data)?)
     }
 
     /// Ends the payload: checks size and SHA-256, then moves the content
     /// into `store`. Returns its path there. On error the temporary file
     /// is removed: nothing unverified is ever visible.
-    pub fn finish(mut self, store: &Store) -> Result<PathBuf, PayloadError> {
-        let index = self.index;
-        let r = match &mut self.decoder {
-            Decoder::Gzip(d) => d.try_finish(),
-            Decoder::Zstd(d) => d.flush(),
-        };
-        r.map_err(|e| self.corrupt(e))?;
-        let sink = match self.decoder {
-            Decoder::Gzip(d) => d.finish().map_err(|e| PayloadError::Corrupt {
-                index,
-                reason: e.to_string(),
-            })?,
-            Decoder::Zstd(d) => d.into_inner(),
-        };
-        if sink.written != self.info.size {
-            return Err(PayloadError::Size {
-                index,
-                expected: self.info.size,
-                actual: sink.written,
-            });
-        }
-        let actual: [u8; 32] = sink.hasher.finalize().into();
-        if actual != self.info.sha256 {
-            return Err(PayloadError::Digest {
-                index,
-                expected: hex::encode(self.info.sha256),
-                actual: hex::encode(actual),
-            });
-        }
-        let file = sink.file.into_inner().map_err(|e| PayloadError::Store {
+    pub fn finish(self, store: &Store) -> Result<PathBuf, PayloadError> {
+        let index = self.decoder.index();
+        let sha256 = self.decoder.info().sha256;
+        let file = self.decoder.finish()?;
+        let file = file.into_inner().map_err(|e| PayloadError::Store {
             index,
             source: StoreError::Io {
                 path: store.root().join("tmp"),
@@ -201,7 +120,7 @@ impl PayloadWriter {
             },
         })?;
         store
-            .insert_verified(file, &self.info.sha256)
+            .insert_verified(file, &sha256)
             .map_err(|source| PayloadError::Store { index, source })
     }
 }
@@ -210,6 +129,9 @@ impl PayloadWriter {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    use transport_quic::PayloadCompression;
 
     fn info(data: &[u8], compression: PayloadCompression, compressed: &[u8]) -> PayloadInfo {
         PayloadInfo {
