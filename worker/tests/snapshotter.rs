@@ -10,38 +10,18 @@
 
 #[path = "../../proxy/tests/common/mod.rs"]
 mod common;
+#[path = "../../tools/tests/support/mod.rs"]
+mod support;
 
 use common::layout::{Layer, OciLayout};
 use common::registry::TestRegistry;
 use starlight_worker::snapshotter::store::Kind;
 use starlight_worker::snapshotter::{serve_snapshotter, OverlaySnapshotter};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Bound of every `ctr` call.
-const CTR_TIMEOUT_SECS: &str = "120";
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique to this process and call (namespaces, container ids).
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use support::containerd::{is_root, unique_name, Containerd};
 
 /// Lazily unmounts every mount point below `dir`, deepest first.
 fn unmount_under(dir: &Path) {
@@ -126,132 +106,14 @@ impl Drop for Snapshotter {
 }
 
 // ---------------------------------------------------------------------------
-// A private containerd with the snapshotter as a proxy plugin.
+// A private containerd (the tools' test helper) with the snapshotter as a
+// proxy plugin.
 
-struct Containerd {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    namespace: String,
-}
-
-impl Containerd {
-    fn start(snapshotter_socket: &Path) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("starlight-snap-ctrd.")
-            .tempdir()
-            .unwrap();
-        let socket = dir.path().join("containerd.sock");
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{socket}"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-
-[proxy_plugins.starlight]
-  type = "snapshot"
-  address = "{snap}"
-"#,
-                root = dir.path().join("root").display(),
-                state = dir.path().join("state").display(),
-                socket = socket.display(),
-                opt = dir.path().join("opt").display(),
-                snap = snapshotter_socket.display(),
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd (apt install containerd runc)");
-        let mut c = Containerd {
-            child,
-            dir,
-            socket,
-            namespace: unique("starlight-snap"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = c.child.try_wait() {
-                panic!("containerd exited ({status}):\n{}", c.log());
-            }
-            if c.socket.exists() && c.ctr(&["version"]).status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not start:\n{}",
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-
-    /// `ctr` with this instance's socket and namespace, bounded in time.
-    fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("timeout")
-            .arg(CTR_TIMEOUT_SECS)
-            .arg("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .arg("--namespace")
-            .arg(&self.namespace)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ctr_ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
-        if !out.status.success() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            panic!(
-                "ctr {} failed ({}):\nstdout: {}\nstderr: {}\ncontainerd log (newest first):\n{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                tail.join("\n")
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        unmount_under(self.dir.path());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.namespace));
-    }
+fn start_containerd(snapshotter_socket: &Path) -> Containerd {
+    Containerd::start_with(&format!(
+        "\n[proxy_plugins.starlight]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+        snapshotter_socket.display()
+    ))
 }
 
 /// The snapshotter's state directory; unmounts anything left below it
@@ -367,7 +229,7 @@ fn containerd_pulls_and_runs_on_the_starlight_snapshotter() {
     step("image pushed");
 
     let mut snap = Some(Snapshotter::start(&rt, &socket, &state));
-    let ctrd = Containerd::start(&socket);
+    let ctrd = start_containerd(&socket);
     step("containerd started");
 
     // Pull: containerd unpacks both layers into committed snapshots.
@@ -437,7 +299,7 @@ fn containerd_pulls_and_runs_on_the_starlight_snapshotter() {
         "starlight",
         "--rm",
         &reference,
-        &unique("c"),
+        &unique_name("c"),
         "sh",
         "-c",
         "echo ready; echo hi > /tmp/x; cat /tmp/x; cat /etc/layer2",
@@ -451,7 +313,7 @@ fn containerd_pulls_and_runs_on_the_starlight_snapshotter() {
     });
 
     // Run without --rm: the write is in the active snapshot's upper dir only.
-    let id = unique("c");
+    let id = unique_name("c");
     let out = ctrd.ctr_ok(&[
         "run",
         "--snapshotter",
@@ -518,7 +380,7 @@ fn containerd_pulls_and_runs_on_the_starlight_snapshotter() {
         "starlight",
         "--rm",
         &reference,
-        &unique("c"),
+        &unique_name("c"),
         "sh",
         "-c",
         "echo ready; cat /etc/layer2",

@@ -50,6 +50,12 @@ pub fn unique_name(prefix: &str) -> String {
 impl Containerd {
     /// Starts containerd and waits (at most 30 s) until it answers `ctr version`.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Like [`Containerd::start`], with `extra` appended to the config file
+    /// (for example a `[proxy_plugins.NAME]` table).
+    pub fn start_with(extra: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("starlight-containerd.")
             .tempdir()
@@ -75,6 +81,7 @@ disabled_plugins = [
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{opt}"
+{extra}
 "#,
                 root = dir.path().join("root").display(),
                 state = dir.path().join("state").display(),
@@ -128,7 +135,10 @@ disabled_plugins = [
 
     /// Runs `ctr -a SOCKET -n NAMESPACE ARGS...` and returns its output.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
+        // Bounded: a wedged containerd fails the test instead of hanging CI.
+        Command::new("timeout")
+            .arg("120")
+            .arg("ctr")
             .arg("--address")
             .arg(&self.socket)
             .arg("--namespace")
