@@ -183,14 +183,7 @@ fn write_payloads(
                     }
                 }
                 Some(Err(e)) => {
-                    let sha = match &e {
-                        PayloadError::Corrupt { index, .. }
-                        | PayloadError::Size { index, .. }
-                        | PayloadError::Digest { index, .. }
-                        | PayloadError::Store { index, .. } => {
-                            payloads.get(*index as usize).map(|p| p.sha256)
-                        }
-                    };
+                    let sha = payloads.get(e.index() as usize).map(|p| p.sha256);
                     if let Some(sha) = sha {
                         fail(e, sha);
                     }

@@ -15,34 +15,9 @@ use crate::store::{Store, StoreError};
 /// Why a payload was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    /// The bytes could not be decompressed, or decompress to too much.
-    #[error("payload {index} is corrupt: {reason}")]
-    Corrupt {
-        /// Payload index.
-        index: u32,
-        /// The decoder's complaint.
-        reason: String,
-    },
-    /// The decompressed size differs from the header's.
-    #[error("payload {index}: decompressed to {actual} bytes, the header says {expected}")]
-    Size {
-        /// Payload index.
-        index: u32,
-        /// Size announced.
-        expected: u64,
-        /// Size decoded.
-        actual: u64,
-    },
-    /// The content's SHA-256 differs from the header's.
-    #[error("payload {index}: SHA-256 mismatch: expected {expected}, got {actual}")]
-    Digest {
-        /// Payload index.
-        index: u32,
-        /// Hex digest announced.
-        expected: String,
-        /// Hex digest of what arrived.
-        actual: String,
-    },
+    /// Decoding failed: corrupt, wrong size or wrong SHA-256.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
     /// The store could not take the file.
     #[error("payload {index}: {source}")]
     Store {
@@ -53,28 +28,12 @@ pub enum PayloadError {
     },
 }
 
-impl From<DecodeError> for PayloadError {
-    fn from(e: DecodeError) -> Self {
-        match e {
-            DecodeError::Corrupt { index, reason } => PayloadError::Corrupt { index, reason },
-            DecodeError::Size {
-                index,
-                expected,
-                actual,
-            } => PayloadError::Size {
-                index,
-                expected,
-                actual,
-            },
-            DecodeError::Digest {
-                index,
-                expected,
-                actual,
-            } => PayloadError::Digest {
-                index,
-                expected,
-                actual,
-            },
+impl PayloadError {
+    /// The payload concerned.
+    pub fn index(&self) -> u32 {
+        match self {
+            PayloadError::Decode(e) => e.index(),
+            PayloadError::Store { index, .. } => *index,
         }
     }
 }
