@@ -170,6 +170,7 @@ async fn mount(
             platform: None,
             held_images,
             held_payloads: vec![],
+            unordered: false,
         },
         store.clone(),
         waiters.clone(),

@@ -118,6 +118,7 @@ async fn notify(
         platform: None,
         held_images: vec![],
         held_payloads: vec![],
+        unordered: false,
     };
     let mut stream = client
         .fetch(addr, server_name.unwrap_or(&host), &request)

@@ -243,6 +243,7 @@ async fn receive(
         platform: args.platform.clone(),
         held_images: args.from.clone(),
         held_payloads: Vec::new(),
+        unordered: false,
     };
     let started = Instant::now();
     let mut stream = client

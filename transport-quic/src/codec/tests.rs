@@ -159,6 +159,7 @@ fn zero_values_and_empty_vectors_survive() {
         platform: None,
         held_images: Vec::new(),
         held_payloads: vec![[0; 32]],
+        unordered: false,
     };
     let bytes = RequestEncoder::default().encode(&req).unwrap();
     let mut dec = RequestDecoder::default();
@@ -648,6 +649,7 @@ fn request_bounds_are_enforced() {
         platform: Some("linux/amd64".into()),
         held_images: vec!["sha256:a".into(), "sha256:b".into()],
         held_payloads: vec![[1; 32], [2; 32]],
+        unordered: true,
     };
     let bytes = RequestEncoder::default().encode(&req).unwrap();
     for limits in [
@@ -928,9 +930,10 @@ proptest! {
         platform in proptest::option::of("[a-z0-9/]{0,16}"),
         held_images in proptest::collection::vec("sha256:[0-9a-f]{0,64}", 0..5),
         held_payloads in proptest::collection::vec(any::<[u8; 32]>(), 0..5),
+        unordered in any::<bool>(),
         cut in any::<usize>(),
     ) {
-        let req = Request { token, image, platform, held_images, held_payloads };
+        let req = Request { token, image, platform, held_images, held_payloads, unordered };
         let bytes = RequestEncoder::default().encode(&req).unwrap();
         let cut = cut % (bytes.len() + 1);
         let mut dec = RequestDecoder::default();

@@ -19,6 +19,9 @@ pub struct Request {
     pub held_images: Vec<String>,
     /// SHA-256 of contents the worker already received (a resumed bundle).
     pub held_payloads: Vec<[u8; 32]>,
+    /// Send the payloads in layer order, ignoring access ranks (trace
+    /// collection wants a bundle whose order does not favour any file).
+    pub unordered: bool,
 }
 
 /// The bundle's header: everything the worker needs before any content arrives.

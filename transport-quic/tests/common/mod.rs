@@ -210,6 +210,7 @@ pub fn request(image: &str, token: &str) -> Request {
         platform: Some("linux/amd64".into()),
         held_images: Vec::new(),
         held_payloads: Vec::new(),
+        unordered: false,
     }
 }
 
