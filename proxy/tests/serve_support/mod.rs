@@ -150,6 +150,7 @@ pub fn request(image: &str, held: &[&str]) -> Request {
         platform: None,
         held_images: held.iter().map(|s| s.to_string()).collect(),
         held_payloads: vec![],
+        unordered: false,
     }
 }
 
