@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Starlight demo: start a private registry, build a small multi-layer image
-# with real tools (umoci, skopeo), convert it to the Starlight layer format
-# (gzip and zstd), index it into the proxy's directory database, and print
-# the table of contents summary and the size overhead.
+# Starlight demo: provisions a real image (redis from Debian packages, whose
+# entrypoint prints READY once `redis-cli ping` answers) through plain
+# containerd (ctr pull + ctr run, overlayfs) and through Starlight
+# (starlightd + proxy: starlight pull + ctr run --snapshotter starlight),
+# fresh and as an update from v1 to v2, and prints the times to the ready
+# line side by side.
 #
 # Run as root on Debian bookworm: sudo scripts/demo.sh
-# Everything it starts is stopped on exit (also on Ctrl-C); its files live in
-# a temporary directory that is removed (keep it with KEEP=1).
+#   DEMO_IMAGE=nginx   another corpus image (redis, nginx, postgres, mariadb, python, node)
+#   DEMO_RTT=50ms      round-trip time of the emulated link (default 50ms;
+#                      DEMO_RTT=loopback: no link, everything on 127.0.0.1)
+#   DEMO_RATE=100mbit  rate of the emulated link
+# The first run builds the image from Debian packages (debootstrap + apt,
+# a few minutes; cached in target/bench-corpus). Everything it starts
+# (registry, proxy, containerd, starlightd, link namespaces) is stopped on
+# exit, also on Ctrl-C; its files live in a temporary directory that is
+# removed (keep it with KEEP=1).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,9 +28,11 @@ else
 fi
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
-[[ $(id -u) -eq 0 ]] || die "run as root (sudo $0): it installs packages and runs a registry"
+[[ $(id -u) -eq 0 ]] || die "run as root (sudo $0): it installs packages, runs containerd and network namespaces"
 
-# Only warnings from the binaries' logs: their reports go to stdout.
+IMAGE=${DEMO_IMAGE:-redis}
+RTT=${DEMO_RTT:-50ms}
+RATE=${DEMO_RATE:-100mbit}
 export RUST_LOG=${RUST_LOG:-warn}
 
 step "Checking and installing dependencies"
@@ -29,25 +40,21 @@ step "Checking and installing dependencies"
 # shellcheck source=scripts/cargo-env.sh
 source "$ROOT/scripts/cargo-env.sh"
 
-step "Building release binaries (starlight, starlight-proxy)"
-cargo build --release -p starlight-tools -p starlight-proxy
+step "Building release binaries (starlight, starlight-proxy, starlightd, starlight-bench)"
+cargo build --release -p starlight-tools -p starlight-proxy -p starlight-worker -p starlight-bench
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
-STARLIGHT=$TARGET_DIR/release/starlight
-PROXY=$TARGET_DIR/release/starlight-proxy
+BIN=$TARGET_DIR/release
+BENCH=$BIN/starlight-bench
 
-WORK=$(mktemp -d /tmp/starlight-demo.XXXXXX)
-REGISTRY_PID=
-PROXY_PID=
+WORK=$(mktemp -d /var/tmp/starlight-demo.XXXXXX)
+SWEEP_PID=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
-        kill "$PROXY_PID" 2>/dev/null || true
-        wait "$PROXY_PID" 2>/dev/null || true
-    fi
-    if [[ -n $REGISTRY_PID ]] && kill -0 "$REGISTRY_PID" 2>/dev/null; then
-        kill "$REGISTRY_PID" 2>/dev/null || true
-        wait "$REGISTRY_PID" 2>/dev/null || true
+    # starlight-bench stops everything it started when it gets SIGTERM.
+    if [[ -n $SWEEP_PID ]] && kill -0 "$SWEEP_PID" 2>/dev/null; then
+        kill -TERM "$SWEEP_PID" 2>/dev/null || true
+        wait "$SWEEP_PID" 2>/dev/null || true
     fi
     if [[ ${KEEP:-0} == 1 ]]; then
         echo "demo files kept in $WORK"
@@ -60,141 +67,44 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-step "Starting a private docker-registry on loopback"
-port=
-for _ in $(seq 50); do
-    candidate=$((20000 + RANDOM % 30000))
-    if [[ -z $(ss -Hltn "sport = :$candidate") ]]; then port=$candidate; break; fi
-done
-[[ -n $port ]] || die "no free port found"
-REG=127.0.0.1:$port
-cat >"$WORK/registry.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry
-  delete:
-    enabled: true
-http:
-  addr: $REG
-EOF
-docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 </dev/null &
-REGISTRY_PID=$!
-for _ in $(seq 100); do
-    curl -fsS "http://$REG/v2/" >/dev/null 2>&1 && break
-    kill -0 "$REGISTRY_PID" 2>/dev/null || { cat "$WORK/registry.log" >&2; die "docker-registry exited"; }
-    sleep 0.1
-done
-curl -fsS "http://$REG/v2/" >/dev/null || die "registry did not answer on $REG"
-echo "registry: http://$REG (pid $REGISTRY_PID, storage $WORK/registry)"
+step "Building the $IMAGE image, v1 and v2, from Debian packages (cached in target/bench-corpus)"
+"$BENCH" corpus build --images "$IMAGE" --starlight "$BIN/starlight"
 
-step "Building a 3-layer test image with umoci"
-OCI=$WORK/oci
-B=$WORK/bundle
-umoci init --layout "$OCI"
-umoci new --image "$OCI:v1"
+link_args=(--rtt "$RTT" --rate "$RATE" --skip-calibration)
+where="an emulated link (RTT $RTT, $RATE)"
+if [[ $RTT == loopback ]] || [[ ! -e /dev/net/tun ]]; then
+    link_args=(--loopback)
+    where="loopback (no emulated link)"
+fi
+step "Provisioning $IMAGE through containerd and through Starlight over $where"
+echo "fresh: empty worker, provision $IMAGE:v2; update: $IMAGE:v1 present, provision $IMAGE:v2"
+"$BENCH" sweep --images "$IMAGE" --methods containerd,starlight,wget --scenarios fresh,update \
+    --runs 1 "${link_args[@]}" --bin-dir "$BIN" --work-dir "$WORK/work" --out "$WORK/results" \
+    >"$WORK/sweep.out" 2>"$WORK/sweep.err" &
+SWEEP_PID=$!
+wait "$SWEEP_PID" || { cat "$WORK/sweep.err" >&2; die "the provisioning runs failed"; }
+SWEEP_PID=
 
-# Layer 1: busybox and its applets, /etc basics, a log file deleted later.
-umoci unpack --image "$OCI:v1" "$B" >/dev/null
-R=$B/rootfs
-mkdir -p "$R"/{bin,etc,tmp,root,var/log,usr/share/demo}
-chmod 1777 "$R/tmp"
-chmod 700 "$R/root"
-cp /bin/busybox "$R/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [[ $applet == busybox ]] || ln -s busybox "$R/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\ndemo:x:1000:1000:demo:/home/demo:/bin/sh\n' >"$R/etc/passwd"
-printf 'root:x:0:\ndemo:x:1000:\n' >"$R/etc/group"
-cp /etc/services /etc/protocols "$R/etc/"
-echo "starlight demo, version 1" >"$R/usr/share/demo/readme.txt"
-echo "old log line" >"$R/var/log/demo.log"
-umoci repack --image "$OCI:v1" "$B"
-rm -rf "$B"
+step "Time from the provisioning command to the ready line"
+awk -F'\t' '
+    /^#/ || $1 == "image" { next }
+    { key = $3; t[key, $2] = ($7 == "true") ? sprintf("%.2f s", $8) : "failed"
+      mb[key, $2] = ($10 == "") ? "" : sprintf("%.1f MB", $10 / 1e6); seen[key] = 1
+      raw[key, $2] = $8; ok[key, $2] = ($7 == "true") }
+    END {
+        printf "%-8s %-14s %-14s %-16s %-10s\n", "", "containerd", "starlight", "(bundle download)", "speedup"
+        n = split("fresh update", order, " ")
+        for (i = 1; i <= n; i++) {
+            s = order[i]; if (!(s in seen)) continue
+            sp = (ok[s, "containerd"] && ok[s, "starlight"]) ? sprintf("%.1fx", raw[s, "containerd"] / raw[s, "starlight"]) : "-"
+            printf "%-8s %-14s %-14s %-16s %-10s\n", s, t[s, "containerd"], t[s, "starlight"], t[s, "wget"], sp
+            printf "%-8s %-14s %-14s %-16s\n", "", mb[s, "containerd"], mb[s, "starlight"], mb[s, "wget"]
+        }
+    }' "$WORK/results/runs.tsv"
+if grep -q $'\tfalse\t' "$WORK/results/runs.tsv"; then
+    echo
+    echo "failed runs:"
+    awk -F'\t' '$7 == "false" { print "  " $2 " " $3 ": " $15 }' "$WORK/results/runs.tsv" | cut -c1-300
+fi
 
-# Layer 2: application files owned by uid 1000, licences as bulk text.
-umoci unpack --image "$OCI:v1" "$B" >/dev/null
-R=$B/rootfs
-mkdir -p "$R/home/demo/app" "$R/usr/share/licenses"
-cp /usr/share/common-licenses/* "$R/usr/share/licenses/" 2>/dev/null || true
-cat >"$R/home/demo/app/hello.sh" <<'EOF'
-#!/bin/sh
-echo "hello from a Starlight image: $(cat /usr/share/demo/readme.txt)"
-EOF
-chmod 755 "$R/home/demo/app/hello.sh"
-: >"$R/home/demo/app/empty"
-ln "$R/home/demo/app/hello.sh" "$R/home/demo/app/hello-hardlink.sh"
-chown -R 1000:1000 "$R/home/demo"
-umoci repack --image "$OCI:v1" "$B"
-rm -rf "$B"
-
-# Layer 3: replace a file of layer 1 and delete another (a whiteout).
-umoci unpack --image "$OCI:v1" "$B" >/dev/null
-R=$B/rootfs
-echo "starlight demo, version 2 (replaced in layer 3)" >"$R/usr/share/demo/readme.txt"
-rm "$R/var/log/demo.log"
-umoci repack --image "$OCI:v1" "$B"
-rm -rf "$B"
-
-umoci config --image "$OCI:v1" --config.cmd /home/demo/app/hello.sh \
-    --config.env PATH=/bin --config.user 1000:1000
-umoci stat --image "$OCI:v1" | sed -n '1,5p'
-
-step "Pushing it to the registry as $REG/demo:v1 (skopeo)"
-skopeo copy -q --dest-tls-verify=false "oci:$OCI:v1" "docker://$REG/demo:v1"
-
-step "Converting to the Starlight format: demo:v1-starlight (gzip)"
-"$STARLIGHT" convert --plain-http "$REG/demo:v1" "$REG/demo:v1-starlight"
-
-step "Converting to the Starlight format: demo:v1-starlight-zstd (zstd)"
-"$STARLIGHT" convert --plain-http --compression zstd "$REG/demo:v1" "$REG/demo:v1-starlight-zstd"
-
-step "Indexing demo:v1-starlight into the directory database ($WORK/db)"
-"$PROXY" index --plain-http --db "$WORK/db" "$REG/demo:v1-starlight"
-
-step "Merged table of contents (summary)"
-"$PROXY" toc --db "$WORK/db" "$REG/demo:v1-starlight" --summary
-
-step "Merged table of contents, entries outside /bin (mode, uid:gid, size, sha256, layer, path)"
-"$PROXY" toc --db "$WORK/db" "$REG/demo:v1-starlight" | grep -v ' /bin/'
-
-step "Indexing demo:v1-starlight-zstd too (same files, other layer digests)"
-"$PROXY" index --plain-http --db "$WORK/db" "$REG/demo:v1-starlight-zstd" | head -3
-
-step "Serving delta bundles over QUIC (starlight-proxy serve, self-signed TLS, token 'demo')"
-QPORT=$((20000 + RANDOM % 20000))
-"$PROXY" serve --listen "127.0.0.1:$QPORT" --registry "$REG" --plain-http --db "$WORK/db" \
-    --self-signed "$WORK/certs" --token demo >"$WORK/proxy.out" 2>"$WORK/proxy.log" &
-PROXY_PID=$!
-for _ in $(seq 100); do
-    grep -q "listening on" "$WORK/proxy.out" 2>/dev/null && break
-    kill -0 "$PROXY_PID" 2>/dev/null || die "starlight-proxy serve exited: $(cat "$WORK/proxy.log")"
-    sleep 0.1
-done
-grep -q "listening on" "$WORK/proxy.out" || die "starlight-proxy serve did not start"
-cat "$WORK/proxy.out"
-fetch() { "$STARLIGHT" fetch --proxy "127.0.0.1:$QPORT" --ca "$WORK/certs/cert.pem" --token demo "$@"; }
-
-step "A fresh worker fetches demo:v1-starlight (every distinct content once, verified)"
-fetch "$REG/demo:v1-starlight" -o "$WORK/fresh.bundle"
-
-step "A worker holding demo:v1-starlight-zstd fetches demo:v1-starlight (nothing to send but metadata)"
-fetch --from "$REG/demo:v1-starlight-zstd" "$REG/demo:v1-starlight" -o "$WORK/update.bundle"
-
-step "Size overhead (sum of compressed layer sizes, from the registry's manifests)"
-layers_size() {
-    curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
-        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-        "http://$REG/v2/demo/manifests/$1" | jq '[.layers[].size] | add'
-}
-orig=$(layers_size v1)
-printf '%-22s %12s %10s\n' image bytes "vs v1"
-printf '%-22s %12d %10s\n' "demo:v1 (original)" "$orig" "-"
-for tag in v1-starlight v1-starlight-zstd; do
-    size=$(layers_size "$tag")
-    printf '%-22s %12d %+9.2f%%\n' "demo:$tag" "$size" "$(echo "$size $orig" | awk '{print ($1 / $2 - 1) * 100}')"
-done
-
-step "Done: registry stopped and $WORK removed on exit"
+step "Done: everything stopped and $WORK removed on exit"

@@ -7,12 +7,14 @@
 # compiling RocksDB's C++, see .cargo/config.toml; it pulls in snappy, lz4,
 # zstd, bz2 and zlib).
 # Run and test: containerd + runc, a registry, skopeo and umoci to build and
-# push images, busybox-static for test images, fuse3, and small utilities.
+# push images, busybox-static for test images, fuse3, systemd (systemd-analyze
+# verify of the starlightd unit), and small utilities.
 set -euo pipefail
 
 BUILD_PKGS=(build-essential pkg-config libclang-dev protobuf-compiler librocksdb-dev)
 RUN_PKGS=(containerd runc docker-registry fuse3 skopeo umoci busybox-static
-          debootstrap iproute2 curl jq ca-certificates tar zstd gzip attr)
+          debootstrap iproute2 curl jq ca-certificates tar zstd gzip attr
+          systemd fonts-dejavu-core)
 
 log() { printf '[setup] %s\n' "$*"; }
 

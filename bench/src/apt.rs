@@ -14,6 +14,8 @@ use crate::run::run;
 pub const MIRROR: &str = "http://deb.debian.org/debian";
 /// The Debian suite.
 pub const SUITE: &str = "bookworm";
+/// Debian's security archive (served by the same mirror host).
+pub const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// One package apt would install: name and exact version.
@@ -33,6 +35,13 @@ pub struct Apt {
 impl Apt {
     /// Sets up (idempotently) the private apt directories under `dir`.
     pub fn new(dir: &Path) -> Result<Self> {
+        Self::with_sources(dir, false)
+    }
+
+    /// Like [`Apt::new`]; with `security`, Debian's security archive
+    /// (`bookworm-security`, on the same mirror host) is a source too, so
+    /// packages resolve to their newest security update.
+    pub fn with_sources(dir: &Path, security: bool) -> Result<Self> {
         for sub in [
             "lists/partial",
             "cache/archives/partial",
@@ -43,7 +52,12 @@ impl Apt {
             fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
-        let sources = format!("deb [signed-by={KEYRING}] {MIRROR} {SUITE} main\n");
+        let mut sources = format!("deb [signed-by={KEYRING}] {MIRROR} {SUITE} main\n");
+        if security {
+            sources.push_str(&format!(
+                "deb [signed-by={KEYRING}] {SECURITY_MIRROR} {SUITE}-security main\n"
+            ));
+        }
         fs::write(dir.join("etc/sources.list"), sources).context("writing sources.list")?;
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -99,7 +99,6 @@ impl Corpus {
         for image in images {
             for (k, layer) in image.layers.iter().enumerate() {
                 if self.is_built(layer.name) {
-                    tracing::info!(layer = layer.name, "cached");
                     continue;
                 }
                 let apt = match &apt {
@@ -113,7 +112,7 @@ impl Corpus {
     }
 
     /// Debootstraps the base root filesystem unless cached.
-    fn ensure_rootfs(&self) -> Result<()> {
+    pub fn ensure_rootfs(&self) -> Result<()> {
         let rootfs = self.rootfs();
         if rootfs.is_dir() {
             return Ok(());
@@ -137,60 +136,150 @@ impl Corpus {
 
     /// Builds one package/application layer on top of the base and `below`.
     fn build_layer(&self, apt: &Apt, below: &[LayerSpec], layer: &LayerSpec) -> Result<()> {
+        let before: Vec<&str> = below
+            .iter()
+            .flat_map(|l| l.packages.iter().copied())
+            .collect();
+        let rootfs = self.rootfs();
+        self.build_custom_layer(layer.name, |work| {
+            self.install_packages(apt, &rootfs, &before, layer.packages, layer.name, work)?;
+            for (path, mode, content) in layer.files {
+                write_app_file(work, path, *mode, content)?;
+            }
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// Builds the layer `name` (unless cached) from the tree `populate`
+    /// writes into an empty work directory.
+    pub fn build_custom_layer(
+        &self,
+        name: &str,
+        populate: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<LayerBlob> {
+        if self.is_built(name) {
+            tracing::info!(layer = name, "cached");
+            return self.load(name);
+        }
+        fs::create_dir_all(self.root.join("layers"))?;
         let start = Instant::now();
-        let status = self.rootfs().join("var/lib/dpkg/status");
-        let work = self.root.join("work").join(layer.name);
+        let work = self.root.join("work").join(name);
         remove_dir_if_exists(&work)?;
         fs::create_dir_all(&work)?;
-        if !layer.packages.is_empty() {
-            apt.update(&status)?;
-            let before: Vec<&str> = below
-                .iter()
-                .flat_map(|l| l.packages.iter().copied())
-                .collect();
-            let mut all = before.clone();
-            all.extend_from_slice(layer.packages);
-            let present: BTreeSet<String> = apt
-                .resolve(&status, &before)?
-                .into_iter()
-                .map(|p| p.name)
-                .collect();
-            let new: Vec<_> = apt
-                .resolve(&status, &all)?
-                .into_iter()
-                .filter(|p| !present.contains(&p.name))
-                .collect();
-            tracing::info!(
-                layer = layer.name,
-                packages = new.len(),
-                "downloading packages"
-            );
-            let debs_dir = self.root.join("debs").join(layer.name);
-            let marker = debs_dir.join(".complete");
-            let debs = if marker.exists() {
-                list_debs(&debs_dir)?
-            } else {
-                remove_dir_if_exists(&debs_dir)?;
-                let debs = apt.download(&status, &new, &debs_dir)?;
-                fs::write(&marker, b"")?;
-                debs
-            };
-            for deb in &debs {
-                run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&work))
-                    .with_context(|| format!("extracting {}", deb.display()))?;
-            }
-        }
-        for (path, mode, content) in layer.files {
-            write_app_file(&work, path, *mode, content)?;
-        }
-        self.write_layer(layer.name, &work)?;
+        populate(&work).with_context(|| format!("building layer {name}"))?;
+        let blob = self.write_layer(name, &work)?;
         fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
         tracing::info!(
-            layer = layer.name,
+            layer = name,
             secs = start.elapsed().as_secs_f64(),
             "layer built"
         );
-        Ok(())
+        Ok(blob)
+    }
+
+    /// Extracts into `work` the packages apt would install for `packages` on
+    /// the system `rootfs` with `below` already installed (downloads cached
+    /// under `debs/<key>/`).
+    pub fn install_packages(
+        &self,
+        apt: &Apt,
+        rootfs: &Path,
+        below: &[&str],
+        packages: &[&str],
+        key: &str,
+        work: &Path,
+    ) -> Result<()> {
+        if packages.is_empty() {
+            return Ok(());
+        }
+        let status = rootfs.join("var/lib/dpkg/status");
+        apt.update(&status)?;
+        let mut all = below.to_vec();
+        all.extend_from_slice(packages);
+        let present: BTreeSet<String> = apt
+            .resolve(&status, below)?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let new: Vec<_> = apt
+            .resolve(&status, &all)?
+            .into_iter()
+            .filter(|p| !present.contains(&p.name))
+            .collect();
+        tracing::info!(layer = key, packages = new.len(), "downloading packages");
+        let debs_dir = self.root.join("debs").join(key);
+        let marker = debs_dir.join(".complete");
+        let debs = if marker.exists() {
+            list_debs(&debs_dir)?
+        } else {
+            remove_dir_if_exists(&debs_dir)?;
+            let debs = apt.download(&status, &new, &debs_dir)?;
+            fs::write(&marker, b"")?;
+            debs
+        };
+        for deb in &debs {
+            run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(work))
+                .with_context(|| format!("extracting {}", deb.display()))?;
+        }
+        usr_merge(rootfs, work)
+    }
+
+    /// The base root filesystem (debootstrapped by [`Corpus::build`]).
+    pub fn base_rootfs(&self) -> PathBuf {
+        self.rootfs()
+    }
+
+    /// The corpus root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The "rebuilt" base of version-2 images: a copy of the base with
+    /// Debian's security archive added to its sources and `apt-get upgrade`
+    /// run inside it (as a base image rebuilt later gets), minimized again.
+    pub fn ensure_rootfs_v2(&self) -> Result<PathBuf> {
+        self.ensure_rootfs()?;
+        let dest = self.root.join("base/rootfs-v2");
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let partial = layer_tar::partial_path(&dest);
+        remove_dir_if_exists(&partial)?;
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(self.rootfs())
+            .arg(&partial))
+        .context("copying the base rootfs")?;
+        let sources = partial.join("etc/apt/sources.list");
+        let mut text = fs::read_to_string(&sources).unwrap_or_default();
+        text.push_str(&format!(
+            "deb {} {SUITE}-security main\n",
+            crate::apt::SECURITY_MIRROR
+        ));
+        fs::write(&sources, text)?;
+        let resolv = partial.join("etc/resolv.conf");
+        let saved = fs::read(&resolv).ok();
+        if let Ok(host) = fs::read("/etc/resolv.conf") {
+            let _ = fs::remove_file(&resolv);
+            fs::write(&resolv, host)?;
+        }
+        for args in [&["update"][..], &["-y", "upgrade"][..]] {
+            run(Command::new("chroot")
+                .arg(&partial)
+                .args(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-q"])
+                .args(args))
+            .with_context(|| format!("apt-get {} in the v2 base", args.join(" ")))?;
+        }
+        match saved {
+            Some(content) => fs::write(&resolv, content)?,
+            None => {
+                let _ = fs::remove_file(&resolv);
+            }
+        }
+        minimize_rootfs(&partial)?;
+        fs::rename(&partial, &dest)?;
+        Ok(dest)
     }
 
     pub(crate) fn write_layer(&self, name: &str, dir: &Path) -> Result<LayerBlob> {
@@ -208,6 +297,30 @@ impl Corpus {
         );
         Ok(blob)
     }
+}
+
+/// Moves top-level `bin`, `sbin` and `lib*` directories of a layer below
+/// `usr/` where the base has them as symlinks (merged `/usr`), as dpkg
+/// would write through the links: a real directory in an upper layer would
+/// hide the base's whole `/bin` in the merged view.
+fn usr_merge(rootfs: &Path, work: &Path) -> Result<()> {
+    for dir in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let in_base = rootfs.join(dir);
+        let in_layer = work.join(dir);
+        let base_is_link = fs::symlink_metadata(&in_base).is_ok_and(|m| m.file_type().is_symlink());
+        let layer_is_dir = fs::symlink_metadata(&in_layer).is_ok_and(|m| m.is_dir());
+        if base_is_link && layer_is_dir {
+            let dest = work.join("usr").join(dir);
+            fs::create_dir_all(&dest)?;
+            run(Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", in_layer.display()))
+                .arg(&dest))
+            .with_context(|| format!("merging {} into usr/", in_layer.display()))?;
+            fs::remove_dir_all(&in_layer)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes what the official Debian image does not ship: apt's package
@@ -249,7 +362,7 @@ fn list_debs(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Writes an application file below `root` with `mode`, creating parents.
-fn write_app_file(root: &Path, rel: &str, mode: u32, content: &str) -> Result<()> {
+pub fn write_app_file(root: &Path, rel: &str, mode: u32, content: &str) -> Result<()> {
     let path = root.join(rel);
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;

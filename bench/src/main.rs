@@ -9,10 +9,15 @@
 mod apt;
 mod corpus;
 mod cputime;
+mod daemon;
+mod imagebuild;
 mod images;
 mod overhead;
+mod registry;
 mod report;
 mod run;
+mod suite;
+mod sweep;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,9 +48,33 @@ enum Command {
     CorpusLayers(CorpusArgs),
     /// Measure the Starlight format's size overhead and throughput on the corpus.
     Overhead(OverheadArgs),
+    /// The runnable image corpus of the provisioning benchmark.
+    #[command(subcommand)]
+    Corpus(CorpusCommand),
+    /// Provisioning-time sweep: images x methods x scenarios x RTTs x runs.
+    Sweep(sweep::SweepArgs),
+    /// Merge the results of several sweeps into one summary and plots.
+    Report(sweep::ReportArgs),
     /// The emulated WAN link between a worker and a cloud namespace.
     #[command(subcommand)]
     Link(LinkCommand),
+}
+
+#[derive(Subcommand)]
+enum CorpusCommand {
+    /// Build (or reuse) v1 and v2 of the images, push them to the corpus
+    /// registry in original and Starlight formats.
+    Build {
+        /// Cache directory (layers, registry storage, images.json).
+        #[arg(long, default_value = "target/bench-corpus")]
+        cache: PathBuf,
+        /// Images to build (comma-separated); all by default.
+        #[arg(long, value_delimiter = ',')]
+        images: Option<Vec<String>>,
+        /// The `starlight` CLI used to convert (default: next to this binary).
+        #[arg(long)]
+        starlight: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +156,31 @@ fn main() -> Result<()> {
             Corpus::new(&args.cache)?.build(&images)
         }
         Command::Overhead(args) => run_overhead(&args),
+        Command::Corpus(CorpusCommand::Build {
+            cache,
+            images,
+            starlight,
+        }) => {
+            let images = suite::select(images.as_deref()).map_err(|e| anyhow!(e))?;
+            let starlight = starlight.unwrap_or_else(|| imagebuild::sibling_binary("starlight"));
+            imagebuild::require_binary(&starlight, "cargo build --release -p starlight-tools")?;
+            let built = imagebuild::build(&Corpus::new(&cache)?, &images, &starlight)?;
+            for image in &built {
+                println!(
+                    "{:<10} v1 {:>7.1} MB {} layers {:>6} files   v2 {:>7.1} MB {} layers {:>6} files",
+                    image.name,
+                    image.sizes[0] as f64 / 1e6,
+                    image.layers[0],
+                    image.files[0],
+                    image.sizes[1] as f64 / 1e6,
+                    image.layers[1],
+                    image.files[1]
+                );
+            }
+            Ok(())
+        }
+        Command::Sweep(args) => sweep::run(args),
+        Command::Report(args) => sweep::report(args),
         Command::Link(cmd) => run_link(cmd),
     }
 }

@@ -19,6 +19,7 @@
 //! plan_cache_entries = 256
 //! plan_cache_bytes = 268435456
 //! send_window = 16777216   # QUIC send window per connection, bytes
+//! rate_limit = "100mbit"   # pace each bundle's body (bytes/s, or "kbit", "mbit", "gbit", "kb", "mb", "gb")
 //! ```
 //!
 //! Every key is optional; command-line flags override the file.
@@ -91,6 +92,66 @@ pub struct ServeConfig {
     pub plan_cache_bytes: usize,
     /// QUIC send window per connection in bytes (bytes buffered unacknowledged).
     pub send_window: u64,
+    /// Pace each bundle's body to this rate (none: as fast as it goes).
+    pub rate_limit: Option<Rate>,
+}
+
+/// A transfer rate in bytes per second. In TOML: an integer (bytes/s) or a
+/// string with a unit: `"100mbit"`, `"512kbit"`, `"1gbit"` (bits, decimal
+/// prefixes), `"10mb"`, `"64kb"` (bytes, decimal), `"4mib"`, `"64kib"`
+/// (bytes, binary), or a plain number of bytes/s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RateRepr")]
+pub struct Rate(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RateRepr {
+    Bytes(u64),
+    Text(String),
+}
+
+impl TryFrom<RateRepr> for Rate {
+    type Error = String;
+    fn try_from(r: RateRepr) -> Result<Rate, String> {
+        match r {
+            RateRepr::Bytes(0) => Err("rate_limit must be positive".into()),
+            RateRepr::Bytes(n) => Ok(Rate(n)),
+            RateRepr::Text(t) => t.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Rate, String> {
+        let t = text.trim().to_ascii_lowercase();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let bad = || format!("invalid rate {text:?} (e.g. \"100mbit\", \"10mb\" or bytes/s)");
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let factor: f64 = match unit.trim().trim_end_matches("/s").trim_end_matches("ps") {
+            "" | "b" => 1.0,
+            "bit" => 1.0 / 8.0,
+            "kbit" => 1e3 / 8.0,
+            "mbit" => 1e6 / 8.0,
+            "gbit" => 1e9 / 8.0,
+            "kb" => 1e3,
+            "mb" => 1e6,
+            "gb" => 1e9,
+            "kib" => 1024.0,
+            "mib" => 1024.0 * 1024.0,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            _ => return Err(bad()),
+        };
+        let bytes = (value * factor).round();
+        if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+            return Err(format!("rate {text:?} is out of range"));
+        }
+        Ok(Rate(bytes as u64))
+    }
 }
 
 impl Default for ServeConfig {
@@ -107,6 +168,7 @@ impl Default for ServeConfig {
             plan_cache_entries: 256,
             plan_cache_bytes: 256 << 20,
             send_window: 16 << 20,
+            rate_limit: None,
         }
     }
 }
@@ -199,6 +261,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn rate_limits_parse_with_units() {
+        let c = Config::parse("[serve]\nrate_limit = \"100mbit\"\n").unwrap();
+        assert_eq!(c.serve.rate_limit, Some(Rate(12_500_000)));
+        let c = Config::parse("[serve]\nrate_limit = 4096\n").unwrap();
+        assert_eq!(c.serve.rate_limit, Some(Rate(4096)));
+        for (text, bytes) in [
+            ("512kbit", 64_000),
+            ("10MB", 10_000_000),
+            ("2mib", 2 << 20),
+            ("1.5 mbit/s", 187_500),
+            ("1000", 1000),
+        ] {
+            assert_eq!(text.parse::<Rate>().unwrap(), Rate(bytes), "{text}");
+        }
+        for bad in ["", "fast", "10 furlongs", "0", "0.01bit"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+        let e = Config::parse("[serve]\nrate_limit = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid rate"), "{e}");
     }
 
     #[test]

@@ -151,6 +151,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         max_range: args.max_range.unwrap_or(s.max_range).max(1),
         max_gap: args.max_gap.unwrap_or(s.max_gap),
         retries: s.retries,
+        rate_limit: s.rate_limit.map(|r| r.0),
         ..ServeOptions::default()
     };
     let cache = Arc::new(PlanCache::new(

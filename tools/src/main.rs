@@ -24,6 +24,16 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Fetch a delta bundle from a proxy, verify it and write it to a file.
     Fetch(cmd::fetch::Args),
+    /// Pull an image through starlightd (registered in containerd at once).
+    Pull(cmd::pull::Args),
+    /// List the images starlightd holds.
+    Images(cmd::images::Args),
+    /// Remove an image from starlightd and free its unused contents.
+    Rm(cmd::rm::Args),
+    /// Collect startup traces of an image and upload them to the proxy.
+    Trace(cmd::trace::Args),
+    /// Show how the proxy orders an image's files (average rank, hits).
+    Ranks(cmd::ranks::Args),
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
@@ -55,6 +65,11 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Convert(args) => cmd::convert::run(args).await,
             Command::Fetch(args) => cmd::fetch::run(args).await,
+            Command::Pull(args) => cmd::pull::run(args).await,
+            Command::Images(args) => cmd::images::run(args).await,
+            Command::Rm(args) => cmd::rm::run(args).await,
+            Command::Trace(args) => cmd::trace::run(args).await,
+            Command::Ranks(args) => cmd::ranks::run(args).await,
         }
     });
     match result {

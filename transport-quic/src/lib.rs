@@ -12,5 +12,6 @@ pub mod tls;
 
 pub use codec::{
     End, EntryKind, ErrorCode, ErrorFrame, Event, Header, Limits, PayloadCompression, PayloadInfo,
-    ProtocolError, Request, Source, TocEntry,
+    ProtocolError, RankedPath, RanksQuery, RanksReply, Request, Source, TocEntry, Trace, TraceAck,
+    TraceOpen, TraceUpload,
 };

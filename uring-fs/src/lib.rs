@@ -3,24 +3,42 @@
 //! Implement [`Filesystem`] (every method has a default), then
 //! [`Session::mount`] it: each request is served in its own tokio task, so a
 //! slow request (an open waiting for content) never blocks the others.
-//! Requests arrive over `/dev/fuse` for now (see [`Transport`] for the
-//! io_uring and passthrough fast paths to come); reads of local backing files
-//! are answered with `pread` ([`ReadData::File`]), where splicing will go.
+//!
+//! The kernel's fast paths, each used where the kernel offers it:
+//! - transports ([`Transport`]): FUSE-over-io_uring (one ring per CPU,
+//!   `URING_CMD` register and commit-and-fetch) or `/dev/fuse` with several
+//!   reader tasks, chosen at mount time ([`TransportChoice`]);
+//! - spliced read replies from local files ([`ReadData::File`]);
+//! - FUSE passthrough: a backing file named at open
+//!   ([`Filesystem::open_backed`]) is then read by the kernel directly.
+//!
+//! The FUSE protocol itself is spoken by this crate ([`abi`](self) module,
+//! protocol 7.42): polyfuse 0.5, which it started from, stops at 7.31 and
+//! can express neither passthrough nor io_uring.
 //!
 //! [`memfs`] is an in-memory tree whose file contents arrive later, used by
 //! the tests and usable as a starting point.
 
+mod abi;
+mod conn;
 mod dispatch;
+mod encode;
 mod errno;
 mod fs;
 pub mod memfs;
 pub mod mounts;
+mod passthrough;
 mod reply;
 mod session;
+mod splice;
 mod transport;
+mod uring;
 
 pub use errno::{Errno, Result};
 pub use fs::{Filesystem, RequestContext, XattrValue};
-pub use reply::{Attr, DirEntry, Entry, FileAttr, FileKind, Opened, ReadData, StatFs};
+pub use reply::{
+    Attr, DirEntry, DirEntryPlus, Entry, FileAttr, FileKind, Opened, OpenedFile, ReadData, SetAttr,
+    StatFs,
+};
 pub use session::{MountError, MountOptions, Session};
-pub use transport::{KernelOffers, Transport};
+pub use transport::{KernelOffers, Transport, TransportChoice};

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use tokio::sync::watch;
 
 use crate::errno::{Errno, Result};
 use crate::fs::{Filesystem, RequestContext, XattrValue};
-use crate::reply::{Attr, DirEntry, Entry, FileAttr, FileKind, Opened, ReadData, StatFs};
+use crate::reply::{
+    Attr, DirEntry, Entry, FileAttr, FileKind, Opened, OpenedFile, ReadData, StatFs,
+};
 
 /// The inode number of the root directory.
 pub const ROOT: u64 = 1;
@@ -27,7 +30,8 @@ pub const ROOT: u64 = 1;
 pub enum Content {
     /// Bytes held in memory.
     Bytes(Arc<[u8]>),
-    /// A local backing file, read with `pread`.
+    /// A local backing file: spliced into read replies, or handed to the
+    /// kernel for passthrough ([`MemFs::set_passthrough`]).
     File(Arc<File>),
 }
 
@@ -69,6 +73,8 @@ struct Tree {
 pub struct MemFs {
     tree: Arc<RwLock<Tree>>,
     ttl: Duration,
+    passthrough: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
 }
 
 impl MemFs {
@@ -90,7 +96,21 @@ impl MemFs {
         MemFs {
             tree: Arc::new(RwLock::new(tree)),
             ttl,
+            passthrough: Arc::new(AtomicBool::new(false)),
+            reads: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Name file-backed contents as backing files at open, so that a
+    /// session with passthrough lets the kernel read them directly
+    /// (default off: reads reach [`Filesystem::read`]).
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    /// How many read requests reached this filesystem.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// Adds directory `name` in `parent`; returns its inode.
@@ -295,6 +315,23 @@ impl Filesystem for MemFs {
         }
     }
 
+    async fn open_backed(&self, ctx: &RequestContext, ino: u64, flags: u32) -> Result<OpenedFile> {
+        let opened = self.open(ctx, ino, flags).await?;
+        let backing = match &*self.content_of(ino)?.borrow() {
+            ContentState::Ready(Content::File(file))
+                if self.passthrough.load(Ordering::Relaxed) =>
+            {
+                Some(Arc::clone(file))
+            }
+            _ => None,
+        };
+        Ok(OpenedFile {
+            opened,
+            backing,
+            noflush: false,
+        })
+    }
+
     async fn read(
         &self,
         _ctx: &RequestContext,
@@ -303,6 +340,7 @@ impl Filesystem for MemFs {
         offset: u64,
         size: u32,
     ) -> Result<ReadData> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let state = self.content_of(ino)?.borrow().clone();
         match state {
             ContentState::Ready(Content::File(file)) => Ok(ReadData::File { file, offset }),

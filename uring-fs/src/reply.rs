@@ -171,18 +171,87 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
+/// The answer to an open that may hand the session a local backing file
+/// ([`crate::Filesystem::open_backed`]).
+#[derive(Clone, Debug, Default)]
+pub struct OpenedFile {
+    /// Handle and cache hints, as for [`crate::Filesystem::open`].
+    pub opened: Opened,
+    /// A local file holding exactly this inode's content (byte 0 is the
+    /// file's byte 0). Where the kernel offers FUSE passthrough and the mount
+    /// allows it, the session registers it as the open's backing file and
+    /// the kernel then reads it directly: no read request reaches the
+    /// filesystem for this open.
+    pub backing: Option<Arc<File>>,
+    /// Do not send a flush when the file is closed (`FOPEN_NOFLUSH`).
+    pub noflush: bool,
+}
+
+impl From<Opened> for OpenedFile {
+    fn from(opened: Opened) -> Self {
+        OpenedFile {
+            opened,
+            backing: None,
+            noflush: false,
+        }
+    }
+}
+
+/// One entry of a readdirplus answer: the directory entry and, unless it is
+/// `.`/`..` or could not be looked up, its lookup result (which counts one
+/// lookup, undone by forget, like [`crate::Filesystem::lookup`]).
+#[derive(Clone, Debug)]
+pub struct DirEntryPlus {
+    /// The directory entry.
+    pub entry: DirEntry,
+    /// Its lookup result; `None` tells the kernel not to cache anything.
+    pub lookup: Option<Entry>,
+}
+
+/// The changes a setattr asks for: each `Some` field is to be set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits and type (`chmod`).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (`truncate`).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SystemTime>,
+    /// New modification time.
+    pub mtime: Option<SystemTime>,
+    /// The handle, when set through an open file.
+    pub fh: Option<u64>,
+}
+
 /// The data answering a read.
 #[derive(Debug)]
 pub enum ReadData {
     /// Bytes already in memory; at most the requested size is sent.
     Bytes(Vec<u8>),
-    /// A range of a local backing file: the session reads it with `pread`
-    /// (the place where a spliced reply will go).
+    /// A range of a local backing file starting at `offset`, up to the
+    /// requested size or the end of the file. Over `/dev/fuse` the session
+    /// splices it from the file into the reply (no copy through userspace),
+    /// falling back to `pread`; over io_uring it is read straight into the
+    /// ring's payload buffer.
     File {
         /// The backing file.
         file: Arc<File>,
         /// Where in the backing file the requested range starts.
         offset: u64,
+    },
+    /// Like [`ReadData::File`], but at most `len` bytes: for content that is
+    /// a slice of a larger local file.
+    FileRange {
+        /// The backing file.
+        file: Arc<File>,
+        /// Where in the backing file the requested range starts.
+        offset: u64,
+        /// At most this many bytes are sent (fewer at the end of the file).
+        len: u64,
     },
 }
 

@@ -2,8 +2,9 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +12,18 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{mpsc, watch};
 
-use crate::dispatch;
+use crate::abi::{self, init, InHeader};
+use crate::conn::{self, Device, Negotiated, Wanted};
+use crate::dispatch::{self, ConnCtx, Outcome, Request};
 use crate::fs::Filesystem;
 use crate::mounts;
-use crate::transport::{KernelOffers, Transport};
+use crate::passthrough::Backings;
+use crate::splice::FileReplies;
+use crate::transport::{KernelOffers, Transport, TransportChoice};
+use crate::uring;
 
-/// Serializes mounts within the process (see [`Session::mount`]).
+/// Serializes mounts within the process: the INIT handshake happens on a
+/// blocking thread, and fusermount children are spawned one at a time.
 static MOUNT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// How long [`Session::shutdown`] waits for request tasks to let go.
@@ -42,6 +49,9 @@ pub enum MountError {
         /// The underlying error.
         source: io::Error,
     },
+    /// [`TransportChoice::IoUring`] was asked for and could not be had.
+    #[error("the io_uring transport is unavailable: {0}")]
+    TransportUnavailable(String),
     /// The blocking mount task did not complete.
     #[error("mount task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -56,6 +66,11 @@ pub struct MountOptions {
     fs_name: String,
     max_write: u32,
     readers: usize,
+    transport: TransportChoice,
+    passthrough: bool,
+    splice: bool,
+    readdirplus: bool,
+    uring_depth: usize,
 }
 
 impl Default for MountOptions {
@@ -67,6 +82,11 @@ impl Default for MountOptions {
             fs_name: "uring-fs".to_owned(),
             max_write: 128 * 1024,
             readers: 4,
+            transport: TransportChoice::Auto,
+            passthrough: true,
+            splice: true,
+            readdirplus: true,
+            uring_depth: 1024,
         }
     }
 }
@@ -97,9 +117,9 @@ impl MountOptions {
     }
 
     /// The largest write the kernel sends; it also sizes every request
-    /// buffer and caps reads (`max_pages`). Default 128 KiB.
+    /// buffer and caps reads (`max_pages`). Default 128 KiB, at least 4 KiB.
     pub fn max_write(mut self, bytes: u32) -> Self {
-        self.max_write = bytes;
+        self.max_write = bytes.max(4096);
         self
     }
 
@@ -109,55 +129,107 @@ impl MountOptions {
         self
     }
 
-    fn kernel_config(&self) -> Result<polyfuse::KernelConfig, MountError> {
-        if self.fs_name.contains([',', '\0']) {
+    /// The transport to use (default [`TransportChoice::Auto`]).
+    pub fn transport(mut self, choice: TransportChoice) -> Self {
+        self.transport = choice;
+        self
+    }
+
+    /// Register the local backing files that [`Filesystem::open_backed`]
+    /// names for FUSE passthrough, where the kernel offers it (default on;
+    /// needs `CAP_SYS_ADMIN`). Off: such files are served by reads.
+    pub fn passthrough(mut self, on: bool) -> Self {
+        self.passthrough = on;
+        self
+    }
+
+    /// Splice file-backed read replies over `/dev/fuse` (default on); off:
+    /// `pread` + `writev`.
+    pub fn splice(mut self, on: bool) -> Self {
+        self.splice = on;
+        self
+    }
+
+    /// Offer readdirplus to the kernel (default on).
+    pub fn readdirplus(mut self, on: bool) -> Self {
+        self.readdirplus = on;
+        self
+    }
+
+    /// Ring entries per io_uring queue (default 1024): how many requests of
+    /// one queue may be in the filesystem's hands (parked) at once.
+    pub fn uring_queue_depth(mut self, n: usize) -> Self {
+        self.uring_depth = n.clamp(1, 8192);
+        self
+    }
+
+    fn mount_options(&self) -> Result<String, MountError> {
+        if conn::check_option(&self.fs_name).is_err() {
             return Err(MountError::InvalidOption(self.fs_name.clone()));
         }
-        let mut config = polyfuse::KernelConfig::default();
-        config
-            .fusermount_path(fusermount_program())
-            .auto_unmount(true)
-            .max_write(self.max_write)
-            .mount_option(&format!("fsname={}", self.fs_name));
-        if self.read_only {
-            config.mount_option("ro");
-        }
+        let mut opts = vec![
+            format!("fsname={}", self.fs_name),
+            "subtype=uring-fs".to_owned(),
+            format!("max_read={}", self.max_write),
+        ];
+        opts.push(if self.read_only { "ro" } else { "rw" }.to_owned());
         if self.allow_other {
-            config.mount_option("allow_other");
+            opts.push("allow_other".to_owned());
         }
         if self.default_permissions {
-            config.mount_option("default_permissions");
+            opts.push("default_permissions".to_owned());
         }
-        Ok(config)
+        Ok(opts.join(","))
     }
 }
 
-/// `fusermount3` where it is installed (fuse3), else `fusermount`.
-fn fusermount_program() -> &'static str {
-    ["/usr/bin/fusermount3", "/bin/fusermount3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("fusermount")
+/// Everything a request task needs.
+struct Shared<F> {
+    fs: F,
+    conn: ConnCtx,
+    device: Arc<Device>,
+    files: FileReplies,
 }
 
-/// The session fd, shared by the reader tasks.
-struct FuseFd(Arc<polyfuse::Session>);
+/// The connection, as long as the session holds it.
+struct Conn {
+    socket: Option<OwnedFd>,
+    child: Option<Child>,
+    queues: Option<uring::Queues>,
+    /// The unmount watcher's pipe; it watches once this closes.
+    watcher: Option<OwnedFd>,
+}
 
-impl AsRawFd for FuseFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+impl Conn {
+    /// Stops the rings, closes our references to the fd and fusermount's
+    /// socket (fusermount then unmounts and exits). Blocking.
+    fn close(mut self) {
+        if let Some(q) = self.queues.take() {
+            q.stop();
+        }
+        drop(self.socket.take());
+        drop(self.watcher.take());
+        if let Some(mut child) = self.child.take() {
+            // fusermount exits once it has unmounted; do not wait for ever.
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
     }
 }
 
 /// A mounted filesystem being served on the tokio runtime it was mounted
 /// from. Unmounts on [`Session::shutdown`], on drop, and — through
-/// [`Session::shutdown_on_signal`] — on SIGINT/SIGTERM.
+/// [`Session::shutdown_on_signal`] — on SIGINT/SIGTERM. If the process dies,
+/// the kernel aborts the connection (callers get `ENOTCONN`) and the
+/// `fusermount3` helper left behind (auto_unmount) unmounts.
 pub struct Session {
     mountpoint: PathBuf,
     transport: Transport,
+    passthrough: bool,
     stop: watch::Sender<bool>,
     tasks_gone: mpsc::Receiver<()>,
-    conn: Option<Arc<polyfuse::Session>>,
+    conn: Option<Conn>,
     closed: bool,
 }
 
@@ -166,6 +238,7 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("mountpoint", &self.mountpoint)
             .field("transport", &self.transport)
+            .field("passthrough", &self.passthrough)
             .finish()
     }
 }
@@ -190,36 +263,70 @@ impl Session {
         if !mountpoint.is_dir() {
             return Err(MountError::NotADirectory(mountpoint));
         }
-        let config = options.kernel_config()?;
+        let mount_opts = options.mount_options()?;
+        let offers = KernelOffers::probe();
+        let want_uring = match options.transport {
+            TransportChoice::DevFuse => false,
+            TransportChoice::Auto => offers.io_uring && uring::rings_available(),
+            TransportChoice::IoUring => {
+                if !offers.io_uring {
+                    return Err(MountError::TransportUnavailable(
+                        "the kernel does not offer it (enable_uring is not Y)".into(),
+                    ));
+                }
+                if !uring::rings_available() {
+                    return Err(MountError::TransportUnavailable(
+                        "io_uring_setup with 128-byte SQEs failed".into(),
+                    ));
+                }
+                true
+            }
+        };
+        let wanted = Wanted {
+            max_write: options.max_write,
+            readdirplus: options.readdirplus,
+            passthrough: options.passthrough,
+            io_uring: want_uring,
+        };
         let point = mountpoint.clone();
-        let conn = tokio::task::spawn_blocking(move || {
-            // polyfuse receives the session fd without CLOEXEC and sets it a
-            // moment later; a concurrent mount's fork in between would leak
-            // the fd into that mount's fusermount and keep this connection
-            // alive after close. One mount at a time closes the window.
-            let _one_at_a_time = MOUNT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            polyfuse::Session::mount(point, config)
-        })
-        .await?
-        .map_err(|source| MountError::Mount {
+        let mount_err = |source: io::Error| MountError::Mount {
             path: mountpoint.clone(),
             source,
-        })?;
-        let conn = Arc::new(conn);
-        let setup = set_nonblocking(conn.as_raw_fd()).and_then(|()| {
-            // SAFETY: `FuseFd` holds the polyfuse session, which keeps the fd
-            // open and unchanged for as long as the `FuseFd` (and so the
-            // `AsyncFd`) lives.
-            unsafe {
-                AsyncFd::register_with_interest(FuseFd(Arc::clone(&conn)), Interest::READABLE)
+        };
+        let (mounted, negotiated, watcher) = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = MOUNT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            let mounted = conn::mount(conn::fusermount_program(), &point, &mount_opts)?;
+            match conn::handshake(&mounted.device, wanted) {
+                Ok(negotiated) => {
+                    let watcher = conn::spawn_unmount_watcher(&point)
+                        .map_err(|e| tracing::warn!(%e, "no unmount watcher"))
+                        .ok();
+                    Ok((mounted, negotiated, watcher))
+                }
+                Err(err) => {
+                    abandon(mounted, &point);
+                    Err(err)
+                }
             }
-            .map_err(io::Error::from)
-        });
-        let fd = match setup {
+        })
+        .await?
+        .map_err(mount_err)?;
+        let device = Arc::new(mounted.device);
+        let mut conn = Conn {
+            socket: Some(mounted.socket),
+            child: Some(mounted.child),
+            queues: None,
+            watcher,
+        };
+        let fd = match set_nonblocking(&device).and_then(|()| {
+            // SAFETY: the `Arc<Device>` inside keeps the fd open and
+            // unchanged for as long as the `AsyncFd` lives.
+            unsafe { AsyncFd::register_with_interest(Arc::clone(&device), Interest::READABLE) }
+                .map_err(io::Error::from)
+        }) {
             Ok(fd) => Arc::new(fd),
             Err(source) => {
-                drop(conn);
-                let _ = mounts::detach_unmount(&mountpoint);
+                fail_mount(conn, &mountpoint);
                 return Err(MountError::Mount {
                     path: mountpoint,
                     source,
@@ -227,30 +334,69 @@ impl Session {
             }
         };
 
-        let fs = Arc::new(fs);
+        let passthrough = negotiated.has(init::PASSTHROUGH);
+        let shared = Arc::new(Shared {
+            fs,
+            conn: ConnCtx {
+                backings: passthrough.then(|| Backings::new(Arc::clone(&device))),
+                readdirplus: negotiated.has(init::DO_READDIRPLUS),
+            },
+            device: Arc::clone(&device),
+            files: FileReplies::new(options.splice, negotiated.max_write as usize),
+        });
         let (stop, stop_rx) = watch::channel(false);
         let (alive, tasks_gone) = mpsc::channel(1);
         for _ in 0..options.readers {
             tokio::spawn(read_requests(
                 Arc::clone(&fd),
-                Arc::clone(&fs),
+                Arc::clone(&shared),
+                negotiated,
                 stop_rx.clone(),
                 alive.clone(),
             ));
         }
-        let transport = Transport::DevFuse {
+
+        let mut transport = Transport::DevFuse {
             readers: options.readers,
         };
-        let offers = KernelOffers::probe();
+        if negotiated.has(init::OVER_IO_URING) {
+            match start_rings(&shared, &negotiated, options.uring_depth, &stop_rx, &alive).await {
+                Ok(queues) => {
+                    transport = Transport::IoUring {
+                        queues: queues.len(),
+                        depth: queues.depth,
+                    };
+                    conn.queues = Some(queues);
+                }
+                Err(err) => {
+                    // The kernel waits for the ring after INIT: without it
+                    // no request would be served. Give the mount up.
+                    stop.send_replace(true);
+                    fail_mount(conn, &mountpoint);
+                    return Err(MountError::TransportUnavailable(err.to_string()));
+                }
+            }
+        } else if want_uring {
+            tracing::warn!("the kernel did not accept FUSE_OVER_IO_URING; using /dev/fuse");
+            if options.transport == TransportChoice::IoUring {
+                stop.send_replace(true);
+                fail_mount(conn, &mountpoint);
+                return Err(MountError::TransportUnavailable(
+                    "FUSE_OVER_IO_URING not offered at INIT".into(),
+                ));
+            }
+        }
         tracing::info!(
             mountpoint = %mountpoint.display(),
             %transport,
-            kernel_io_uring = offers.io_uring,
-            "mounted (the io_uring transport is not built yet)"
+            passthrough,
+            protocol = format_args!("7.{}", negotiated.minor),
+            "mounted"
         );
         Ok(Session {
             mountpoint,
             transport,
+            passthrough,
             stop,
             tasks_gone,
             conn: Some(conn),
@@ -266,6 +412,12 @@ impl Session {
     /// The transport chosen at mount time.
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// Whether FUSE passthrough was negotiated: backing files named by
+    /// [`Filesystem::open_backed`] are then read by the kernel directly.
+    pub fn passthrough(&self) -> bool {
+        self.passthrough
     }
 
     /// Stops serving and unmounts: requests still waiting are dropped, so
@@ -296,6 +448,9 @@ impl Session {
         }
         self.closed = true;
         self.stop.send_replace(true);
+        if let Some(q) = self.conn.as_ref().and_then(|c| c.queues.as_ref()) {
+            q.signal_stop();
+        }
         // Every task holds a sender: recv() yields None once all are gone.
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks_gone.recv())
             .await
@@ -303,10 +458,8 @@ impl Session {
         {
             tracing::warn!("request tasks did not stop in time; unmounting anyway");
         }
-        // Dropping the last reference closes the session fd (aborting the
-        // connection) and runs fusermount; both block, so not on a worker.
         if let Some(conn) = self.conn.take() {
-            let _ = tokio::task::spawn_blocking(move || drop(conn)).await;
+            let _ = tokio::task::spawn_blocking(move || conn.close()).await;
         }
         self.detach_if_mounted();
         tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
@@ -329,12 +482,41 @@ impl Drop for Session {
             return;
         }
         self.stop.send_replace(true);
-        self.conn = None;
+        if let Some(conn) = self.conn.take() {
+            if let Some(q) = &conn.queues {
+                q.signal_stop();
+            }
+            // Joining the ring threads blocks briefly: not on this thread.
+            std::thread::spawn(move || conn.close());
+        }
         self.detach_if_mounted();
     }
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+/// Undoes a half-made mount (before serving began). Blocking.
+fn abandon(mounted: conn::Mounted, point: &Path) {
+    let conn::Mounted {
+        device,
+        socket,
+        mut child,
+    } = mounted;
+    drop(device);
+    drop(socket);
+    let _ = child.wait();
+    if mounts::is_fuse_mounted(point).unwrap_or(true) {
+        let _ = mounts::detach_unmount(point);
+    }
+}
+
+fn fail_mount(conn: Conn, point: &Path) {
+    conn.close();
+    if mounts::is_fuse_mounted(point).unwrap_or(true) {
+        let _ = mounts::detach_unmount(point);
+    }
+}
+
+fn set_nonblocking(device: &Device) -> io::Result<()> {
+    let fd = device.as_raw_fd();
     // SAFETY: fcntl on an fd we own, with integer arguments only.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
@@ -347,6 +529,41 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Starts the io_uring queues; their requests run through the same
+/// dispatcher, each waiting one as a task that stops with the session.
+async fn start_rings<F: Filesystem>(
+    shared: &Arc<Shared<F>>,
+    negotiated: &Negotiated,
+    depth: usize,
+    stop: &watch::Receiver<bool>,
+    alive: &mpsc::Sender<()>,
+) -> io::Result<uring::Queues> {
+    let serve: uring::Serve = {
+        let shared = Arc::clone(shared);
+        let stop = stop.clone();
+        let alive = alive.clone();
+        Arc::new(move |req: Request| {
+            let shared = Arc::clone(&shared);
+            let mut stop = stop.clone();
+            let alive = alive.clone();
+            Box::pin(async move {
+                let _alive = alive;
+                tokio::select! {
+                    biased;
+                    outcome = dispatch::handle(&shared.fs, &shared.conn, &req) => outcome,
+                    _ = stopped(&mut stop) => Outcome::Error(libc::ENOTCONN),
+                }
+            })
+        })
+    };
+    let device = Arc::clone(&shared.device);
+    let payload = negotiated.max_payload();
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || uring::start(device, serve, payload, depth, runtime))
+        .await
+        .map_err(io::Error::other)?
+}
+
 /// Resolves once `stop` is set or its sender is gone.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -356,11 +573,13 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Loops on `readable()` + `try_io`, so no wake-up is lost after readiness
 /// is cleared by a `WouldBlock`.
 async fn read_requests<F: Filesystem>(
-    fd: Arc<AsyncFd<FuseFd>>,
-    fs: Arc<F>,
+    fd: Arc<AsyncFd<Arc<Device>>>,
+    shared: Arc<Shared<F>>,
+    negotiated: Negotiated,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
+    let mut buf = vec![0u8; (negotiated.max_write as usize + 4096).max(abi::MIN_READ_BUFFER)];
     loop {
         let mut guard = tokio::select! {
             _ = stopped(&mut stop) => return,
@@ -372,28 +591,74 @@ async fn read_requests<F: Filesystem>(
                 }
             },
         };
-        let request = match guard.try_io(|inner| inner.get_ref().0.next_request()) {
+        let n = match guard.try_io(|inner| inner.get_ref().read(&mut buf)) {
             Err(_would_block) => continue,
-            Ok(Ok(Some(request))) => request,
-            Ok(Ok(None)) => {
-                tracing::debug!("the filesystem was unmounted");
-                return;
-            }
-            Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Ok(Err(err)) => {
-                tracing::error!(%err, "reading /dev/fuse");
-                return;
-            }
+            Ok(Ok(n)) => n,
+            Ok(Err(err)) => match err.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::ENOENT) => continue,
+                Some(libc::ENODEV) => {
+                    tracing::debug!("the filesystem was unmounted");
+                    return;
+                }
+                _ => {
+                    tracing::error!(%err, "reading /dev/fuse");
+                    return;
+                }
+            },
         };
-        let fs = Arc::clone(&fs);
+        let Some(header) = InHeader::parse(&buf[..n]) else {
+            tracing::warn!(len = n, "short FUSE request");
+            continue;
+        };
+        let request = Request {
+            header,
+            args: buf[abi::IN_HEADER_LEN.min(n)..n].to_vec(),
+        };
+        let shared = Arc::clone(&shared);
         let mut stop = stop.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
             let _alive = alive;
             tokio::select! {
                 _ = stopped(&mut stop) => {}
-                _ = dispatch::serve(&*fs, &request) => {}
+                _ = serve_dev(&shared, request) => {}
             }
         });
+    }
+}
+
+/// Serves one `/dev/fuse` request and writes its reply.
+async fn serve_dev<F: Filesystem>(shared: &Arc<Shared<F>>, req: Request) {
+    let unique = req.header.unique;
+    let outcome = dispatch::handle(&shared.fs, &shared.conn, &req).await;
+    let sent = match outcome {
+        Outcome::NoReply => Ok(()),
+        Outcome::Error(e) => shared.device.reply(unique, e, &[]),
+        Outcome::Data(body) => shared.device.reply(unique, 0, &body),
+        Outcome::File { file, offset, len } => {
+            let shared = Arc::clone(shared);
+            tokio::task::spawn_blocking(move || {
+                let sent = shared
+                    .files
+                    .send(&shared.device, unique, &file, offset, len);
+                if let Err(err) = &sent {
+                    if err.raw_os_error() != Some(libc::ENOENT) {
+                        // Not delivered and not interrupted: try an error.
+                        let _ = shared.device.reply(unique, libc::EIO, &[]);
+                    }
+                }
+                sent
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+        }
+    };
+    if let Err(err) = sent {
+        tracing::debug!(
+            unique,
+            op = dispatch::opcode_name(req.header.opcode),
+            %err,
+            "reply not delivered"
+        );
     }
 }

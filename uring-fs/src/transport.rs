@@ -1,12 +1,17 @@
 //! How requests travel between the kernel and this server.
 //!
-//! Today there is one transport: reading requests from the `/dev/fuse`
-//! session fd with several reader tasks ([`Transport::DevFuse`]). This is the
-//! extension point for the kernel's fast paths, neither of which is built
-//! yet: FUSE-over-io_uring (`URING_CMD` registration and commit-and-fetch,
-//! one queue per core; the kernel offers it when
-//! `/sys/module/fuse/parameters/enable_uring` is `Y`), and FUSE passthrough
-//! (backing file ids, so reads of a local file bypass userspace).
+//! Two transports, chosen at mount time ([`TransportChoice`]) and reported
+//! by [`crate::Session::transport`]:
+//! - [`Transport::DevFuse`]: `read(2)`/`writev(2)` on the `/dev/fuse`
+//!   session fd by several reader tasks; file-backed read replies are
+//!   spliced from the file into the device.
+//! - [`Transport::IoUring`]: FUSE-over-io_uring (kernel 6.14+, offered when
+//!   `/sys/module/fuse/parameters/enable_uring` is `Y`): one ring per
+//!   possible CPU, `URING_CMD` registration and commit-and-fetch. The
+//!   `/dev/fuse` readers keep running for what the kernel still sends there
+//!   (forgets, interrupts).
+//!
+//! FUSE passthrough (backing files, kernel 6.9+) works with both.
 
 use std::fmt;
 
@@ -20,17 +25,40 @@ pub enum Transport {
         /// Number of reader tasks.
         readers: usize,
     },
+    /// FUSE-over-io_uring: `queues` rings (one per possible CPU) of `depth`
+    /// entries each, plus `/dev/fuse` readers for forgets and interrupts.
+    IoUring {
+        /// Number of queues.
+        queues: usize,
+        /// Ring entries per queue (requests that can wait at once per queue).
+        depth: usize,
+    },
 }
 
 impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Transport::DevFuse { readers } => write!(f, "/dev/fuse with {readers} reader tasks"),
+            Transport::IoUring { queues, depth } => {
+                write!(f, "io_uring with {queues} queues of {depth} entries")
+            }
         }
     }
 }
 
-/// What the running kernel offers beyond `/dev/fuse` (reported, not yet used).
+/// Which transport a mount should use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransportChoice {
+    /// io_uring where the kernel offers it, otherwise `/dev/fuse`.
+    #[default]
+    Auto,
+    /// Always `/dev/fuse`.
+    DevFuse,
+    /// io_uring or fail the mount ([`crate::MountError::TransportUnavailable`]).
+    IoUring,
+}
+
+/// What the running kernel offers beyond `/dev/fuse`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffers {
     /// FUSE-over-io_uring is enabled (`enable_uring` is `Y`).

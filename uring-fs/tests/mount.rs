@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use uring_fs::memfs::{Content, MemFs, ROOT};
-use uring_fs::{mounts, MountOptions, Session, Transport};
+use uring_fs::{mounts, MountOptions, Session, Transport, TransportChoice};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -54,16 +54,26 @@ struct Mounted {
 }
 
 impl Mounted {
-    async fn new(fs: MemFs) -> Mounted {
+    async fn new(fs: MemFs, transport: TransportChoice) -> Mounted {
+        Self::with_options(fs, transport, MountOptions::default()).await
+    }
+
+    async fn with_options(fs: MemFs, transport: TransportChoice, options: MountOptions) -> Mounted {
         let dir = tempfile::tempdir().unwrap();
-        let options = MountOptions::default()
+        let options = options
             .allow_other(true)
             .default_permissions(true)
-            .fs_name("uring-fs-test");
-        let session = Session::mount(dir.path(), fs.clone(), options)
-            .await
-            .unwrap();
-        assert_eq!(session.transport(), Transport::DevFuse { readers: 4 });
+            .fs_name("uring-fs-test")
+            .transport(transport);
+        let session = mount_with(dir.path(), fs.clone(), options, transport).await;
+        match transport {
+            TransportChoice::IoUring => assert!(
+                matches!(session.transport(), Transport::IoUring { .. }),
+                "{}",
+                session.transport()
+            ),
+            _ => assert!(matches!(session.transport(), Transport::DevFuse { .. })),
+        }
         Mounted {
             session: Some(session),
             fs,
@@ -91,6 +101,80 @@ impl Mounted {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Serializes toggling the fuse module's `enable_uring` within this process.
+static URING_TOGGLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether this kernel has FUSE-over-io_uring at all.
+fn kernel_has_uring() -> bool {
+    Path::new(ENABLE_URING).exists()
+}
+
+/// Mounts; for io_uring, turns `enable_uring` on for the mount (INIT and
+/// ring registration) only, then restores it: a connection keeps io_uring
+/// once set up, and other mounts on this machine keep their default.
+async fn mount_with(
+    dir: &Path,
+    fs: MemFs,
+    options: MountOptions,
+    transport: TransportChoice,
+) -> Session {
+    if transport != TransportChoice::IoUring {
+        return Session::mount(dir, fs, options).await.unwrap();
+    }
+    let _one = URING_TOGGLE.lock().await;
+    let before = fs::read_to_string(ENABLE_URING).unwrap();
+    fs::write(ENABLE_URING, "Y").unwrap();
+    let mounted = Session::mount(dir, fs, options).await;
+    fs::write(ENABLE_URING, before.trim()).unwrap();
+    mounted.unwrap()
+}
+
+/// Each body runs once per transport the kernel offers.
+macro_rules! on_each_transport {
+    ($($body:ident => $dev:ident, $uring:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $dev() {
+            require_fuse!();
+            $body(TransportChoice::DevFuse).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $uring() {
+            require_fuse!();
+            if !kernel_has_uring() {
+                eprintln!("skipping: this kernel has no FUSE-over-io_uring");
+                return;
+            }
+            $body(TransportChoice::IoUring).await;
+        }
+    )*};
+}
+
+on_each_transport! {
+    metadata_answers_at_once_while_contents_are_pending
+        => metadata_answers_at_once_dev_fuse, metadata_answers_at_once_io_uring;
+    open_waits_for_content_then_reads_exact_bytes
+        => open_waits_then_reads_exact_bytes_dev_fuse, open_waits_then_reads_exact_bytes_io_uring;
+    many_parked_opens_do_not_delay_a_stat
+        => many_parked_opens_do_not_delay_a_stat_dev_fuse, many_parked_opens_do_not_delay_a_stat_io_uring;
+    a_failed_pending_open_gives_the_caller_eio
+        => failed_open_gives_eio_dev_fuse, failed_open_gives_eio_io_uring;
+    shutdown_releases_parked_callers_and_unmounts
+        => shutdown_releases_callers_dev_fuse, shutdown_releases_callers_io_uring;
+    dropping_the_session_releases_parked_callers_and_unmounts
+        => drop_releases_callers_dev_fuse, drop_releases_callers_io_uring;
+    passthrough_reads_return_exact_bytes_without_read_requests
+        => passthrough_reads_dev_fuse, passthrough_reads_io_uring;
+    spliced_reads_return_exact_bytes
+        => spliced_reads_dev_fuse, spliced_reads_io_uring;
+    killing_the_server_leaves_no_hung_caller
+        => killing_the_server_dev_fuse, killing_the_server_io_uring;
+    sigterm_unmounts_cleanly_and_releases_the_caller
+        => sigterm_unmounts_cleanly_dev_fuse, sigterm_unmounts_cleanly_io_uring;
 }
 
 /// Runs `f` on a plain thread; the receiver yields its result.
@@ -128,16 +212,14 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metadata_answers_at_once_while_contents_are_pending() {
-    require_fuse!();
+async fn metadata_answers_at_once_while_contents_are_pending(transport: TransportChoice) {
     let fs = MemFs::new(Duration::from_secs(1));
     let dir = fs.mkdir(ROOT, "etc").unwrap();
     let file = fs.add_file(dir, "motd", 12).unwrap();
     fs.add_file(ROOT, "big", 1 << 20).unwrap();
     fs.add_symlink(ROOT, "link", "etc/motd").unwrap();
     fs.set_xattr(file, "user.origin", b"layer-3").unwrap();
-    let m = Mounted::new(fs).await;
+    let m = Mounted::new(fs, transport).await;
     let root = m.root();
 
     let started = Instant::now();
@@ -211,14 +293,12 @@ fn get_xattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn open_waits_for_content_then_reads_exact_bytes() {
-    require_fuse!();
+async fn open_waits_for_content_then_reads_exact_bytes(transport: TransportChoice) {
     let fs = MemFs::new(Duration::from_secs(1));
     let small = fs.add_file(ROOT, "small", 11).unwrap();
     let big_len = (3 << 20) + 12345;
     let big = fs.add_file(ROOT, "big", big_len as u64).unwrap();
-    let m = Mounted::new(fs).await;
+    let m = Mounted::new(fs, transport).await;
 
     let small_reader = read_on_thread(m.root().join("small"));
     let big_reader = read_on_thread(m.root().join("big"));
@@ -250,16 +330,14 @@ async fn open_waits_for_content_then_reads_exact_bytes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn many_parked_opens_do_not_delay_a_stat() {
-    require_fuse!();
+async fn many_parked_opens_do_not_delay_a_stat(transport: TransportChoice) {
     const PARKED: usize = 1000;
     let fs = MemFs::new(Duration::from_secs(1));
     let inos: Vec<u64> = (0..PARKED)
         .map(|i| fs.add_file(ROOT, &format!("f{i}"), 4).unwrap())
         .collect();
     fs.add_file(ROOT, "other", 3).unwrap();
-    let m = Mounted::new(fs).await;
+    let m = Mounted::new(fs, transport).await;
 
     let started = Instant::now();
     let readers: Vec<_> = (0..PARKED)
@@ -304,12 +382,10 @@ async fn many_parked_opens_do_not_delay_a_stat() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failed_pending_open_gives_the_caller_eio() {
-    require_fuse!();
+async fn a_failed_pending_open_gives_the_caller_eio(transport: TransportChoice) {
     let fs = MemFs::new(Duration::from_secs(1));
     let ino = fs.add_file(ROOT, "doomed", 10).unwrap();
-    let m = Mounted::new(fs).await;
+    let m = Mounted::new(fs, transport).await;
 
     let reader = read_on_thread(m.root().join("doomed"));
     m.until_waiting(1).await;
@@ -322,12 +398,10 @@ async fn a_failed_pending_open_gives_the_caller_eio() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn shutdown_releases_parked_callers_and_unmounts() {
-    require_fuse!();
+async fn shutdown_releases_parked_callers_and_unmounts(transport: TransportChoice) {
     let fs = MemFs::new(Duration::from_secs(1));
     fs.add_file(ROOT, "never", 10).unwrap();
-    let mut m = Mounted::new(fs).await;
+    let mut m = Mounted::new(fs, transport).await;
     let root = m.root();
 
     let reader = read_on_thread(root.join("never"));
@@ -344,12 +418,10 @@ async fn shutdown_releases_parked_callers_and_unmounts() {
     assert!(!mounts::is_fuse_mounted(&root).unwrap(), "still mounted");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dropping_the_session_releases_parked_callers_and_unmounts() {
-    require_fuse!();
+async fn dropping_the_session_releases_parked_callers_and_unmounts(transport: TransportChoice) {
     let fs = MemFs::new(Duration::from_secs(1));
     fs.add_file(ROOT, "never", 10).unwrap();
-    let mut m = Mounted::new(fs).await;
+    let mut m = Mounted::new(fs, transport).await;
     let root = m.root();
 
     let reader = read_on_thread(root.join("never"));
@@ -365,6 +437,8 @@ async fn dropping_the_session_releases_parked_callers_and_unmounts() {
 
 /// Environment variable telling `server_child_process` where to mount.
 const CHILD_MOUNT_ENV: &str = "URING_FS_TEST_CHILD_MOUNT";
+/// Environment variable telling `server_child_process` which transport.
+const CHILD_TRANSPORT_ENV: &str = "URING_FS_TEST_CHILD_TRANSPORT";
 
 /// Not a test by itself: when the tests below run this test binary with the
 /// environment variable set, it serves a MemFs with a never-fulfilled file
@@ -376,9 +450,12 @@ async fn server_child_process() {
     };
     let fs = MemFs::new(Duration::from_secs(1));
     fs.add_file(ROOT, "never", 10).unwrap();
-    let session = Session::mount(&point, fs.clone(), MountOptions::default())
-        .await
-        .unwrap();
+    let transport = match std::env::var(CHILD_TRANSPORT_ENV).as_deref() {
+        Ok("io_uring") => TransportChoice::IoUring,
+        _ => TransportChoice::DevFuse,
+    };
+    let options = MountOptions::default().transport(transport);
+    let session = mount_with(Path::new(&point), fs.clone(), options, transport).await;
     let serving = session.shutdown_on_signal().unwrap();
     println!("READY");
     tokio::spawn(async move {
@@ -444,7 +521,7 @@ struct ChildServer {
 }
 
 impl ChildServer {
-    async fn start() -> ChildServer {
+    async fn start(transport: TransportChoice) -> ChildServer {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         let detach = DetachGuard(root.clone());
@@ -456,6 +533,14 @@ impl ChildServer {
                 "--test-threads=1",
             ])
             .env(CHILD_MOUNT_ENV, &root)
+            .env(
+                CHILD_TRANSPORT_ENV,
+                if transport == TransportChoice::IoUring {
+                    "io_uring"
+                } else {
+                    "dev_fuse"
+                },
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -504,10 +589,8 @@ impl ChildServer {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killing_the_server_leaves_no_hung_caller() {
-    require_fuse!();
-    let mut server = ChildServer::start().await;
+async fn killing_the_server_leaves_no_hung_caller(transport: TransportChoice) {
+    let mut server = ChildServer::start(transport).await;
     server.child.0.kill().unwrap();
     server.exit_status().await;
     let reader = std::mem::replace(&mut server.reader, oneshot::channel().1);
@@ -516,10 +599,8 @@ async fn killing_the_server_leaves_no_hung_caller() {
     server.until_unmounted().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_unmounts_cleanly_and_releases_the_caller() {
-    require_fuse!();
-    let mut server = ChildServer::start().await;
+async fn sigterm_unmounts_cleanly_and_releases_the_caller(transport: TransportChoice) {
+    let mut server = ChildServer::start(transport).await;
     let pid = libc::pid_t::try_from(server.child.0.id()).unwrap();
     // SAFETY: signalling our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -530,4 +611,64 @@ async fn sigterm_unmounts_cleanly_and_releases_the_caller() {
     let reader = std::mem::replace(&mut server.reader, oneshot::channel().1);
     let err = within(Duration::from_secs(10), reader).await.unwrap_err();
     eprintln!("SIGTERM: the parked caller got {err}");
+}
+
+/// Writes `len` pattern bytes to a fresh backing file.
+fn backing_file(dir: &Path, name: &str, len: usize, seed: u8) -> (Arc<fs::File>, Vec<u8>) {
+    let path = dir.join(name);
+    let expected = pattern(len, seed);
+    fs::write(&path, &expected).unwrap();
+    (Arc::new(fs::File::open(&path).unwrap()), expected)
+}
+
+async fn passthrough_reads_return_exact_bytes_without_read_requests(transport: TransportChoice) {
+    let fs = MemFs::new(Duration::from_secs(1));
+    fs.set_passthrough(true);
+    let len = (5 << 20) + 777;
+    let ino = fs.add_file(ROOT, "blob", len as u64).unwrap();
+    let m = Mounted::new(fs, transport).await;
+    assert!(
+        m.session.as_ref().unwrap().passthrough(),
+        "kernel 6.9+ offers passthrough"
+    );
+    let backing_dir = tempfile::tempdir().unwrap();
+    let (file, expected) = backing_file(backing_dir.path(), "blob", len, 3);
+    m.fs.fulfil(ino, Content::File(file)).unwrap();
+
+    let bytes = within(WAIT, read_on_thread(m.root().join("blob")))
+        .await
+        .unwrap();
+    assert_eq!(bytes.len(), expected.len());
+    assert!(bytes == expected, "passthrough content differs");
+    // Random reads too, from a second open.
+    let path = m.root().join("blob");
+    let expected2 = expected.clone();
+    let random = on_thread(move || -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(path)?;
+        for k in 0..200u64 {
+            let off = (k * 7919 * 4096 + k * 13) % (len as u64 - 4096);
+            let mut buf = [0u8; 4096];
+            f.read_exact_at(&mut buf, off)?;
+            assert_eq!(&buf[..], &expected2[off as usize..off as usize + 4096]);
+        }
+        Ok(())
+    });
+    within(WAIT, random).await.unwrap();
+    assert_eq!(m.fs.reads(), 0, "reads bypassed the server");
+}
+
+async fn spliced_reads_return_exact_bytes(transport: TransportChoice) {
+    let fs = MemFs::new(Duration::from_secs(1));
+    let len = (3 << 20) + 4095;
+    let ino = fs.add_file(ROOT, "blob", len as u64).unwrap();
+    let m = Mounted::with_options(fs, transport, MountOptions::default().splice(true)).await;
+    let backing_dir = tempfile::tempdir().unwrap();
+    let (file, expected) = backing_file(backing_dir.path(), "blob", len, 9);
+    m.fs.fulfil(ino, Content::File(file)).unwrap();
+    let bytes = within(WAIT, read_on_thread(m.root().join("blob")))
+        .await
+        .unwrap();
+    assert!(bytes == expected, "spliced content differs");
+    assert!(m.fs.reads() > 0, "served by read requests");
 }

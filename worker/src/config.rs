@@ -8,6 +8,10 @@
 //! token = "secret"
 //! state_dir = "/var/lib/starlight"
 //! grace_secs = 30                 # how long opens wait after a broken stream
+//! containerd_socket = "/run/containerd/containerd.sock"
+//! namespace = "default"           # containerd namespace images are registered in
+//! snapshotter_socket = "/run/starlight/snapshotter.sock"
+//! api_socket = "/run/starlight/starlightd.sock"
 //! ```
 
 use std::net::SocketAddr;
@@ -18,6 +22,12 @@ use serde::Deserialize;
 
 /// Where starlightd looks for its configuration by default.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/starlight/starlightd.toml";
+/// containerd's gRPC socket by default.
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// The snapshotter's gRPC socket by default.
+pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/starlight/snapshotter.sock";
+/// starlightd's API socket by default (the `starlight` CLI's default too).
+pub const DEFAULT_API_SOCKET: &str = "/run/starlight/starlightd.sock";
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +69,14 @@ pub struct Settings {
     pub state_dir: Option<PathBuf>,
     /// Seconds opens still wait for contents after the stream broke.
     pub grace_secs: Option<u64>,
+    /// containerd's gRPC socket.
+    pub containerd_socket: Option<PathBuf>,
+    /// The containerd namespace images are registered in.
+    pub namespace: Option<String>,
+    /// Where the snapshotter serves containerd (the proxy plugin's address).
+    pub snapshotter_socket: Option<PathBuf>,
+    /// Where starlightd serves its API (the `starlight` CLI).
+    pub api_socket: Option<PathBuf>,
 }
 
 impl Settings {
@@ -91,6 +109,10 @@ impl Settings {
             token: flags.token.or(self.token),
             state_dir: flags.state_dir.or(self.state_dir),
             grace_secs: flags.grace_secs.or(self.grace_secs),
+            containerd_socket: flags.containerd_socket.or(self.containerd_socket),
+            namespace: flags.namespace.or(self.namespace),
+            snapshotter_socket: flags.snapshotter_socket.or(self.snapshotter_socket),
+            api_socket: flags.api_socket.or(self.api_socket),
         }
     }
 
@@ -106,6 +128,16 @@ impl Settings {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/starlight")),
             grace: Duration::from_secs(self.grace_secs.unwrap_or(30)),
+            containerd_socket: self
+                .containerd_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_SOCKET)),
+            namespace: self.namespace.unwrap_or_else(|| "default".into()),
+            snapshotter_socket: self
+                .snapshotter_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SNAPSHOTTER_SOCKET)),
+            api_socket: self
+                .api_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
         })
     }
 }
@@ -125,12 +157,35 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How long opens still wait for contents after the stream broke.
     pub grace: Duration,
+    /// containerd's gRPC socket.
+    pub containerd_socket: PathBuf,
+    /// The containerd namespace images are registered in.
+    pub namespace: String,
+    /// Where the snapshotter serves containerd.
+    pub snapshotter_socket: PathBuf,
+    /// Where starlightd serves its API.
+    pub api_socket: PathBuf,
 }
 
 impl Config {
     /// The content store's directory.
     pub fn store_dir(&self) -> PathBuf {
         self.state_dir.join("content")
+    }
+
+    /// The image database's directory.
+    pub fn images_db(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    /// The directory under which each image is mounted (`<manifest hex>`).
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.state_dir.join("mnt")
+    }
+
+    /// The snapshotter's state directory.
+    pub fn snapshotter_dir(&self) -> PathBuf {
+        self.state_dir.join("snapshotter")
     }
 }
 
@@ -171,6 +226,19 @@ mod tests {
         assert_eq!(config.server_name, "localhost");
         assert_eq!(config.grace, Duration::from_secs(30));
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/starlight"));
+        assert_eq!(config.namespace, "default");
+        assert_eq!(
+            config.api_socket,
+            PathBuf::from("/run/starlight/starlightd.sock")
+        );
+        assert_eq!(
+            config.snapshotter_socket,
+            PathBuf::from("/run/starlight/snapshotter.sock")
+        );
+        assert_eq!(
+            config.containerd_socket,
+            PathBuf::from("/run/containerd/containerd.sock")
+        );
     }
 
     #[test]

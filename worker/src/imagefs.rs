@@ -14,7 +14,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{error, warn};
 use transport_quic::{EntryKind, Header, TocEntry};
@@ -24,6 +24,7 @@ use uring_fs::{
 };
 
 use crate::store::Store;
+use crate::trace::OpenTrace;
 use crate::waiters::{ContentState, ContentWaiters};
 
 /// The inode number of the root directory.
@@ -61,7 +62,8 @@ enum NodeData {
         children: BTreeMap<OsString, u64>,
     },
     Symlink(Vec<u8>),
-    File(Option<[u8; 32]>),
+    /// A regular file: its content (none if empty) and its TOC index.
+    File(Option<[u8; 32]>, u32),
     Special,
 }
 
@@ -128,6 +130,7 @@ pub struct ImageFs {
     ttl: Duration,
     handles: Mutex<HashMap<u64, Arc<File>>>,
     next_fh: AtomicU64,
+    trace: Option<Arc<OpenTrace>>,
 }
 
 impl std::fmt::Debug for ImageFs {
@@ -160,11 +163,13 @@ impl ImageFs {
         }];
         let mut by_path: HashMap<String, u64> = HashMap::from([(String::new(), ROOT)]);
         // Hard links last: their targets may sort after them.
-        let (links, others): (Vec<&TocEntry>, Vec<&TocEntry>) = header
+        let links = header.toc.iter().filter(|e| e.kind == EntryKind::Hardlink);
+        for (index, e) in header
             .toc
             .iter()
-            .partition(|e| e.kind == EntryKind::Hardlink);
-        for e in others {
+            .enumerate()
+            .filter(|(_, e)| e.kind != EntryKind::Hardlink)
+        {
             let parts = components(&e.path)?;
             if parts.is_empty() {
                 // The root itself: take its metadata.
@@ -200,7 +205,10 @@ impl ImageFs {
                     parent,
                     children: BTreeMap::new(),
                 },
-                EntryKind::File => NodeData::File(e.sha256.filter(|_| e.size > 0)),
+                EntryKind::File => NodeData::File(
+                    e.sha256.filter(|_| e.size > 0),
+                    u32::try_from(index).unwrap_or(u32::MAX),
+                ),
                 EntryKind::Symlink => {
                     NodeData::Symlink(e.link.clone().unwrap_or_default().into_bytes())
                 }
@@ -224,7 +232,7 @@ impl ImageFs {
             let target_ino = *by_path
                 .get(&components(&target)?.join("/"))
                 .ok_or_else(bad)?;
-            if !matches!(nodes[(target_ino - 1) as usize].data, NodeData::File(_)) {
+            if !matches!(nodes[(target_ino - 1) as usize].data, NodeData::File(..)) {
                 return Err(bad());
             }
             let Some(name) = parts.last() else {
@@ -246,7 +254,14 @@ impl ImageFs {
             ttl,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            trace: None,
         })
+    }
+
+    /// Reports the first open of each file to `trace` (while it is enabled).
+    pub fn with_trace(mut self, trace: Arc<OpenTrace>) -> ImageFs {
+        self.trace = Some(trace);
+        self
     }
 
     /// Makes sure the parent directories of `parts` exist (implicit ones get
@@ -354,13 +369,17 @@ impl Filesystem for ImageFs {
         if flags & (libc::O_ACCMODE as u32) != libc::O_RDONLY as u32 {
             return Err(Errno::EROFS);
         }
-        let sha = match &self.node(ino)?.data {
-            NodeData::File(sha) => *sha,
+        let began = Instant::now();
+        let (sha, index) = match &self.node(ino)?.data {
+            NodeData::File(sha, index) => (*sha, *index),
             NodeData::Dir { .. } => return Err(Errno::EISDIR),
             _ => return Err(Errno::EINVAL),
         };
         let Some(sha) = sha else {
             // Empty file: nothing to wait for.
+            if let Some(t) = &self.trace {
+                t.record(index, began, Duration::ZERO);
+            }
             return Ok(Opened {
                 fh: 0,
                 keep_cache: true,
@@ -385,6 +404,9 @@ impl Filesystem for ImageFs {
             error!(ino, sha256 = %hex::encode(sha), "cannot open stored content: {e}");
             Errno::EIO
         })?;
+        if let Some(t) = &self.trace {
+            t.record(index, began, began.elapsed());
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles().insert(fh, Arc::new(file));
         Ok(Opened {

@@ -5,12 +5,24 @@
 //! - [`waiters`]: where each content stands; opens park on it.
 //! - [`imagefs`]: the FUSE filesystem of one image, from its TOC.
 //! - [`meta`]: the RocksDB database of pulled images.
+//! - [`trace`]: the first open of each file, for the proxy's ranks.
+//! - [`manager`]: the images starlightd holds: records, mounts, pulls, removal.
+//! - [`api`]: the JSON-lines API socket (server and client).
+//! - [`notify`]: systemd readiness notification.
+//! - [`containerd`]: a containerd client that registers images from bundle headers.
+//! - [`registration`]: the image manager's link to [`containerd`].
 //! - [`config`]: starlightd's TOML configuration and flag overrides.
 
+pub mod api;
 pub mod config;
+pub mod containerd;
 pub mod imagefs;
+pub mod manager;
 pub mod meta;
+pub mod notify;
 pub mod receiver;
+pub mod registration;
 pub mod snapshotter;
 pub mod store;
+pub mod trace;
 pub mod waiters;

@@ -1,10 +1,14 @@
 //! starlightd: the Starlight worker daemon.
 //!
 //! Configured by a TOML file (`/etc/starlight/starlightd.toml` unless
-//! `--config` says otherwise) whose settings the flags override. For now it
-//! offers `mount`: pull one image from the proxy and mount it as soon as the
-//! bundle's header arrives, serving each file once its content is verified
-//! and stored, until SIGINT or SIGTERM.
+//! `--config` says otherwise) whose settings the flags override.
+//!
+//! - `run`: the daemon. Serves containerd's snapshotter plugin and the API
+//!   socket the `starlight` CLI talks to (pull, images, rm), mounts every
+//!   image it holds, and tells systemd it is ready (`READY=1`).
+//! - `mount`: pull one image from the proxy and mount it as soon as the
+//!   bundle's header arrives, serving each file once its content is
+//!   verified and stored, until SIGINT or SIGTERM (no containerd).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,13 +17,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use starlight_worker::api::server as api_server;
 use starlight_worker::config::{Settings, DEFAULT_CONFIG_PATH};
 use starlight_worker::imagefs::ImageFs;
+use starlight_worker::manager::ImageManager;
 use starlight_worker::meta::{ImageRecord, MetaDb};
+use starlight_worker::notify;
 use starlight_worker::receiver::{self, ReceiveError, ReceiveOptions, ReceiveReport};
+use starlight_worker::registration::ContainerdRegistry;
+use starlight_worker::snapshotter::{serve_snapshotter, OverlaySnapshotter};
 use starlight_worker::store::Store;
 use starlight_worker::waiters::ContentWaiters;
 use tokio::task::JoinHandle;
+use tracing::{info, warn};
 use transport_quic::quic::{Client, ClientTls};
 use transport_quic::{Header, Request};
 use uring_fs::{MountOptions, Session};
@@ -48,12 +58,27 @@ struct Cli {
     /// Seconds opens still wait after the stream broke (overrides `grace_secs`).
     #[arg(long, global = true)]
     grace_secs: Option<u64>,
+    /// containerd's gRPC socket (overrides `containerd_socket`).
+    #[arg(long, global = true)]
+    containerd_socket: Option<PathBuf>,
+    /// The containerd namespace (overrides `namespace`).
+    #[arg(long, global = true)]
+    namespace: Option<String>,
+    /// The snapshotter's socket (overrides `snapshotter_socket`).
+    #[arg(long, global = true)]
+    snapshotter_socket: Option<PathBuf>,
+    /// The API socket (overrides `api_socket`).
+    #[arg(long, global = true)]
+    api_socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the daemon: the containerd snapshotter and the API socket, until
+    /// SIGINT or SIGTERM.
+    Run,
     /// Pull IMAGE and mount its filesystem at MOUNTPOINT as soon as the
     /// header arrives; serve until SIGINT or SIGTERM, then unmount.
     Mount {
@@ -80,6 +105,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -110,11 +136,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         token: cli.token,
         state_dir: cli.state_dir,
         grace_secs: cli.grace_secs,
+        containerd_socket: cli.containerd_socket,
+        namespace: cli.namespace,
+        snapshotter_socket: cli.snapshotter_socket,
+        api_socket: cli.api_socket,
     };
     let config = Settings::load(&path, required)?
         .overridden_by(flags)
         .resolve()?;
     match cli.command {
+        Command::Run => daemon(config).await,
         Command::Mount {
             from,
             refresh,
@@ -122,6 +153,92 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mountpoint,
         } => mount(config, from, refresh, image, mountpoint).await,
     }
+}
+
+/// The daemon: restores the images, serves the snapshotter and the API,
+/// notifies systemd, and on SIGINT/SIGTERM stops serving and unmounts.
+async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let registry = Arc::new(ContainerdRegistry {
+        socket: config.containerd_socket.clone(),
+        namespace: config.namespace.clone(),
+    });
+    let manager = ImageManager::open(config.clone(), registry)
+        .with_context(|| format!("opening the state in {}", config.state_dir.display()))?;
+    let restored = manager.restore().await?;
+    let snapshotter = OverlaySnapshotter::open(&config.snapshotter_dir())
+        .with_context(|| "opening the snapshotter state")?;
+    snapshotter.set_image_mounts(manager.clone());
+    let api = api_server::bind(&config.api_socket)
+        .with_context(|| format!("binding the API socket {}", config.api_socket.display()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some(dir) = config.snapshotter_socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let snap_socket = config.snapshotter_socket.clone();
+    let mut snap_task = tokio::spawn({
+        let shutdown = stopped(stop_rx.clone());
+        async move { serve_snapshotter(snapshotter, &snap_socket, shutdown).await }
+    });
+    let api_task = tokio::spawn(api_server::serve(
+        api,
+        manager.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    // The snapshotter binds its socket inside its task: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !config.snapshotter_socket.exists() {
+        if snap_task.is_finished() || Instant::now() > deadline {
+            let _ = stop_tx.send(true);
+            return match (&mut snap_task).await {
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("serving the snapshotter")),
+                _ => Err(anyhow::anyhow!(
+                    "the snapshotter socket {} did not appear",
+                    config.snapshotter_socket.display()
+                )),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match notify::notify("READY=1") {
+        Ok(true) => info!("told systemd we are ready"),
+        Ok(false) => {}
+        Err(e) => warn!("cannot notify systemd: {e}"),
+    }
+    info!(
+        images = restored,
+        api = %config.api_socket.display(),
+        snapshotter = %config.snapshotter_socket.display(),
+        "starlightd ready"
+    );
+    tokio::select! {
+        _ = interrupt.recv() => info!("SIGINT: stopping"),
+        _ = terminate.recv() => info!("SIGTERM: stopping"),
+        r = &mut snap_task => {
+            let _ = stop_tx.send(true);
+            manager.unmount_all().await;
+            return match r {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the snapshotter stopped")),
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("serving the snapshotter")),
+                Err(e) => Err(anyhow::Error::new(e).context("the snapshotter task")),
+            };
+        }
+    }
+    let _ = notify::notify("STOPPING=1");
+    let _ = stop_tx.send(true);
+    let _ = api_task.await;
+    if let Ok(Err(e)) = snap_task.await {
+        warn!("snapshotter: {e}");
+    }
+    let _ = std::fs::remove_file(&config.api_socket);
+    manager.unmount_all().await;
+    info!("starlightd stopped");
+    Ok(())
 }
 
 async fn mount(

@@ -126,6 +126,41 @@ impl Store {
         Ok(dest)
     }
 
+    /// The SHA-256 of every content in the store.
+    pub fn list(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        let top = self.root.join("sha256");
+        let mut out = Vec::new();
+        for dir in fs::read_dir(&top).map_err(io_err(&top))? {
+            let dir = dir.map_err(io_err(&top))?.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&dir).map_err(io_err(&dir))? {
+                let name = f.map_err(io_err(&dir))?.file_name();
+                let mut sha = [0u8; 32];
+                if hex::decode_to_slice(name.as_encoded_bytes(), &mut sha).is_ok() {
+                    out.push(sha);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the content with SHA-256 `sha`; returns its size if it was there.
+    pub fn remove(&self, sha: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        let path = self.path(sha);
+        let size = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(Some(size)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
     /// Inserts `data`, checking it against `sha` first (for contents that
     /// arrive whole, and for tests).
     pub fn insert_bytes(&self, data: &[u8], sha: &[u8; 32]) -> Result<PathBuf, StoreError> {
@@ -190,6 +225,23 @@ mod tests {
             fs::read_dir(dir.path().join("store/tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn list_and_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (sha(b"a"), sha(b"bb"));
+        store.insert_bytes(b"a", &a).unwrap();
+        store.insert_bytes(b"bb", &b).unwrap();
+        let mut listed = store.list().unwrap();
+        listed.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(listed, want);
+        assert_eq!(store.remove(&b).unwrap(), Some(2));
+        assert_eq!(store.remove(&b).unwrap(), None);
+        assert_eq!(store.list().unwrap(), vec![a]);
     }
 
     #[test]

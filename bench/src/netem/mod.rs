@@ -145,6 +145,7 @@ pub struct Link {
     worker_ns: String,
     cloud_ns: String,
     stop: Arc<AtomicBool>,
+    bypass: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     counters: [Arc<pump::Counters>; 2],
     tuns: Vec<OwnedFd>,
@@ -202,6 +203,7 @@ impl Link {
             worker_ns: format!("{NS_PREFIX}{pid}-{n}-w"),
             cloud_ns: format!("{NS_PREFIX}{pid}-{n}-c"),
             stop: Arc::new(AtomicBool::new(false)),
+            bypass: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             counters: [Arc::default(), Arc::default()],
             tuns: Vec::new(),
@@ -245,6 +247,7 @@ impl Link {
                 limit,
                 counters: link.counters[dir].clone(),
                 stop: link.stop.clone(),
+                bypass: link.bypass.clone(),
                 seed: seed.rotate_left(17 * dir as u32 + 1),
             };
             let thread = std::thread::Builder::new()
@@ -307,6 +310,12 @@ impl Link {
         T: Send + 'static,
     {
         ns::spawn_in(&self.cloud_ns, f)
+    }
+
+    /// While `on`, packets cross at once, unshaped (for untimed setup
+    /// phases of a benchmark; packets already queued keep their times).
+    pub fn set_bypass(&self, on: bool) {
+        self.bypass.store(on, Ordering::Relaxed);
     }
 
     /// Counters of both directions so far.

@@ -48,6 +48,9 @@ pub struct Pump {
     pub counters: Arc<Counters>,
     /// Set to stop the thread.
     pub stop: Arc<AtomicBool>,
+    /// While set, packets pass at once (no delay, no rate, no loss): for
+    /// untimed setup phases of a benchmark.
+    pub bypass: Arc<AtomicBool>,
     /// Seed of the loss generator.
     pub seed: u64,
 }
@@ -85,6 +88,13 @@ impl Pump {
                     break;
                 }
                 let len = n as usize;
+                if self.bypass.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    last_departure = last_departure.max(now);
+                    queued += len as u64;
+                    queue.push_back((now, scratch[..len].to_vec()));
+                    continue;
+                }
                 if self.loss > 0.0 && rng.next_f64() < self.loss {
                     self.counters.lost.fetch_add(1, Ordering::Relaxed);
                     continue;

@@ -8,9 +8,19 @@
 //! | `layers` | layer digest | [`LayerRecord`] |
 //! | `entries` | layer digest, `0x00`, big-endian `u32` sequence | [`Entry`] (tar order) |
 //! | `toc` | manifest digest, `0x00`, path | [`TocEntry`] (sorted by path) |
-//! | `ranks` | manifest digest, `0x00`, path | `(rank_sum: u64, hits: u64)` |
+//! | `ranks` | manifest digest, `0x00`, path | [`RankRecord`] `(rank_sum: u64, hits: u64)` |
+//! | `traces` | `t`, `0x00`, trace id | [`TraceRecord`] (as uploaded) |
+//! | `traces` | `n`, `0x00`, manifest digest | traces folded for the image, big-endian `u64` |
+//! | `indexed` | manifest digest | indexing sequence number, big-endian `u64` |
 //!
-//! Values are postcard-encoded. Everything but `ranks` is derived data: it
+//! `meta` also holds `index_seq`, the next indexing sequence number: the
+//! order images were first indexed in defines which version of a repository
+//! is "older" when a never-traced image inherits ranks (see [`ranks`]).
+//! The `traces` and `indexed` families were added within schema 1: opening
+//! an older schema-1 database creates them empty (its images then count as
+//! indexed before any new one).
+//!
+//! Values are postcard-encoded. Everything but `ranks` and `traces` is derived data: it
 //! can be rebuilt at any time by indexing the images again from the registry
 //! (see [`Db::clear_derived`]). A database written with another schema
 //! version is refused at [`Db::open`]; move it away and re-index.
@@ -18,9 +28,13 @@
 //! Writes are atomic per image: [`Db::commit_image`] writes one batch.
 
 mod keys;
+pub mod ranks;
 mod records;
 
-pub use records::{ImageRecord, LayerRecord, LayerRef, TocEntry};
+pub use ranks::{FoldOutcome, ImageRanks};
+pub use records::{
+    ImageRecord, LayerRecord, LayerRef, RankRecord, TocEntry, TraceOpenRecord, TraceRecord,
+};
 
 use crate::format::Entry;
 use rocksdb::{
@@ -41,7 +55,10 @@ const CF_LAYERS: &str = "layers";
 const CF_ENTRIES: &str = "entries";
 const CF_TOC: &str = "toc";
 const CF_RANKS: &str = "ranks";
+const CF_TRACES: &str = "traces";
+const CF_INDEXED: &str = "indexed";
 const SCHEMA_KEY: &[u8] = b"schema";
+const INDEX_SEQ_KEY: &[u8] = b"index_seq";
 
 /// A key suffix (after a prefix) and its raw value.
 type Suffixed = (Vec<u8>, Box<[u8]>);
@@ -49,11 +66,13 @@ type Suffixed = (Vec<u8>, Box<[u8]>);
 pub type RawRecord = (String, Vec<u8>, Vec<u8>);
 
 /// Every column family, `meta` first.
-const COLUMN_FAMILIES: [&str; 7] = [
-    CF_META, CF_TAGS, CF_IMAGES, CF_LAYERS, CF_ENTRIES, CF_TOC, CF_RANKS,
+const COLUMN_FAMILIES: [&str; 9] = [
+    CF_META, CF_TAGS, CF_IMAGES, CF_LAYERS, CF_ENTRIES, CF_TOC, CF_RANKS, CF_TRACES, CF_INDEXED,
 ];
 /// The column families holding derived data (rebuildable from the registry).
-const DERIVED: [&str; 5] = [CF_TAGS, CF_IMAGES, CF_LAYERS, CF_ENTRIES, CF_TOC];
+const DERIVED: [&str; 6] = [
+    CF_TAGS, CF_IMAGES, CF_LAYERS, CF_ENTRIES, CF_TOC, CF_INDEXED,
+];
 
 /// Errors of the directory database.
 #[derive(Debug, thiserror::Error)]
@@ -477,14 +496,19 @@ impl Db {
             batch.put_cf(toc_cf, keys::path(&digest, &t.entry.path), v);
         }
         batch.put_cf(self.cf(CF_TAGS)?, w.reference.as_bytes(), digest.as_bytes());
+        if self.index_seq(&digest)?.is_none() {
+            let seq = self.next_index_seq()?;
+            batch.put_cf(self.cf(CF_INDEXED)?, digest.as_bytes(), seq.to_be_bytes());
+            batch.put_cf(self.cf(CF_META)?, INDEX_SEQ_KEY, (seq + 1).to_be_bytes());
+        }
 
         self.db.write(batch).map_err(|e| self.rocks(e))?;
         Ok(image)
     }
 
     /// Deletes every derived record (tags, images, layers, entries, tables
-    /// of contents), keeping the schema version and the access traces
-    /// (`ranks`). Index the images again to rebuild.
+    /// of contents, indexing order), keeping the schema version and the
+    /// access traces (`ranks`, `traces`). Index the images again to rebuild.
     pub fn clear_derived(&self) -> Result<(), DbError> {
         let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         for name in DERIVED {

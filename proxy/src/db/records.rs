@@ -62,3 +62,43 @@ pub struct LayerRecord {
     /// Number of tar entries stored for the layer.
     pub entries: u64,
 }
+
+/// One uploaded startup trace, kept as received: traces are the only data of
+/// the database that cannot be rebuilt from the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    /// The worker's id for the trace (folded once).
+    pub id: String,
+    /// The reference the worker pulled.
+    pub image: String,
+    /// Manifest digest of the image that ran.
+    pub manifest_digest: String,
+    /// When the proxy committed it, milliseconds since the epoch.
+    pub received_ms: u64,
+    /// The first opens, in access order.
+    pub opens: Vec<TraceOpenRecord>,
+}
+
+/// The first open of one file in a [`TraceRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceOpenRecord {
+    /// Path relative to the image root.
+    pub path: String,
+    /// Index of the image layer supplying it (0 = bottom).
+    pub layer: u32,
+    /// Position in the trace (0 = first).
+    pub rank: u32,
+    /// Milliseconds since the trace's first open.
+    pub ms_since_start: u64,
+    /// Milliseconds the open waited for content.
+    pub ms_waited: u64,
+}
+
+/// Rank sum and hit count of one path of one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RankRecord {
+    /// Sum of the path's ranks over all folded traces.
+    pub rank_sum: u64,
+    /// Number of folded traces that opened the path.
+    pub hits: u64,
+}

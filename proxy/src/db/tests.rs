@@ -305,3 +305,136 @@ fn clear_derived_keeps_schema_and_ranks() {
     let db = Db::open(dir.path()).unwrap();
     assert_eq!(db.image_by_reference("r").unwrap(), None);
 }
+
+fn trace_of(id: &str, digest: &str, paths: &[&str]) -> TraceRecord {
+    TraceRecord {
+        id: id.into(),
+        image: "reg/app".into(),
+        manifest_digest: digest.into(),
+        received_ms: 1,
+        opens: paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| TraceOpenRecord {
+                path: p.to_string(),
+                layer: 0,
+                rank: i as u32,
+                ms_since_start: 0,
+                ms_waited: 0,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn traces_fold_once_and_survive_reopen_and_clear_derived() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    db.commit_image(write_for("reg/app:v1", "sha256:m1"))
+        .unwrap();
+    let t = trace_of("t1", "sha256:m1", &["c", "a", "zzz", "a"]);
+    assert_eq!(
+        db.fold_trace(&t).unwrap(),
+        FoldOutcome::Folded {
+            folded: 2,
+            ignored: 2
+        }
+    );
+    let before = db.dump().unwrap();
+    assert_eq!(db.fold_trace(&t).unwrap(), FoldOutcome::Duplicate);
+    assert_eq!(
+        db.dump().unwrap(),
+        before,
+        "a duplicate changed the database"
+    );
+    db.fold_trace(&trace_of("t2", "sha256:m1", &["a", "c"]))
+        .unwrap();
+    assert_eq!(
+        db.fold_trace(&trace_of("t3", "sha256:nope", &["a"]))
+            .unwrap(),
+        FoldOutcome::UnknownImage
+    );
+    let expect = |db: &Db| {
+        let ranks = db.own_ranks("sha256:m1").unwrap();
+        // c: ranks 0 and 1; a: ranks 1 and 0 (rank 0 is kept, not dropped).
+        assert_eq!(
+            ranks.get("c"),
+            Some(&RankRecord {
+                rank_sum: 1,
+                hits: 2
+            })
+        );
+        assert_eq!(
+            ranks.get("a"),
+            Some(&RankRecord {
+                rank_sum: 1,
+                hits: 2
+            })
+        );
+        assert_eq!(ranks.len(), 2);
+        assert_eq!(db.trace_count("sha256:m1").unwrap(), 2);
+        assert_eq!(db.trace("t1").unwrap().unwrap(), t);
+    };
+    expect(&db);
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    expect(&db);
+    db.clear_derived().unwrap();
+    expect(&db);
+    assert_eq!(db.index_seq("sha256:m1").unwrap(), None);
+}
+
+#[test]
+fn inheritance_picks_the_nearest_older_traced_version_of_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    for (r, d) in [
+        ("reg/app:v1", "sha256:m1"),
+        ("reg/app:v2", "sha256:m2"),
+        ("reg/other:v1", "sha256:o1"),
+        ("reg/app:v3", "sha256:m3"),
+        ("reg/app:v4", "sha256:m4"),
+    ] {
+        db.commit_image(write_for(r, d)).unwrap();
+    }
+    let seqs: Vec<u64> = ["sha256:m1", "sha256:m2", "sha256:m3"]
+        .iter()
+        .map(|d| db.index_seq(d).unwrap().unwrap())
+        .collect();
+    assert!(seqs[0] < seqs[1] && seqs[1] < seqs[2], "{seqs:?}");
+    // Re-indexing keeps the first sequence number.
+    db.commit_image(write_for("reg/app:v1", "sha256:m1"))
+        .unwrap();
+    assert_eq!(db.index_seq("sha256:m1").unwrap(), Some(seqs[0]));
+
+    for (id, d) in [
+        ("a", "sha256:m1"),
+        ("b", "sha256:m2"),
+        ("o", "sha256:o1"),
+        ("d", "sha256:m4"),
+    ] {
+        db.fold_trace(&trace_of(id, d, &["a"])).unwrap();
+    }
+    let img = |d: &str| db.image(d).unwrap().unwrap();
+    // v3: v2 and v1 are older and traced, v2 is nearer; v4 is newer; other
+    // repositories never count.
+    let found = db.image_ranks(&img("sha256:m3")).unwrap();
+    assert_eq!(found.inherited_from.unwrap().manifest_digest, "sha256:m2");
+    assert_eq!(found.traces, 0);
+    assert_eq!(found.ranks.len(), 1);
+    // Images with traces of their own use them.
+    assert_eq!(
+        db.image_ranks(&img("sha256:m2")).unwrap().inherited_from,
+        None
+    );
+    // The oldest has nothing older.
+    db.commit_image(write_for("reg/app:v0", "sha256:m0"))
+        .unwrap();
+    let v0 = db.image_ranks(&img("sha256:m0")).unwrap();
+    assert_eq!(
+        v0.inherited_from.map(|i| i.manifest_digest),
+        Some("sha256:m4".to_string()),
+        "v0 was indexed last, so it counts as the newest"
+    );
+    assert_eq!(db.older_traced_version(&img("sha256:m1")).unwrap(), None);
+}

@@ -15,6 +15,7 @@ pub struct PlanKey {
     held: Vec<String>,
     held_payloads: [u8; 32],
     ranks_version: u64,
+    unordered: bool,
 }
 
 impl PlanKey {
@@ -43,7 +44,15 @@ impl PlanKey {
             held,
             held_payloads: hasher.finalize().into(),
             ranks_version,
+            unordered: false,
         }
+    }
+
+    /// The same key for a plan built with ranks ignored (`unordered`: the
+    /// payloads in layer order, for trace collection) or not.
+    pub fn with_unordered(mut self, unordered: bool) -> PlanKey {
+        self.unordered = unordered;
+        self
     }
 
     /// The key of `input`, with its ranks at `ranks_version`.

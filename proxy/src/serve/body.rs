@@ -25,6 +25,36 @@ pub struct FetchPolicy {
     pub retries: u32,
     /// Wait before the first retry; doubled each time.
     pub backoff: Duration,
+    /// Pace the body to this many bytes per second (none: unpaced).
+    pub rate_limit: Option<u64>,
+}
+
+/// The largest piece of payload sent at once when the body is paced.
+const PACED_CHUNK: usize = 64 << 10;
+
+/// Paces a byte stream to a rate: before each send, sleeps until the bytes
+/// sent so far (this send included) are due.
+struct Pacer {
+    rate: u64,
+    start: tokio::time::Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Pacer {
+        Pacer {
+            rate: rate.max(1),
+            start: tokio::time::Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// Waits until `len` more bytes may go.
+    async fn admit(&mut self, len: usize) {
+        self.sent += len as u64;
+        let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+        tokio::time::sleep_until(self.start + due).await;
+    }
 }
 
 /// Buffers for range requests, shared by every bundle of a server and
@@ -167,6 +197,7 @@ pub async fn stream_payloads(
     .buffered(policy.in_flight.max(1));
     let mut sent = 0u64;
     let mut done = 0usize;
+    let mut pacer = policy.rate_limit.map(Pacer::new);
     while let Some(joined) = fetched.next().await {
         let (piece, bytes) = joined.map_err(|e| {
             HandlerError::new(ErrorCode::Internal, format!("range request task: {e}"))
@@ -193,7 +224,15 @@ pub async fn stream_payloads(
             if s.begin {
                 out.begin_payload(s.payload).await?;
             }
-            out.send_data(data).await?;
+            match &mut pacer {
+                None => out.send_data(data).await?,
+                Some(p) => {
+                    for chunk in data.chunks(PACED_CHUNK) {
+                        p.admit(chunk.len()).await;
+                        out.send_data(chunk).await?;
+                    }
+                }
+            }
             sent += s.len;
             if s.end {
                 out.end_payload().await?;
@@ -209,4 +248,24 @@ pub async fn stream_payloads(
         "payloads sent"
     );
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_pacer_keeps_the_rate() {
+        let mut p = Pacer::new(10_000_000);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..30 {
+            p.admit(100_000).await;
+        }
+        // 3 MB at 10 MB/s: 300 ms.
+        let elapsed = t0.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(295) && elapsed < Duration::from_millis(1000),
+            "{elapsed:?}"
+        );
+    }
 }

@@ -11,6 +11,7 @@ mod body;
 mod header;
 mod pieces;
 mod resolve;
+mod traces;
 
 pub use body::{BufferPool, FetchPolicy};
 pub use header::{build_header, HeaderError};
@@ -23,15 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
-use transport_quic::quic::{BundleHandler, BundleWriter, HandlerError, HandlerFuture};
-use transport_quic::{ErrorCode, Request};
+use transport_quic::quic::{BundleHandler, BundleWriter, HandlerError, HandlerFuture, ReplyFuture};
+use transport_quic::{ErrorCode, RanksQuery, RanksReply, Request, Trace, TraceAck};
 
 use crate::db::{Db, ImageRecord, TocEntry};
 use crate::optimize::{optimize, BundlePlan, CacheStats, OptimizeInput, PlanCache, PlanKey};
 use crate::registry::{Platform, RegistryClient};
-
-/// The version of the ranks plans are built with (no ranks are recorded yet).
-const RANKS_VERSION: u64 = 0;
 
 /// Settings of the bundle server.
 #[derive(Debug, Clone)]
@@ -48,6 +46,8 @@ pub struct ServeOptions {
     pub retries: u32,
     /// Wait before the first retry (doubled each time).
     pub retry_backoff: Duration,
+    /// Pace each bundle's body to this many bytes per second (none: unpaced).
+    pub rate_limit: Option<u64>,
 }
 
 impl Default for ServeOptions {
@@ -59,6 +59,7 @@ impl Default for ServeOptions {
             max_gap: 64 << 10,
             retries: 3,
             retry_backoff: Duration::from_millis(100),
+            rate_limit: None,
         }
     }
 }
@@ -84,6 +85,8 @@ pub struct ServeStats {
     pub payload_bytes: u64,
     /// Images indexed on demand.
     pub indexed: u64,
+    /// Traces folded (duplicates not counted).
+    pub traces: u64,
     /// The plan cache's counters.
     pub plan_cache: CacheStats,
 }
@@ -100,6 +103,10 @@ pub struct BundleServer {
     completed: AtomicU64,
     failed: AtomicU64,
     payload_bytes: AtomicU64,
+    /// Bumped whenever a trace is folded: plans built with older ranks are
+    /// not reused.
+    ranks_version: AtomicU64,
+    traces: AtomicU64,
 }
 
 impl std::fmt::Debug for BundleServer {
@@ -145,6 +152,8 @@ impl BundleServer {
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             payload_bytes: AtomicU64::new(0),
+            ranks_version: AtomicU64::new(0),
+            traces: AtomicU64::new(0),
         }
     }
 
@@ -156,25 +165,31 @@ impl BundleServer {
             failed: self.failed.load(Ordering::Relaxed),
             payload_bytes: self.payload_bytes.load(Ordering::Relaxed),
             indexed: self.resolver.indexed(),
+            traces: self.traces.load(Ordering::Relaxed),
             plan_cache: self.cache.stats(),
         }
     }
 
     /// The plan for `wanted` given `held`, from the cache or built (the
-    /// tables of contents are loaded only on a miss). Runs blocking.
+    /// tables of contents and ranks are loaded only on a miss). With
+    /// `unordered`, ranks are ignored: payloads go in layer order. Runs
+    /// blocking.
     fn plan(
         db: &Db,
         cache: &PlanCache,
         wanted: &ImageRecord,
         held: &[ImageRecord],
         held_payloads: &HashSet<[u8; 32]>,
+        unordered: bool,
+        ranks_version: u64,
     ) -> Result<Planned, HandlerError> {
         let key = PlanKey::new(
             &wanted.manifest_digest,
             held.iter().map(|r| r.manifest_digest.as_str()),
             held_payloads,
-            RANKS_VERSION,
-        );
+            ranks_version,
+        )
+        .with_unordered(unordered);
         if let Some(plan) = cache.get(&key) {
             return Ok(Planned {
                 plan,
@@ -187,7 +202,11 @@ impl BundleServer {
         };
         let wanted_toc = toc(wanted)?;
         let held_tocs = held.iter().map(toc).collect::<Result<Vec<_>, _>>()?;
-        let ranks = HashMap::new();
+        let ranks = if unordered {
+            HashMap::new()
+        } else {
+            traces::plan_ranks(db, wanted)?
+        };
         let input = OptimizeInput {
             wanted,
             wanted_toc: &wanted_toc,
@@ -243,8 +262,18 @@ impl BundleServer {
             max_gap: self.options.max_gap,
         };
         let held_count = held.len();
+        let unordered = request.unordered;
+        let ranks_version = self.ranks_version.load(Ordering::Acquire);
         let (header, pieces, cache_hit, payload_total) = tokio::task::spawn_blocking(move || {
-            let planned = Self::plan(&db, &cache, &wanted, &held, &held_payloads)?;
+            let planned = Self::plan(
+                &db,
+                &cache,
+                &wanted,
+                &held,
+                &held_payloads,
+                unordered,
+                ranks_version,
+            )?;
             let header = build_header(&wanted, &planned.plan)
                 .map_err(|e| internal("building the header", e))?;
             let pieces = plan_pieces(&planned.plan.payloads, limits);
@@ -269,6 +298,7 @@ impl BundleServer {
             in_flight: self.options.in_flight,
             retries: self.options.retries,
             backoff: self.options.retry_backoff,
+            rate_limit: self.options.rate_limit,
         };
         let sent = body::stream_payloads(
             self.registry.clone(),
@@ -285,6 +315,7 @@ impl BundleServer {
             image = %request.image,
             %manifest,
             held = held_count,
+            unordered,
             plan_cache = if cache_hit { "hit" } else { "miss" },
             payloads,
             bytes = sent,
@@ -316,5 +347,20 @@ impl BundleHandler for BundleServer {
                 }
             }
         })
+    }
+
+    fn upload_trace(&self, trace: Trace) -> ReplyFuture<'_, TraceAck> {
+        Box::pin(async move {
+            let ack = traces::fold(&self.db, &self.resolver, trace).await?;
+            if !ack.duplicate {
+                self.traces.fetch_add(1, Ordering::Relaxed);
+                self.ranks_version.fetch_add(1, Ordering::AcqRel);
+            }
+            Ok(ack)
+        })
+    }
+
+    fn ranks(&self, query: RanksQuery) -> ReplyFuture<'_, RanksReply> {
+        Box::pin(async move { traces::ranks(&self.db, &self.resolver, &query.image).await })
     }
 }

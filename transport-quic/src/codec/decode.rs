@@ -12,19 +12,19 @@ use super::{Limits, ProtocolError};
 /// Splits a byte stream into its preamble and frames, checking each frame's length
 /// against the limits (and the caller's order rules) before buffering its payload.
 #[derive(Debug, Default)]
-struct FrameBuffer {
+pub(crate) struct FrameBuffer {
     buf: BytesMut,
     preamble_done: bool,
 }
 
 impl FrameBuffer {
-    fn feed(&mut self, bytes: &[u8]) {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
 
     /// The next complete frame, or `None` if more bytes are needed. `admit` sees the
     /// frame's kind and length as soon as its header is complete.
-    fn next_frame(
+    pub(crate) fn next_frame(
         &mut self,
         limits: &Limits,
         admit: impl FnOnce(FrameKind, u32) -> Result<(), ProtocolError>,
@@ -59,16 +59,19 @@ impl FrameBuffer {
         Ok(Some((kind, self.buf.split_to(len as usize).freeze())))
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.buf.len()
     }
 }
 
-fn decode_message<T: DeserializeOwned>(kind: FrameKind, bytes: &[u8]) -> Result<T, ProtocolError> {
+pub(crate) fn decode_message<T: DeserializeOwned>(
+    kind: FrameKind,
+    bytes: &[u8],
+) -> Result<T, ProtocolError> {
     let (value, rest) =
         postcard::take_from_bytes::<T>(bytes).map_err(|e| ProtocolError::Malformed {
             kind,
@@ -92,7 +95,7 @@ fn decode_index(kind: FrameKind, bytes: &[u8]) -> Result<u32, ProtocolError> {
 }
 
 /// Remembers the first error so that a failed decoder keeps failing.
-fn poison<T>(
+pub(crate) fn poison<T>(
     slot: &mut Option<ProtocolError>,
     r: Result<T, ProtocolError>,
 ) -> Result<T, ProtocolError> {
@@ -211,10 +214,14 @@ impl ResponseDecoder {
                     self.ended_with_error = true;
                     Event::Error(error)
                 }
-                FrameKind::Request => {
+                FrameKind::Request
+                | FrameKind::TraceUpload
+                | FrameKind::TraceAck
+                | FrameKind::RanksQuery
+                | FrameKind::Ranks => {
                     return Err(ProtocolError::UnexpectedFrame {
                         got: kind,
-                        expected: "a response frame",
+                        expected: "a bundle frame",
                     })
                 }
             };

@@ -11,7 +11,7 @@ use super::validate::{validate_error, validate_header, validate_request};
 use super::{Limits, ProtocolError};
 
 /// Appends one postcard-encoded frame of `kind` to `out`.
-fn put_message<T: Serialize>(
+pub(crate) fn put_message<T: Serialize>(
     kind: FrameKind,
     value: &T,
     limits: &Limits,

@@ -50,6 +50,14 @@ pub enum FrameKind {
     End,
     /// Server → client: an error; nothing follows.
     Error,
+    /// Client → server: a trace upload (instead of a Request).
+    TraceUpload,
+    /// Server → client: the trace was committed.
+    TraceAck,
+    /// Client → server: a ranks query (instead of a Request).
+    RanksQuery,
+    /// Server → client: an image's ranks.
+    Ranks,
 }
 
 impl FrameKind {
@@ -63,6 +71,10 @@ impl FrameKind {
             FrameKind::PayloadEnd => 5,
             FrameKind::End => 6,
             FrameKind::Error => 7,
+            FrameKind::TraceUpload => 8,
+            FrameKind::TraceAck => 9,
+            FrameKind::RanksQuery => 10,
+            FrameKind::Ranks => 11,
         }
     }
 
@@ -76,6 +88,10 @@ impl FrameKind {
             5 => FrameKind::PayloadEnd,
             6 => FrameKind::End,
             7 => FrameKind::Error,
+            8 => FrameKind::TraceUpload,
+            9 => FrameKind::TraceAck,
+            10 => FrameKind::RanksQuery,
+            11 => FrameKind::Ranks,
             other => return Err(ProtocolError::UnknownFrameType(other)),
         })
     }
@@ -83,7 +99,12 @@ impl FrameKind {
     /// Largest length a frame of this kind may announce.
     pub fn max_len(self, limits: &Limits) -> u32 {
         match self {
-            FrameKind::Request => limits.max_request,
+            FrameKind::Request | FrameKind::TraceUpload | FrameKind::RanksQuery => {
+                limits.max_request
+            }
+            FrameKind::Ranks => limits.max_header,
+            // Id, flag and two varints.
+            FrameKind::TraceAck => limits.max_string.saturating_add(32),
             FrameKind::Header => limits.max_header,
             FrameKind::PayloadBegin | FrameKind::PayloadEnd => 4,
             FrameKind::PayloadData => limits.max_data_frame,
@@ -104,6 +125,10 @@ impl std::fmt::Display for FrameKind {
             FrameKind::PayloadEnd => "PayloadEnd",
             FrameKind::End => "End",
             FrameKind::Error => "Error",
+            FrameKind::TraceUpload => "TraceUpload",
+            FrameKind::TraceAck => "TraceAck",
+            FrameKind::RanksQuery => "RanksQuery",
+            FrameKind::Ranks => "Ranks",
         };
         f.write_str(s)
     }

@@ -16,6 +16,16 @@
 //! | 5    | PayloadEnd   | s → c     | u32 LE payload index                      |
 //! | 6    | End          | s → c     | postcard [`End`]                          |
 //! | 7    | Error        | s → c     | postcard [`ErrorFrame`]                   |
+//! | 8    | TraceUpload  | c → s     | postcard [`TraceUpload`]                  |
+//! | 9    | TraceAck     | s → c     | postcard [`TraceAck`]                     |
+//! | 10   | RanksQuery   | c → s     | postcard [`RanksQuery`]                   |
+//! | 11   | Ranks        | s → c     | postcard [`RanksReply`]                   |
+//!
+//! Instead of a Request, a client stream may carry one TraceUpload or one RanksQuery
+//! (see [`exchange`]); the server then answers with one TraceAck, Ranks or Error frame.
+//! Types 8–11 extend version 1 without changing anything a bundle exchange sends, so
+//! they need no version bump: a proxy that predates them refuses the frame type with a
+//! BadRequest Error frame, which the client reports as such.
 //!
 //! A round trip, fed in small pieces as a socket would deliver it:
 //!
@@ -52,22 +62,31 @@
 mod decode;
 mod encode;
 mod error;
+pub mod exchange;
 mod frame;
 mod limits;
 mod sequence;
+mod trace;
 mod types;
 mod validate;
 
 pub use decode::{RequestDecoder, ResponseDecoder};
 pub use encode::{RequestEncoder, ResponseEncoder};
 pub use error::ProtocolError;
+pub use exchange::{
+    encode_message, encode_reply, ClientMessage, MessageDecoder, Reply, ReplyDecoder,
+};
 pub use frame::{preamble, FrameKind, FRAME_HEADER_LEN, MAGIC, PREAMBLE_LEN, PROTOCOL_VERSION};
 pub use limits::Limits;
+pub use trace::{RankedPath, RanksQuery, RanksReply, Trace, TraceAck, TraceOpen, TraceUpload};
 pub use types::{
     End, EntryKind, ErrorCode, ErrorFrame, Event, Header, PayloadCompression, PayloadInfo, Request,
     Source, TocEntry,
 };
-pub use validate::{validate_error, validate_header, validate_request};
+pub use validate::{
+    validate_ack, validate_error, validate_header, validate_ranks_query, validate_ranks_reply,
+    validate_request, validate_trace_upload,
+};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

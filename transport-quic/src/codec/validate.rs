@@ -1,5 +1,6 @@
 //! Checks decoded messages against the [`Limits`] and their internal references.
 
+use super::trace::{RanksQuery, RanksReply, TraceAck, TraceUpload};
 use super::types::{ErrorFrame, Header, Request, Source};
 use super::{Limits, ProtocolError};
 
@@ -101,6 +102,47 @@ pub fn validate_header(h: &Header, limits: &Limits) -> Result<(), ProtocolError>
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks a trace upload's counts and string lengths.
+pub fn validate_trace_upload(t: &TraceUpload, limits: &Limits) -> Result<(), ProtocolError> {
+    string("token length", &t.token, limits)?;
+    let trace = &t.trace;
+    string("trace id length", &trace.id, limits)?;
+    if trace.id.is_empty() {
+        return Err(ProtocolError::InvalidHeader("the trace has no id".into()));
+    }
+    string("image reference length", &trace.image, limits)?;
+    string("manifest digest length", &trace.manifest_digest, limits)?;
+    count("trace opens", trace.opens.len(), limits.max_toc_entries)?;
+    for o in &trace.opens {
+        string("path length", &o.path, limits)?;
+    }
+    Ok(())
+}
+
+/// Checks a ranks query's string lengths.
+pub fn validate_ranks_query(q: &RanksQuery, limits: &Limits) -> Result<(), ProtocolError> {
+    string("token length", &q.token, limits)?;
+    string("image reference length", &q.image, limits)
+}
+
+/// Checks a trace acknowledgement's id length.
+pub fn validate_ack(a: &TraceAck, limits: &Limits) -> Result<(), ProtocolError> {
+    string("trace id length", &a.id, limits)
+}
+
+/// Checks a ranks reply's counts and string lengths.
+pub fn validate_ranks_reply(r: &RanksReply, limits: &Limits) -> Result<(), ProtocolError> {
+    string("manifest digest length", &r.manifest_digest, limits)?;
+    if let Some(from) = &r.inherited_from {
+        string("inherited image length", from, limits)?;
+    }
+    count("ranked paths", r.ranks.len(), limits.max_toc_entries)?;
+    for p in &r.ranks {
+        string("path length", &p.path, limits)?;
     }
     Ok(())
 }

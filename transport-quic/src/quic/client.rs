@@ -14,7 +14,9 @@ use super::transport::TransportTuning;
 use super::verify::PinnedCertVerifier;
 use super::ALPN;
 use crate::codec::{
-    ErrorCode, ErrorFrame, Event, Limits, ProtocolError, Request, RequestEncoder, ResponseDecoder,
+    encode_message, ClientMessage, ErrorCode, ErrorFrame, Event, FrameKind, Limits, ProtocolError,
+    RanksQuery, RanksReply, Reply, ReplyDecoder, Request, RequestEncoder, ResponseDecoder,
+    TraceAck, TraceUpload,
 };
 use crate::tls::{self, TlsError};
 
@@ -263,6 +265,25 @@ impl Client {
         request: &Request,
     ) -> Result<BundleStream, ClientError> {
         let bytes = RequestEncoder::new(self.options.limits).encode(request)?;
+        let (recv, conn) = self.send_message(addr, server_name, &bytes).await?;
+        Ok(BundleStream {
+            recv,
+            decoder: ResponseDecoder::new(self.options.limits),
+            read_chunk: self.options.read_chunk,
+            eof: false,
+            failed: false,
+            bytes_received: 0,
+            _conn: conn,
+        })
+    }
+
+    /// Opens a stream to the proxy, writes `bytes` and finishes the send side.
+    async fn send_message(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        bytes: &[u8],
+    ) -> Result<(RecvStream, Connection), ClientError> {
         let key = (addr, server_name.to_string());
         let mut conn = match self.cached(&key) {
             Some(c) => c,
@@ -276,20 +297,92 @@ impl Client {
                 conn.open_bi().await.map_err(ClientError::Connection)?
             }
         };
-        send.write_all(&bytes)
+        send.write_all(bytes)
             .await
             .map_err(|e| ClientError::Send(e.to_string()))?;
         send.finish()
             .map_err(|e| ClientError::Send(e.to_string()))?;
-        Ok(BundleStream {
-            recv,
-            decoder: ResponseDecoder::new(self.options.limits),
-            read_chunk: self.options.read_chunk,
-            eof: false,
-            failed: false,
-            bytes_received: 0,
-            _conn: conn,
-        })
+        Ok((recv, conn))
+    }
+
+    /// Sends one message and reads the proxy's one-frame reply.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        message: &ClientMessage,
+    ) -> Result<Reply, ClientError> {
+        let bytes = encode_message(message, &self.options.limits)?;
+        let (mut recv, _conn) = self.send_message(addr, server_name, &bytes).await?;
+        let mut decoder = ReplyDecoder::new(self.options.limits);
+        let mut reply = None;
+        loop {
+            match recv.read_chunk(self.options.read_chunk, true).await {
+                Ok(Some(chunk)) => {
+                    decoder.feed(&chunk.bytes);
+                    if let Some(r) = decoder.next_reply()? {
+                        reply = Some(r);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(ClientError::Truncated(format!("reply stream: {e}"))),
+            }
+        }
+        match decoder.finish() {
+            Ok(()) => {}
+            Err(e @ ProtocolError::Truncated { .. }) => {
+                return Err(ClientError::Truncated(e.to_string()))
+            }
+            Err(e) => return Err(ClientError::Protocol(e)),
+        }
+        match reply {
+            Some(Reply::Error(frame)) => Err(ClientError::from_error_frame(frame)),
+            Some(r) => Ok(r),
+            None => Err(ClientError::Truncated("no reply".into())),
+        }
+    }
+
+    /// Uploads a trace to the proxy at `addr`; returns its acknowledgement, which the
+    /// proxy sends only once the trace is committed to its database.
+    pub async fn upload_trace(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        upload: &TraceUpload,
+    ) -> Result<TraceAck, ClientError> {
+        match self
+            .exchange(addr, server_name, &ClientMessage::Trace(upload.clone()))
+            .await?
+        {
+            Reply::TraceAck(ack) if ack.id == upload.trace.id => Ok(ack),
+            Reply::TraceAck(ack) => Err(ClientError::Protocol(ProtocolError::Malformed {
+                kind: FrameKind::TraceAck,
+                reason: format!("acknowledges trace {:?}, not {:?}", ack.id, upload.trace.id),
+            })),
+            _ => Err(ClientError::Protocol(ProtocolError::UnexpectedFrame {
+                got: FrameKind::Ranks,
+                expected: "a TraceAck frame",
+            })),
+        }
+    }
+
+    /// Asks the proxy at `addr` for the ranks of an image.
+    pub async fn ranks(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        query: &RanksQuery,
+    ) -> Result<RanksReply, ClientError> {
+        match self
+            .exchange(addr, server_name, &ClientMessage::Ranks(query.clone()))
+            .await?
+        {
+            Reply::Ranks(r) => Ok(r),
+            _ => Err(ClientError::Protocol(ProtocolError::UnexpectedFrame {
+                got: FrameKind::TraceAck,
+                expected: "a Ranks frame",
+            })),
+        }
     }
 
     async fn new_connection(&self, key: &(SocketAddr, String)) -> Result<Connection, ClientError> {

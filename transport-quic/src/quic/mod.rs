@@ -3,7 +3,8 @@
 //! One bidirectional stream per request: the client writes the preamble and its Request
 //! and finishes its send side; the server reads the request (bounded in size and time),
 //! checks the bearer token, and answers with a Header and the body, or an Error frame.
-//! ALPN is [`ALPN`]; TLS 1.3 only.
+//! The same stream may instead carry a trace upload or a ranks query, answered with one
+//! frame ([`crate::codec::exchange`]). ALPN is [`ALPN`]; TLS 1.3 only.
 
 mod auth;
 mod client;
@@ -15,7 +16,8 @@ mod writer;
 pub use auth::TokenSet;
 pub use client::{BundleStream, Client, ClientError, ClientOptions, ClientTls};
 pub use server::{
-    BundleHandler, HandlerError, HandlerFuture, Server, ServerError, ServerOptions, ServerTls,
+    BundleHandler, HandlerError, HandlerFuture, ReplyFuture, Server, ServerError, ServerOptions,
+    ServerTls,
 };
 pub use transport::TransportTuning;
 pub use writer::{BundleWriter, WriteError};

@@ -16,7 +16,10 @@ use super::auth::TokenSet;
 use super::transport::TransportTuning;
 use super::writer::BundleWriter;
 use super::ALPN;
-use crate::codec::{ErrorCode, ErrorFrame, Limits, ProtocolError, Request, RequestDecoder};
+use crate::codec::{
+    encode_reply, ClientMessage, ErrorCode, ErrorFrame, Limits, MessageDecoder, ProtocolError,
+    RanksQuery, RanksReply, Reply, Request, Trace, TraceAck,
+};
 use crate::tls::{self, TlsError};
 
 /// The proxy's certificate chain and private key, PEM.
@@ -97,7 +100,38 @@ pub trait BundleHandler: Send + Sync + 'static {
     /// Error frame. Returning `Ok` without finishing resets the stream: the client sees a
     /// truncated bundle.
     fn handle<'a>(&'a self, request: Request, out: &'a mut BundleWriter) -> HandlerFuture<'a>;
+
+    /// Folds an authenticated trace upload into the access ranks; the answer is sent
+    /// only after the trace is stored durably. Must be idempotent per trace id: a
+    /// retried upload answers with `duplicate` set and counts nothing.
+    ///
+    /// The default refuses: a server that does not collect traces.
+    fn upload_trace(&self, trace: Trace) -> ReplyFuture<'_, TraceAck> {
+        let _ = trace;
+        Box::pin(async {
+            Err(HandlerError::new(
+                ErrorCode::BadRequest,
+                "this server does not collect traces",
+            ))
+        })
+    }
+
+    /// Answers an authenticated ranks query.
+    ///
+    /// The default refuses: a server that keeps no ranks.
+    fn ranks(&self, query: RanksQuery) -> ReplyFuture<'_, RanksReply> {
+        let _ = query;
+        Box::pin(async {
+            Err(HandlerError::new(
+                ErrorCode::BadRequest,
+                "this server keeps no ranks",
+            ))
+        })
+    }
 }
+
+/// The future [`BundleHandler::upload_trace`] and [`BundleHandler::ranks`] return.
+pub type ReplyFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HandlerError>> + Send + 'a>>;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -275,19 +309,45 @@ enum ReadRequestError {
     Timeout(Duration),
 }
 
-async fn read_request(recv: &mut RecvStream, limits: &Limits) -> Result<Request, ReadRequestError> {
-    let mut dec = RequestDecoder::new(*limits);
-    let mut request = None;
+async fn read_message(
+    recv: &mut RecvStream,
+    limits: &Limits,
+) -> Result<ClientMessage, ReadRequestError> {
+    let mut dec = MessageDecoder::new(*limits);
+    let mut message = None;
     while let Some(chunk) = recv.read_chunk(64 * 1024, true).await? {
         dec.feed(&chunk.bytes);
-        if let Some(r) = dec.next_request()? {
-            request = Some(r);
+        if let Some(m) = dec.next_message()? {
+            message = Some(m);
         }
     }
     dec.finish()?;
-    request.ok_or(ReadRequestError::Protocol(ProtocolError::Truncated {
+    message.ok_or(ReadRequestError::Protocol(ProtocolError::Truncated {
         expected: "the Request frame",
     }))
+}
+
+/// Writes a one-frame reply and finishes the stream.
+async fn send_reply(mut send: SendStream, reply: Reply, limits: &Limits, remote: SocketAddr) {
+    let bytes = match encode_reply(&reply, limits) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(%remote, error = %e, "reply refused by the encoder");
+            let error = Reply::Error(ErrorFrame {
+                code: ErrorCode::Internal,
+                message: format!("cannot encode the reply: {e}"),
+            });
+            match encode_reply(&error, limits) {
+                Ok(b) => b,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = send.write_all(&bytes).await {
+        debug!(%remote, error = %e, "reply not delivered");
+        return;
+    }
+    let _ = send.finish();
 }
 
 async fn serve_stream(
@@ -296,17 +356,17 @@ async fn serve_stream(
     ctx: Arc<Context>,
     remote: SocketAddr,
 ) {
-    let mut out = BundleWriter::new(send, ctx.options.limits);
     let timeout = ctx.options.request_timeout;
-    let read = tokio::time::timeout(timeout, read_request(&mut recv, &ctx.options.limits)).await;
-    let request = match read.unwrap_or(Err(ReadRequestError::Timeout(timeout))) {
-        Ok(r) => r,
+    let read = tokio::time::timeout(timeout, read_message(&mut recv, &ctx.options.limits)).await;
+    let message = match read.unwrap_or(Err(ReadRequestError::Timeout(timeout))) {
+        Ok(m) => m,
         Err(ReadRequestError::Stream(e)) => {
             debug!(%remote, error = %e, "request stream failed");
             return;
         }
         Err(e) => {
             warn!(%remote, error = %e, "bad request");
+            let mut out = BundleWriter::new(send, ctx.options.limits);
             let _ = out
                 .send_error(ErrorFrame {
                     code: ErrorCode::BadRequest,
@@ -317,8 +377,9 @@ async fn serve_stream(
         }
     };
     drop(recv);
-    if !ctx.tokens.contains(&request.token) {
-        warn!(%remote, image = %request.image, "token refused");
+    if !ctx.tokens.contains(message.token()) {
+        warn!(%remote, image = %message.image(), "token refused");
+        let mut out = BundleWriter::new(send, ctx.options.limits);
         let _ = out
             .send_error(ErrorFrame {
                 code: ErrorCode::Unauthorized,
@@ -327,6 +388,38 @@ async fn serve_stream(
             .await;
         return;
     }
+    let limits = ctx.options.limits;
+    let request = match message {
+        ClientMessage::Bundle(request) => request,
+        ClientMessage::Trace(upload) => {
+            let id = upload.trace.id.clone();
+            debug!(%remote, %id, "trace upload");
+            let reply = match ctx.handler.upload_trace(upload.trace).await {
+                Ok(ack) => Reply::TraceAck(ack),
+                Err(e) => {
+                    warn!(%remote, %id, error = %e, "trace upload failed");
+                    Reply::Error(ErrorFrame {
+                        code: e.code,
+                        message: e.message,
+                    })
+                }
+            };
+            send_reply(send, reply, &limits, remote).await;
+            return;
+        }
+        ClientMessage::Ranks(query) => {
+            let reply = match ctx.handler.ranks(query).await {
+                Ok(r) => Reply::Ranks(r),
+                Err(e) => Reply::Error(ErrorFrame {
+                    code: e.code,
+                    message: e.message,
+                }),
+            };
+            send_reply(send, reply, &limits, remote).await;
+            return;
+        }
+    };
+    let mut out = BundleWriter::new(send, ctx.options.limits);
     let image = request.image.clone();
     debug!(%remote, %image, "serving bundle");
     match ctx.handler.handle(request, &mut out).await {

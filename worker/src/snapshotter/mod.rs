@@ -8,6 +8,70 @@ pub mod store;
 
 pub use service::{InfoStream, OverlaySnapshotter, SnapshotError};
 
+/// Label of a committed snapshot that belongs to a Starlight image: its
+/// value is the image's manifest digest. Such a snapshot has no files of its
+/// own; snapshots above it see the image's merged view (from
+/// [`ImageMounts::lower_dir`]) as their lowest layer. containerd passes it on
+/// to the snapshotter because it starts with `containerd.io/snapshot/`.
+pub const LABEL_IMAGE: &str = "containerd.io/snapshot/starlight.image";
+/// Label with the layer index (bottom first) of a Starlight image snapshot.
+pub const LABEL_LAYER: &str = "containerd.io/snapshot/starlight.layer";
+/// Prefix of the labels `<prefix><manifest digest hex>` = `1` naming every
+/// Starlight image whose top layer a snapshot is. Images with the same top
+/// chain id have the same files, so any of them that is mounted can stand
+/// for the snapshot; the first one [`ImageMounts::lower_dir`] answers is used.
+pub const LABEL_TOP_OF_PREFIX: &str = "containerd.io/snapshot/starlight.top.";
+
+/// The label marking a snapshot as the top layer of the image with this
+/// manifest digest (`sha256:<hex>`).
+pub fn top_of_label(manifest_digest: &str) -> String {
+    let hex = manifest_digest
+        .strip_prefix("sha256:")
+        .unwrap_or(manifest_digest);
+    format!("{LABEL_TOP_OF_PREFIX}{hex}")
+}
+
+/// The images a snapshot with these labels can be mounted as, best first:
+/// those it is the top layer of (by [`LABEL_TOP_OF_PREFIX`], in label
+/// order), then the image that created it ([`LABEL_IMAGE`]). Empty for a
+/// snapshot that is not a Starlight one.
+pub fn image_candidates<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<String> {
+    let mut tops = vec![];
+    let mut creator = None;
+    for (k, v) in labels {
+        if let Some(hex) = k.strip_prefix(LABEL_TOP_OF_PREFIX) {
+            // containerd clears a label by field path to an empty value.
+            if !v.is_empty() {
+                tops.push(format!("sha256:{hex}"));
+            }
+        } else if k == LABEL_IMAGE {
+            creator = Some(v.clone());
+        }
+    }
+    if creator.is_none() {
+        // Not a Starlight image snapshot (a stray top label is ignored).
+        return vec![];
+    }
+    tops.sort();
+    if let Some(c) = creator {
+        if !tops.contains(&c) {
+            tops.push(c);
+        }
+    }
+    tops
+}
+
+/// Where the snapshotter finds the mounted view of a Starlight image.
+pub trait ImageMounts: Send + Sync + 'static {
+    /// The directory where the image with this manifest digest is mounted
+    /// (its merged view), mounting it first if needed. Called on a blocking
+    /// thread (`tokio::task::spawn_blocking`), never under the snapshotter's
+    /// locks.
+    fn lower_dir(&self, manifest_digest: &str) -> Result<std::path::PathBuf, String>;
+}
+
 use containerd_snapshots::tonic::transport::Server;
 use std::future::Future;
 use std::path::Path;
@@ -98,4 +162,40 @@ async fn run(
     }
     tracing::info!("snapshotter stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn image_candidates_put_the_images_a_snapshot_tops_first() {
+        let a = "sha256:aaaa";
+        let b = "sha256:bbbb";
+        assert_eq!(top_of_label(b), "containerd.io/snapshot/starlight.top.bbbb");
+        // Created by image b as its bottom layer, the top of image a.
+        let l = labels(&[
+            (LABEL_IMAGE, b),
+            (LABEL_LAYER, "0"),
+            (&top_of_label(a), "1"),
+        ]);
+        assert_eq!(image_candidates(&l), [a, b]);
+        // The top of its creator: listed once.
+        let l = labels(&[(LABEL_IMAGE, a), (&top_of_label(a), "1")]);
+        assert_eq!(image_candidates(&l), [a]);
+        // Not a Starlight snapshot: no image, whatever stray labels it has.
+        assert!(image_candidates(&labels(&[(&top_of_label(a), "1")])).is_empty());
+        assert!(image_candidates(&labels(&[("other", "x")])).is_empty());
+        // A cleared top label does not count.
+        let l = labels(&[(LABEL_IMAGE, b), (&top_of_label(a), "")]);
+        assert_eq!(image_candidates(&l), [b]);
+    }
 }

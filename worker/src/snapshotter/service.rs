@@ -9,13 +9,29 @@
 //! a snapshot would be committed at once from a bundle header (answering
 //! `AlreadyExists`, which containerd takes as "layer present") instead of
 //! being filled by containerd's tar applier. Only the local path exists now.
+//!
+//! Starlight images: committed snapshots labelled [`LABEL_IMAGE`] (made by
+//! `crate::containerd` from a bundle header) have no files of their own. In
+//! the mounts of any snapshot whose chain reaches one, the topmost such
+//! snapshot stands for the whole image: its lowest layer is the merged view
+//! ([`ImageMounts::lower_dir`]) of an image whose top layer it is (see
+//! [`image_candidates`]), and the (empty) labelled snapshots below are
+//! skipped.
+//!
+//! Known limit: an ordinary layer unpacked by containerd onto a Starlight
+//! snapshot that is the top of no image (a lower layer of one) sits on the
+//! creating image's whole view, not on that layer's.
 
 use super::store::{Kind, MetaStore, Record, StoreError};
+use super::{image_candidates, ImageMounts, LABEL_IMAGE};
 use containerd_snapshots::{api::types::Mount, tonic::Status, Info, Usage};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Labels kept from prepare to commit.
+const STARLIGHT_LABEL_PREFIX: &str = "containerd.io/snapshot/starlight.";
 
 /// Errors of the snapshotter, mapped to gRPC codes containerd understands.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +55,14 @@ pub enum SnapshotError {
     /// A blocking task failed.
     #[error("internal: {0}")]
     Internal(String),
+    /// The view of a Starlight image could not be mounted.
+    #[error("image {digest}: {reason}")]
+    ImageMount {
+        /// The image's manifest digest.
+        digest: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl From<SnapshotError> for Status {
@@ -66,6 +90,63 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Sna
 pub struct OverlaySnapshotter {
     root: PathBuf,
     store: Mutex<Option<MetaStore>>,
+    image_mounts: RwLock<Option<Arc<dyn ImageMounts>>>,
+}
+
+/// What a snapshot's mounts are made of, decided from its records (under
+/// the metadata lock) before any image is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountPlan {
+    /// The snapshot's own `fs` dir (its upper dir when writable).
+    fs: PathBuf,
+    /// The snapshot's `work` dir.
+    work: PathBuf,
+    /// Writable (an active snapshot).
+    writable: bool,
+    /// Layer dirs under the upper dir, nearest first.
+    lowers: Vec<PathBuf>,
+    /// The Starlight images (manifest digests, best first) any of whose
+    /// merged view is the lowest layer; empty: none.
+    images: Vec<String>,
+}
+
+impl MountPlan {
+    /// The mounts, given the image's merged view (when `image` is set): a
+    /// bind mount with no lower layer, a read-only bind of a single lower
+    /// layer when not writable, otherwise overlayfs (nearest layer leftmost).
+    fn mounts(&self, image_dir: Option<&Path>) -> Vec<Mount> {
+        let mut lower: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        if let Some(dir) = image_dir {
+            lower.push(dir.display().to_string());
+        }
+        let bind = |source: String, rw: bool| Mount {
+            r#type: "bind".into(),
+            source,
+            target: String::new(),
+            options: vec![if rw { "rw" } else { "ro" }.into(), "rbind".into()],
+        };
+        if lower.is_empty() {
+            return vec![bind(self.fs.display().to_string(), self.writable)];
+        }
+        let mut options = vec![];
+        if self.writable {
+            options.push(format!("workdir={}", self.work.display()));
+            options.push(format!("upperdir={}", self.fs.display()));
+        } else if lower.len() == 1 {
+            return vec![bind(lower.remove(0), false)];
+        }
+        options.push(format!("lowerdir={}", lower.join(":")));
+        vec![Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options,
+        }]
+    }
 }
 
 impl OverlaySnapshotter {
@@ -78,7 +159,17 @@ impl OverlaySnapshotter {
         Ok(Arc::new(OverlaySnapshotter {
             root: state_dir.to_path_buf(),
             store: Mutex::new(Some(store)),
+            image_mounts: RwLock::new(None),
         }))
+    }
+
+    /// Sets where the merged views of Starlight images come from (snapshots
+    /// labelled [`LABEL_IMAGE`]); without it, mounting above such a snapshot
+    /// fails.
+    pub fn set_image_mounts(&self, mounts: Arc<dyn ImageMounts>) {
+        if let Ok(mut guard) = self.image_mounts.write() {
+            *guard = Some(mounts);
+        }
     }
 
     /// Closes the metadata database (later calls answer `Unavailable`), so
@@ -141,14 +232,14 @@ impl OverlaySnapshotter {
         })
     }
 
-    fn create(
+    async fn create(
         &self,
         key: &str,
         parent: &str,
         kind: Kind,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        self.with_store(|s| {
+        let plan = self.with_store(|s| {
             let r = s.create(key, parent, kind, labels.into_iter().collect())?;
             let dir = self.snapshot_dir(r.id);
             let made = std::fs::create_dir_all(dir.join("fs"))
@@ -160,52 +251,87 @@ impl OverlaySnapshotter {
                 return Err(io_err("create", &dir)(e));
             }
             tracing::debug!(key, parent, id = r.id, ?kind, "snapshot created");
-            self.mounts_of(s, &r)
-        })
+            self.plan_of(s, &r)
+        })?;
+        match self.resolve(&plan).await {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                // The caller gets no snapshot: leave no record either.
+                let _ = self.with_store(|s| Ok(s.remove(key)?));
+                if let Some(dir) = plan.fs.parent() {
+                    let _ = remove_tree(dir);
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// The mounts of a record: a bind mount with no parent, a read-only
-    /// bind of the single parent for a view, otherwise overlayfs with the
-    /// parents' `fs` dirs as lowerdir (nearest parent leftmost). A committed
-    /// snapshot mounts like a view of itself.
-    fn mounts_of(&self, s: &MetaStore, r: &Record) -> Result<Vec<Mount>, SnapshotError> {
-        let mut parents = s.parents(&r.key)?;
-        if r.kind == Kind::Committed {
-            // A committed snapshot shows its own layer on top, read-only.
-            parents.insert(0, r.clone());
-        }
-        let fs = self.fs_dir(r.id);
-        let writable = r.kind == Kind::Active;
-        let bind = |source: &Path, rw: bool| Mount {
-            r#type: "bind".into(),
-            source: source.display().to_string(),
-            target: String::new(),
-            options: vec![if rw { "rw" } else { "ro" }.into(), "rbind".into()],
+    /// What the mounts of a record are made of. A committed snapshot mounts
+    /// like a view of itself (its own layer on top, read-only). Layers are
+    /// the `fs` dirs of the chain from the nearest down to the topmost
+    /// snapshot labelled [`LABEL_IMAGE`], which stands for the whole image
+    /// (its merged view). An active snapshot that itself carries the label
+    /// is a Starlight layer being registered: it shows its own (empty) dir.
+    fn plan_of(&self, s: &MetaStore, r: &Record) -> Result<MountPlan, SnapshotError> {
+        let mut plan = MountPlan {
+            fs: self.fs_dir(r.id),
+            work: self.snapshot_dir(r.id).join("work"),
+            writable: r.kind == Kind::Active,
+            lowers: vec![],
+            images: vec![],
         };
-        if parents.is_empty() {
-            return Ok(vec![bind(&fs, writable)]);
+        if r.kind == Kind::Active && r.labels.contains_key(LABEL_IMAGE) {
+            return Ok(plan);
         }
-        let lower: Vec<String> = parents
-            .iter()
-            .map(|p| self.fs_dir(p.id).display().to_string())
-            .collect();
-        let mut options = vec![];
-        if writable {
-            options.push(format!(
-                "workdir={}",
-                self.snapshot_dir(r.id).join("work").display()
-            ));
-            options.push(format!("upperdir={}", fs.display()));
-        } else if lower.len() == 1 {
-            return Ok(vec![bind(&self.fs_dir(parents[0].id), false)]);
+        let mut chain = s.parents(&r.key)?;
+        if r.kind == Kind::Committed {
+            chain.insert(0, r.clone());
         }
-        options.push(format!("lowerdir={}", lower.join(":")));
-        Ok(vec![Mount {
-            r#type: "overlay".into(),
-            source: "overlay".into(),
-            target: String::new(),
-            options,
-        }])
+        for layer in chain {
+            let images = image_candidates(&layer.labels);
+            if !images.is_empty() {
+                plan.images = images;
+                break;
+            }
+            plan.lowers.push(self.fs_dir(layer.id));
+        }
+        Ok(plan)
+    }
+
+    /// The mounts of a plan, mounting an image's view first if it needs
+    /// one (on a blocking thread, outside the metadata lock): the first of
+    /// its candidate images that [`ImageMounts::lower_dir`] answers.
+    async fn resolve(&self, plan: &MountPlan) -> Result<Vec<Mount>, SnapshotError> {
+        let Some(first) = plan.images.first().cloned() else {
+            return Ok(plan.mounts(None));
+        };
+        let mounts = self
+            .image_mounts
+            .read()
+            .map_err(|_| SnapshotError::Internal("image mounts lock poisoned".into()))?
+            .clone()
+            .ok_or_else(|| SnapshotError::ImageMount {
+                digest: first.clone(),
+                reason: "no image mounts configured".into(),
+            })?;
+        let images = plan.images.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut reasons = vec![];
+            for digest in &images {
+                match mounts.lower_dir(digest) {
+                    Ok(dir) => return Ok(dir),
+                    Err(reason) => reasons.push(format!("{digest}: {reason}")),
+                }
+            }
+            Err(reasons.join("; "))
+        })
+        .await
+        .map_err(|e| SnapshotError::Internal(e.to_string()))?
+        .map_err(|reason| SnapshotError::ImageMount {
+            digest: first,
+            reason,
+        })?;
+        Ok(plan.mounts(Some(&found)))
     }
 }
 
@@ -285,10 +411,11 @@ impl containerd_snapshots::Snapshotter for OverlaySnapshotter {
     }
 
     async fn mounts(&self, key: String) -> Result<Vec<Mount>, Self::Error> {
-        self.with_store(|s| {
+        let plan = self.with_store(|s| {
             let r = s.get(&key)?;
-            self.mounts_of(s, &r)
-        })
+            self.plan_of(s, &r)
+        })?;
+        self.resolve(&plan).await
     }
 
     async fn prepare(
@@ -298,7 +425,7 @@ impl containerd_snapshots::Snapshotter for OverlaySnapshotter {
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Self::Error> {
         // Hook for remote snapshots: see the module documentation.
-        self.create(&key, &parent, Kind::Active, labels)
+        self.create(&key, &parent, Kind::Active, labels).await
     }
 
     async fn view(
@@ -307,7 +434,7 @@ impl containerd_snapshots::Snapshotter for OverlaySnapshotter {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Self::Error> {
-        self.create(&key, &parent, Kind::View, labels)
+        self.create(&key, &parent, Kind::View, labels).await
     }
 
     async fn commit(
@@ -316,7 +443,17 @@ impl containerd_snapshots::Snapshotter for OverlaySnapshotter {
         key: String,
         labels: HashMap<String, String>,
     ) -> Result<(), Self::Error> {
-        let r = self.with_store(|s| Ok(s.commit(&name, &key, labels.into_iter().collect())?))?;
+        // containerd may commit with no labels: the Starlight labels given
+        // at prepare stay on the committed record.
+        let r = self.with_store(|s| {
+            let mut labels: BTreeMap<String, String> = labels.into_iter().collect();
+            for (k, v) in s.get(&key)?.labels {
+                if k.starts_with(STARLIGHT_LABEL_PREFIX) {
+                    labels.entry(k).or_insert(v);
+                }
+            }
+            Ok(s.commit(&name, &key, labels)?)
+        })?;
         // The work dir is only needed while the snapshot is an upper dir.
         let work = self.snapshot_dir(r.id).join("work");
         let _ = std::fs::remove_dir_all(&work);
@@ -493,5 +630,206 @@ mod tests {
             code(sn.stat("top".into()).await.unwrap_err()),
             Code::Unavailable
         );
+    }
+
+    /// Image views for the tests: one directory per digest, counting calls.
+    struct Views {
+        root: PathBuf,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl ImageMounts for Views {
+        fn lower_dir(&self, digest: &str) -> Result<PathBuf, String> {
+            self.calls.lock().unwrap().push(digest.to_string());
+            if digest.starts_with("sha256:broken") {
+                return Err("cannot mount".into());
+            }
+            Ok(self.root.join(digest.replace(':', "-")))
+        }
+    }
+
+    fn starlight(digest: &str, layer: usize) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_IMAGE.to_string(), digest.to_string()),
+            (super::super::LABEL_LAYER.to_string(), layer.to_string()),
+        ])
+    }
+
+    #[tokio::test]
+    async fn starlight_image_snapshots_mount_the_image_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let sn = OverlaySnapshotter::open(&dir.path().join("state")).unwrap();
+        let none = HashMap::new;
+        // Registration: prepare with the labels, commit without (as
+        // containerd may); the labels stay on the committed record.
+        let m = sn
+            .prepare("ns/1/tmp0".into(), String::new(), starlight("sha256:a", 0))
+            .await
+            .unwrap();
+        assert_eq!(
+            (m[0].r#type.as_str(), opts(&m[0])),
+            ("bind", vec!["rw", "rbind"])
+        );
+        sn.commit("ns/2/c0".into(), "ns/1/tmp0".into(), none())
+            .await
+            .unwrap();
+        assert_eq!(
+            sn.record("ns/2/c0").unwrap().labels,
+            starlight("sha256:a", 0).into_iter().collect()
+        );
+        // A Starlight layer being registered above one: its own dir only,
+        // and no image is mounted for it.
+        let m = sn
+            .prepare(
+                "ns/3/tmp1".into(),
+                "ns/2/c0".into(),
+                starlight("sha256:a", 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(m[0].r#type, "bind");
+        sn.commit(
+            "ns/4/c1".into(),
+            "ns/3/tmp1".into(),
+            starlight("sha256:a", 1),
+        )
+        .await
+        .unwrap();
+
+        // Without image mounts, nothing mounts above the image, and the
+        // failed prepare leaves no record behind.
+        let err = sn
+            .prepare("ns/5/x".into(), "ns/4/c1".into(), none())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::ImageMount { .. }), "{err}");
+        assert!(sn.record("ns/5/x").is_err());
+
+        let views = Arc::new(Views {
+            root: dir.path().join("views"),
+            calls: Mutex::new(vec![]),
+        });
+        sn.set_image_mounts(views.clone());
+        let view_a = views.root.join("sha256-a").display().to_string();
+        // A container: overlay, its upper dir over the image view alone (the
+        // empty Starlight layers are skipped).
+        let m = sn
+            .prepare("ns/6/ctr".into(), "ns/4/c1".into(), none())
+            .await
+            .unwrap();
+        let ctr = sn.record("ns/6/ctr").unwrap();
+        assert_eq!(m[0].r#type, "overlay");
+        assert_eq!(
+            opts(&m[0]),
+            vec![
+                format!("workdir={}", sn.snapshot_dir(ctr.id).join("work").display()),
+                format!("upperdir={}", sn.fs_dir(ctr.id).display()),
+                format!("lowerdir={view_a}"),
+            ]
+        );
+        assert_eq!(sn.mounts("ns/6/ctr".into()).await.unwrap(), m);
+        // A view, and a committed image layer: a read-only bind of the view.
+        for m in [
+            sn.view("ns/7/v".into(), "ns/4/c1".into(), none())
+                .await
+                .unwrap(),
+            sn.mounts("ns/4/c1".into()).await.unwrap(),
+        ] {
+            assert_eq!(
+                (m[0].r#type.as_str(), m[0].source.as_str(), opts(&m[0])),
+                ("bind", view_a.as_str(), vec!["ro", "rbind"])
+            );
+        }
+        // An ordinary layer committed above the image sits over its view.
+        sn.prepare("ns/8/l".into(), "ns/4/c1".into(), none())
+            .await
+            .unwrap();
+        sn.commit("ns/9/cl".into(), "ns/8/l".into(), none())
+            .await
+            .unwrap();
+        let cl = sn.record("ns/9/cl").unwrap();
+        assert!(cl.labels.is_empty());
+        let m = sn
+            .view("ns/10/v2".into(), "ns/9/cl".into(), none())
+            .await
+            .unwrap();
+        assert_eq!(
+            opts(&m[0]),
+            vec![format!("lowerdir={}:{view_a}", sn.fs_dir(cl.id).display())]
+        );
+        // A second image sharing the bottom layer: the topmost Starlight
+        // layer decides which view is mounted.
+        sn.prepare(
+            "ns/11/tmp".into(),
+            "ns/2/c0".into(),
+            starlight("sha256:b", 1),
+        )
+        .await
+        .unwrap();
+        sn.commit("ns/12/cb".into(), "ns/11/tmp".into(), none())
+            .await
+            .unwrap();
+        let m = sn
+            .prepare("ns/13/ctr2".into(), "ns/12/cb".into(), none())
+            .await
+            .unwrap();
+        assert_eq!(
+            opts(&m[0])[2],
+            format!("lowerdir={}", views.root.join("sha256-b").display())
+        );
+        // A view that cannot be mounted fails the call.
+        sn.prepare(
+            "ns/14/tmp".into(),
+            String::new(),
+            starlight("sha256:broken", 0),
+        )
+        .await
+        .unwrap();
+        sn.commit("ns/15/cbad".into(), "ns/14/tmp".into(), none())
+            .await
+            .unwrap();
+        assert!(sn.mounts("ns/15/cbad".into()).await.is_err());
+        let err = sn
+            .prepare("ns/16/y".into(), "ns/15/cbad".into(), none())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            Status::from(err).code(),
+            containerd_snapshots::tonic::Code::Internal
+        );
+        assert!(sn.record("ns/16/y").is_err());
+        let calls = views.calls.lock().unwrap().clone();
+        let mut asked: Vec<&str> = calls.iter().map(String::as_str).collect();
+        asked.dedup();
+        asked.sort();
+        asked.dedup();
+        assert_eq!(asked, ["sha256:a", "sha256:b", "sha256:broken"]);
+        // A snapshot that is the top of several images mounts the first of
+        // them that can be mounted.
+        let mut labels = starlight("sha256:c", 0);
+        labels.insert(super::super::top_of_label("sha256:broken1"), "1".into());
+        labels.insert(super::super::top_of_label("sha256:c"), "1".into());
+        sn.prepare("ns/18/tmp".into(), String::new(), labels)
+            .await
+            .unwrap();
+        sn.commit("ns/19/cc".into(), "ns/18/tmp".into(), none())
+            .await
+            .unwrap();
+        views.calls.lock().unwrap().clear();
+        let m = sn
+            .prepare("ns/20/ctr3".into(), "ns/19/cc".into(), none())
+            .await
+            .unwrap();
+        assert_eq!(
+            opts(&m[0])[2],
+            format!("lowerdir={}", views.root.join("sha256-c").display())
+        );
+        assert_eq!(*views.calls.lock().unwrap(), ["sha256:broken1", "sha256:c"]);
+        // Ordinary snapshots never ask for an image view.
+        let before = views.calls.lock().unwrap().len();
+        sn.prepare("ns/17/plain".into(), String::new(), none())
+            .await
+            .unwrap();
+        assert_eq!(views.calls.lock().unwrap().len(), before);
     }
 }

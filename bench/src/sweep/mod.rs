@@ -1,0 +1,520 @@
+//! `starlight-bench sweep`: provisioning time over images × methods ×
+//! scenarios × emulated links × runs (paper §5.2).
+//!
+//! Topology: the worker (containerd, starlightd, ctr, starlight) in the
+//! worker network namespace of an emulated link ([`starlight_bench::netem`]),
+//! the registry and the proxy in the cloud namespace. Each link setting is
+//! calibrated before the sweep (it refuses to run if off by more than 5%).
+//! Every run gets a fresh containerd and starlightd. With `--loopback`,
+//! everything runs in the host namespace on 127.0.0.1 (no emulation).
+
+pub mod cloud;
+pub mod methods;
+pub mod plot;
+pub mod report;
+pub mod stats;
+pub mod worker;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use starlight_bench::netem::{self, calibrate, parse_duration, parse_rate, Link, LinkConfig};
+
+use crate::daemon::{interrupted, Place, INTERRUPTED};
+use crate::imagebuild::{load_corpus, sibling_binary, CorpusImage, REGISTRY_DIR};
+use methods::{run_one, Method, RunContext, RunResult, Scenario};
+use worker::Binaries;
+
+/// Flags of `starlight-bench sweep`.
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Corpus directory (registry storage and images.json from `corpus build`).
+    #[arg(long, default_value = "target/bench-corpus")]
+    pub corpus: PathBuf,
+    /// Images (comma-separated); all of the corpus by default.
+    #[arg(long, value_delimiter = ',')]
+    pub images: Option<Vec<String>>,
+    /// Methods: containerd, starlight, wget, estargz.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "containerd,starlight,wget"
+    )]
+    pub methods: Vec<String>,
+    /// Scenarios: fresh, update.
+    #[arg(long, value_delimiter = ',', default_value = "fresh,update")]
+    pub scenarios: Vec<String>,
+    /// Round-trip times (ms unless suffixed).
+    #[arg(long, value_delimiter = ',', default_value = "0,50,150")]
+    pub rtt: Vec<String>,
+    /// Link rate, e.g. 100mbit.
+    #[arg(long, default_value = "100mbit")]
+    pub rate: String,
+    /// Runs per cell.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Output directory (default: bench/results/sweep-<UTC date and time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No emulated link: everything on 127.0.0.1 in the host namespace.
+    #[arg(long)]
+    pub loopback: bool,
+    /// Skip the link calibration (results are marked uncalibrated).
+    #[arg(long)]
+    pub skip_calibration: bool,
+    /// Directory of the starlight, starlight-proxy and starlightd binaries
+    /// (default: this executable's directory).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Directory for worker and cloud state during the sweep.
+    #[arg(long, default_value = "/var/tmp/starlight-bench")]
+    pub work_dir: PathBuf,
+    /// Bound on each step of a run (pull, ready line), seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+/// Installs the interrupt handling: SIGINT, SIGTERM and SIGHUP set
+/// [`INTERRUPTED`]; every wait gives up, and the sweep unwinds, stopping
+/// and removing everything it started.
+fn install_signals() -> Result<()> {
+    netem::block_signals()?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(|| {
+            while let Ok(sig) = netem::wait_for_signal() {
+                tracing::warn!(signal = sig, "interrupted: stopping everything started");
+                INTERRUPTED.store(true, Ordering::Relaxed);
+            }
+        })?;
+    Ok(())
+}
+
+fn utc_stamp() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y%m%d-%H%M"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    out.filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "now".into())
+}
+
+fn copy_bin(from: &Path, to_dir: &Path, name: &str, required: bool) -> Result<Option<PathBuf>> {
+    let src = from.join(name);
+    if !src.exists() {
+        if required {
+            bail!(
+                "{} is missing (cargo build --release --workspace)",
+                src.display()
+            );
+        }
+        return Ok(None);
+    }
+    let dest = to_dir.join(name);
+    fs::copy(&src, &dest).with_context(|| format!("copying {}", src.display()))?;
+    Ok(Some(dest))
+}
+
+/// Runs the sweep.
+pub fn run(args: SweepArgs) -> Result<()> {
+    install_signals()?;
+    netem::cleanup_stale()?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let started = utc_stamp();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("bench/results/sweep-{started}")));
+    fs::create_dir_all(&out)?;
+    fs::write(out.join("command.txt"), format!("{command}\n"))?;
+
+    // Methods: estargz needs containerd-stargz-grpc, which is not packaged here.
+    let mut methods = Vec::new();
+    let mut skipped = Vec::new();
+    for m in &args.methods {
+        if m == "estargz" {
+            let found = std::env::var_os("PATH").is_some_and(|p| {
+                std::env::split_paths(&p).any(|d| d.join("containerd-stargz-grpc").exists())
+            });
+            let why = if found {
+                "containerd-stargz-grpc found, but the estargz method is not implemented"
+            } else {
+                "containerd-stargz-grpc not on PATH"
+            };
+            tracing::warn!("method estargz skipped: {why}");
+            skipped.push(format!("estargz: {why}"));
+            continue;
+        }
+        methods.push(Method::parse(m)?);
+    }
+    let scenarios = args
+        .scenarios
+        .iter()
+        .map(|s| Scenario::parse(s))
+        .collect::<Result<Vec<_>>>()?;
+    let rate_bps = parse_rate(&args.rate)?;
+    let rtts: Vec<Duration> = if args.loopback {
+        vec![Duration::ZERO]
+    } else {
+        args.rtt
+            .iter()
+            .map(|r| parse_duration(r).map_err(Into::into))
+            .collect::<Result<_>>()?
+    };
+
+    let corpus_dir = fs::canonicalize(&args.corpus)
+        .with_context(|| format!("corpus directory {}", args.corpus.display()))?;
+    let mut images = load_corpus(&corpus_dir)?;
+    if let Some(names) = &args.images {
+        for n in names {
+            if !images.iter().any(|i| &i.name == n) {
+                bail!(
+                    "image {n:?} is not in {}",
+                    corpus_dir.join("images.json").display()
+                );
+            }
+        }
+        images.retain(|i| names.contains(&i.name));
+        images.sort_by_key(|i| names.iter().position(|n| n == &i.name));
+    }
+    if images.is_empty() {
+        bail!("no images selected");
+    }
+
+    // Binaries are copied so that rebuilds during the sweep do not change them.
+    fs::create_dir_all(&args.work_dir)?;
+    let work = tempfile::Builder::new()
+        .prefix("sweep.")
+        .tempdir_in(&args.work_dir)?;
+    let bin_src = args.bin_dir.clone().unwrap_or_else(|| {
+        sibling_binary("starlight")
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    });
+    let bin_dir = work.path().join("bin");
+    fs::create_dir_all(&bin_dir)?;
+    let needs_proxy = methods.iter().any(|m| *m != Method::Containerd);
+    let starlight = copy_bin(&bin_src, &bin_dir, "starlight", needs_proxy)?;
+    let proxy_bin = copy_bin(&bin_src, &bin_dir, "starlight-proxy", needs_proxy)?;
+    let starlightd = copy_bin(
+        &bin_src,
+        &bin_dir,
+        "starlightd",
+        methods.contains(&Method::Starlight),
+    )?;
+    let bins = Binaries {
+        starlightd: starlightd.unwrap_or_default(),
+        starlight: starlight.unwrap_or_default(),
+    };
+
+    // Calibration of every link setting first.
+    let mut calibrations = Vec::new();
+    if !args.loopback && !args.skip_calibration {
+        for rtt in &rtts {
+            if interrupted() {
+                bail!("interrupted");
+            }
+            let config = LinkConfig::new(*rtt, rate_bps);
+            eprintln!("calibrating the link: RTT {rtt:?}, {} bit/s", rate_bps);
+            calibrations.push(calibrate::calibrate(config)?);
+        }
+        let table = calibrate::table(&calibrations);
+        eprint!("{table}");
+        report::write(&out, "calibration.txt", &table)?;
+        report::write(
+            &out,
+            "calibration.json",
+            &serde_json::to_string_pretty(&calibrations)?,
+        )?;
+        if !calibrations.iter().all(|c| c.ok()) {
+            bail!(
+                "calibration off by more than 5%: refusing to run (see {})",
+                out.display()
+            );
+        }
+    }
+
+    let total = rtts.len() * args.runs * images.len() * scenarios.len() * methods.len();
+    let pb = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} runs, ETA {eta_precise} {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    let mut results: Vec<RunResult> = Vec::new();
+    let outcome = sweep_links(
+        &args,
+        &rtts,
+        rate_bps,
+        &images,
+        &methods,
+        &scenarios,
+        &bins,
+        proxy_bin.as_deref(),
+        &corpus_dir,
+        work.path(),
+        &pb,
+        &mut results,
+        &out,
+        &command,
+    );
+    pb.finish_and_clear();
+    let rows = stats::summarize(&results);
+    write_outputs(
+        &out,
+        &command,
+        &started,
+        &calibrations,
+        &results,
+        &rows,
+        &skipped,
+    )?;
+    outcome?;
+    if interrupted() {
+        bail!("interrupted: partial results in {}", out.display());
+    }
+    println!("{}", report::summary_markdown(&rows));
+    println!("results: {}", out.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sweep_links(
+    args: &SweepArgs,
+    rtts: &[Duration],
+    rate_bps: u64,
+    images: &[CorpusImage],
+    methods: &[Method],
+    scenarios: &[Scenario],
+    bins: &Binaries,
+    proxy_bin: Option<&Path>,
+    corpus_dir: &Path,
+    work: &Path,
+    pb: &ProgressBar,
+    results: &mut Vec<RunResult>,
+    out: &Path,
+    command: &str,
+) -> Result<()> {
+    let storage = corpus_dir.join(REGISTRY_DIR);
+    for rtt in rtts {
+        if interrupted() {
+            break;
+        }
+        let link = if args.loopback {
+            None
+        } else {
+            Some(Link::up(LinkConfig::new(*rtt, rate_bps))?)
+        };
+        let (worker_place, cloud_place, host) = match &link {
+            Some(l) => (
+                Place::netns(l.worker_ns()),
+                Place::netns(l.cloud_ns()),
+                l.cloud_addr().to_string(),
+            ),
+            None => (Place::host(), Place::host(), "127.0.0.1".to_string()),
+        };
+        let cloud_dir = work.join(format!("cloud-{}", rtt.as_millis()));
+        let needs_proxy = methods.iter().any(|m| *m != Method::Containerd);
+        let cloud = cloud::Cloud::start(
+            &cloud_place,
+            &host,
+            &storage,
+            &cloud_dir,
+            proxy_bin.unwrap_or(Path::new("starlight-proxy")),
+            needs_proxy,
+        )?;
+        for image in images {
+            let mut tags = Vec::new();
+            if methods.contains(&Method::Containerd) {
+                tags.extend([&image.v1, &image.v2]);
+            }
+            if needs_proxy {
+                tags.extend([&image.v1_starlight, &image.v2_starlight]);
+            }
+            for tag in tags {
+                if !cloud.has(&image.name, tag) {
+                    bail!("{}:{tag} is missing from the corpus registry", image.name);
+                }
+            }
+            if needs_proxy {
+                pb.set_message(format!("indexing {}", image.name));
+                let scratch = cloud_dir.join("warm.bundle");
+                let v1 = cloud.reference(&image.name, &image.v1_starlight);
+                let v2 = cloud.reference(&image.name, &image.v2_starlight);
+                cloud.warm(&bins.starlight, &v1, None, &scratch)?;
+                cloud.warm(&bins.starlight, &v2, None, &scratch)?;
+                cloud.warm(&bins.starlight, &v2, Some(&v1), &scratch)?;
+            }
+        }
+        let ctx = RunContext {
+            worker: worker_place,
+            work_dir: work.join("workers"),
+            bins,
+            cloud: &cloud,
+            link: link.as_ref(),
+            timeout: Duration::from_secs(args.timeout),
+        };
+        for run in 1..=args.runs {
+            for image in images {
+                for scenario in scenarios {
+                    for method in methods {
+                        if interrupted() {
+                            break;
+                        }
+                        pb.set_message(format!(
+                            "rtt {}ms run {run} {} {scenario} {method}",
+                            rtt.as_millis(),
+                            image.name
+                        ));
+                        let mut result = RunResult {
+                            image: image.name.clone(),
+                            method: *method,
+                            scenario: *scenario,
+                            rtt_ms: link.as_ref().map(|_| rtt.as_secs_f64() * 1e3),
+                            rate_bps: link.as_ref().map(|_| rate_bps),
+                            run,
+                            ok: false,
+                            error: None,
+                            time_s: f64::NAN,
+                            pull_s: f64::NAN,
+                            bytes_down: None,
+                            bytes_up: None,
+                            daemon_cpu_s: 0.0,
+                            client_cpu_s: 0.0,
+                            peak_rss: 0,
+                        };
+                        if let Err(e) = run_one(&ctx, image, *method, *scenario, &mut result) {
+                            result.ok = false;
+                            result.error = Some(format!("{e:#}"));
+                        }
+                        pb.println(format!(
+                            "{:>4}ms run {run} {:<10} {:<7} {:<11} {}",
+                            rtt.as_millis(),
+                            image.name,
+                            scenario.name(),
+                            method.name(),
+                            if result.ok {
+                                format!(
+                                    "{:>7.2} s  ({:.1} MB down)",
+                                    result.time_s,
+                                    result.bytes_down.unwrap_or(0) as f64 / 1e6
+                                )
+                            } else {
+                                format!(
+                                    "FAILED: {}",
+                                    result
+                                        .error
+                                        .as_deref()
+                                        .unwrap_or("")
+                                        .lines()
+                                        .next()
+                                        .unwrap_or("")
+                                )
+                            }
+                        ));
+                        results.push(result);
+                        pb.inc(1);
+                        // Keep partial results on disk as the sweep goes.
+                        let _ = report::write(out, "runs.tsv", &report::runs_tsv(command, results));
+                    }
+                }
+            }
+        }
+        drop(cloud);
+        if let Some(link) = link {
+            link.down()?;
+        }
+    }
+    Ok(())
+}
+
+fn write_outputs<C: serde::Serialize>(
+    out: &Path,
+    command: &str,
+    started: &str,
+    calibrations: &[C],
+    results: &[RunResult],
+    rows: &[stats::SummaryRow],
+    skipped: &[String],
+) -> Result<()> {
+    report::write(out, "runs.tsv", &report::runs_tsv(command, results))?;
+    let json = report::SweepJson {
+        command,
+        started,
+        calibration: &calibrations,
+        runs: results,
+        summary: rows,
+    };
+    report::write(
+        out,
+        "runs.json",
+        &(serde_json::to_string_pretty(&json)? + "\n"),
+    )?;
+    report::write(out, "summary.tsv", &report::summary_tsv(rows))?;
+    let mut md =
+        format!("# Provisioning sweep\n\nCommand: `{command}`\n\nStarted (UTC): {started}\n\n");
+    for s in skipped {
+        md.push_str(&format!("Skipped method {s}\n\n"));
+    }
+    md.push_str("## Summary\n\n");
+    md.push_str(&report::summary_markdown(rows));
+    md.push_str("\n## Per image\n\n");
+    md.push_str(&report::per_image_markdown(results));
+    report::write(out, "summary.md", &md)?;
+    if results.iter().any(|r| r.ok) {
+        if let Err(e) = plot::write_all(out, results, rows) {
+            tracing::warn!(error = %e, "plots not written");
+        }
+    }
+    Ok(())
+}
+
+/// Flags of `starlight-bench report`.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Sweep result directories (each with runs.json) to merge.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub from: Vec<PathBuf>,
+    /// Output directory for the merged runs, summary and plots.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Merges the runs of several sweeps (for example one per method, run at
+/// different times) and writes the tables and plots of the union.
+pub fn report(args: ReportArgs) -> Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut runs: Vec<RunResult> = Vec::new();
+    let mut calibrations = Vec::new();
+    let mut commands = Vec::new();
+    for dir in &args.from {
+        let path = dir.join("runs.json");
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let part: Vec<RunResult> = serde_json::from_value(doc["runs"].clone())
+            .with_context(|| format!("runs of {}", path.display()))?;
+        runs.extend(part);
+        calibrations.push(serde_json::json!({
+            "sweep": dir.display().to_string(),
+            "command": doc["command"].clone(),
+            "calibration": doc["calibration"].clone(),
+        }));
+        commands.push(doc["command"].as_str().unwrap_or("").to_string());
+    }
+    let rows = stats::summarize(&runs);
+    let full = format!("{command}  (merging: {})", commands.join(" ; "));
+    write_outputs(&args.out, &full, &utc_stamp(), &calibrations, &runs, &rows, &[])?;
+    report::write(&args.out, "command.txt", &format!("{}\n", commands.join("\n") + "\n" + &command))?;
+    println!("{}", report::summary_markdown(&rows));
+    println!("results: {}", args.out.display());
+    Ok(())
+}

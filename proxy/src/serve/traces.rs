@@ -1,0 +1,191 @@
+//! Trace uploads and ranks queries: the proxy's side of trace collection
+//! (paper §4.4). Uploads are folded into the directory database's ranks
+//! (see [`crate::db::ranks`]) before they are acknowledged.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::info;
+use transport_quic::quic::HandlerError;
+use transport_quic::{ErrorCode, RankedPath, RanksReply, Trace, TraceAck};
+
+use super::internal;
+use super::resolve::Resolver;
+use crate::db::{Db, FoldOutcome, ImageRecord, TraceOpenRecord, TraceRecord};
+use crate::optimize::Rank;
+
+/// A readable name for an image: its first tag-like reference and digest.
+fn describe(image: &ImageRecord) -> String {
+    match image
+        .references
+        .iter()
+        .find(|r| !r.contains('@'))
+        .or_else(|| image.references.first())
+    {
+        Some(r) => format!("{r} ({})", image.manifest_digest),
+        None => image.manifest_digest.clone(),
+    }
+}
+
+/// The ranks the optimizer orders `wanted` by (its own, or inherited from an
+/// older version of its repository, which is logged). Runs blocking.
+pub(super) fn plan_ranks(
+    db: &Db,
+    wanted: &ImageRecord,
+) -> Result<HashMap<String, Rank>, HandlerError> {
+    let found = db
+        .image_ranks(wanted)
+        .map_err(|e| internal("directory database", e))?;
+    if let Some(older) = &found.inherited_from {
+        info!(
+            image = %wanted.manifest_digest,
+            from = %older.manifest_digest,
+            paths = found.ranks.len(),
+            "ranks of {} inherited from {}",
+            describe(wanted),
+            describe(older)
+        );
+    }
+    Ok(found
+        .ranks
+        .into_iter()
+        .map(|(path, r)| {
+            (
+                path,
+                Rank {
+                    sum: r.rank_sum,
+                    hits: r.hits,
+                },
+            )
+        })
+        .collect())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Folds an uploaded trace into its image's ranks; answers once committed.
+pub(super) async fn fold(
+    db: &std::sync::Arc<Db>,
+    resolver: &Resolver,
+    trace: Trace,
+) -> Result<TraceAck, HandlerError> {
+    let manifest_digest = if trace.manifest_digest.is_empty() {
+        resolver
+            .lookup(&trace.image)?
+            .map(|r| r.manifest_digest)
+            .ok_or_else(|| {
+                HandlerError::new(
+                    ErrorCode::NotFound,
+                    format!("image {} is not indexed", trace.image),
+                )
+            })?
+    } else {
+        trace.manifest_digest.clone()
+    };
+    let record = TraceRecord {
+        id: trace.id.clone(),
+        image: trace.image.clone(),
+        manifest_digest: manifest_digest.clone(),
+        received_ms: now_ms(),
+        opens: trace
+            .opens
+            .iter()
+            .map(|o| TraceOpenRecord {
+                path: o.path.clone(),
+                layer: o.layer,
+                rank: o.rank,
+                ms_since_start: o.ms_since_start,
+                ms_waited: o.ms_waited,
+            })
+            .collect(),
+    };
+    let db = db.clone();
+    let outcome = tokio::task::spawn_blocking(move || db.fold_trace(&record))
+        .await
+        .map_err(|e| internal("trace task", e))?
+        .map_err(|e| internal("directory database", e))?;
+    let id = trace.id;
+    match outcome {
+        FoldOutcome::Folded { folded, ignored } => {
+            info!(
+                trace = %id,
+                image = %trace.image,
+                manifest = %manifest_digest,
+                opens = trace.opens.len(),
+                folded,
+                ignored,
+                "trace folded into ranks"
+            );
+            Ok(TraceAck {
+                id,
+                duplicate: false,
+                folded,
+                ignored,
+            })
+        }
+        FoldOutcome::Duplicate => {
+            info!(trace = %id, image = %trace.image, "trace already folded: not counted again");
+            Ok(TraceAck {
+                id,
+                duplicate: true,
+                folded: 0,
+                ignored: 0,
+            })
+        }
+        FoldOutcome::UnknownImage => Err(HandlerError::new(
+            ErrorCode::NotFound,
+            format!(
+                "image {manifest_digest} ({}) is not indexed by this proxy",
+                trace.image
+            ),
+        )),
+    }
+}
+
+/// The ranks of `image` (indexing it first if needed), by ascending average
+/// rank, ties by path.
+pub(super) async fn ranks(
+    db: &std::sync::Arc<Db>,
+    resolver: &Resolver,
+    image: &str,
+) -> Result<RanksReply, HandlerError> {
+    let record = resolver.wanted(image, None).await?;
+    let db = db.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let found = db.image_ranks(&record);
+        (record, found)
+    })
+    .await
+    .map_err(|e| internal("ranks task", e))?;
+    let (record, found) = found;
+    let found = found.map_err(|e| internal("directory database", e))?;
+    let mut ranks: Vec<RankedPath> = found
+        .ranks
+        .into_iter()
+        .map(|(path, r)| RankedPath {
+            path,
+            rank_sum: r.rank_sum,
+            hits: r.hits,
+        })
+        .collect();
+    ranks.sort_by(|a, b| {
+        let (x, y) = (a.average(), b.average());
+        match (x, y) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        }
+        .then_with(|| a.path.cmp(&b.path))
+    });
+    Ok(RanksReply {
+        manifest_digest: record.manifest_digest.clone(),
+        traces: found.traces,
+        inherited_from: found.inherited_from.as_ref().map(describe),
+        ranks,
+    })
+}

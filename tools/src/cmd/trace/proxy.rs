@@ -1,0 +1,79 @@
+//! How `starlight trace` and `starlight ranks` reach the proxy: flags over
+//! starlightd's configuration file (the same proxy, CA and token the daemon
+//! uses), and a QUIC client trusting that CA.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use starlight_worker::config::{Settings, DEFAULT_CONFIG_PATH};
+use transport_quic::quic::{Client, ClientTls};
+
+/// Proxy flags; each defaults to starlightd's configuration file.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// starlightd's configuration file, read for the proxy, CA and token (if present).
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// The proxy's QUIC address, `HOST:PORT`.
+    #[arg(long)]
+    pub proxy: Option<SocketAddr>,
+    /// PEM file of the CA (or self-signed certificate) to trust.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Bearer token presented to the proxy.
+    #[arg(long, env = "STARLIGHT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Name the proxy's certificate must be valid for (default: the proxy's IP).
+    #[arg(long)]
+    pub server_name: Option<String>,
+}
+
+/// A proxy ready to talk to.
+#[derive(Debug)]
+pub struct ProxyTarget {
+    /// The QUIC client.
+    pub client: Client,
+    /// The proxy's address.
+    pub addr: SocketAddr,
+    /// The name its certificate is checked for.
+    pub server_name: String,
+    /// The token.
+    pub token: String,
+}
+
+impl ProxyArgs {
+    /// The flags over the configuration file, resolved to a client.
+    pub fn connect(&self) -> anyhow::Result<ProxyTarget> {
+        let file = Settings::load(&self.config, false)
+            .with_context(|| format!("reading {}", self.config.display()))?;
+        let flags = Settings {
+            proxy: self.proxy,
+            server_name: self.server_name.clone(),
+            ca_file: self.ca.clone(),
+            token: self.token.clone(),
+            ..Settings::default()
+        };
+        let settings = file.overridden_by(flags);
+        let addr = settings
+            .proxy
+            .context("no proxy address: pass --proxy or set `proxy` in the configuration")?;
+        let ca = settings
+            .ca_file
+            .context("no CA file: pass --ca or set `ca_file` in the configuration")?;
+        let token = settings
+            .token
+            .context("no token: pass --token (or STARLIGHT_TOKEN) or set `token`")?;
+        let server_name = settings
+            .server_name
+            .unwrap_or_else(|| addr.ip().to_string());
+        let client = Client::new(ClientTls::CaFile(ca.clone()))
+            .with_context(|| format!("loading the CA {}", ca.display()))?;
+        Ok(ProxyTarget {
+            client,
+            addr,
+            server_name,
+            token,
+        })
+    }
+}

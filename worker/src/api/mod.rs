@@ -1,0 +1,172 @@
+//! starlightd's API: a unix socket speaking JSON lines. The client writes
+//! one [`Request`] line; the daemon answers with zero or more progress
+//! lines ([`Response::Registered`]) and then one final line (any other
+//! [`Response`]), and closes the connection.
+//!
+//! [`call`] is the client the `starlight` CLI uses.
+
+mod client;
+pub mod server;
+
+pub use client::{call, ApiError};
+
+use serde::{Deserialize, Serialize};
+
+use crate::trace::TraceRecord;
+
+/// The longest request or response line accepted, in bytes.
+pub const MAX_LINE: usize = 64 << 20;
+
+/// What the client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Pull an image from the proxy and register it in containerd.
+    Pull {
+        /// The image reference (`repo:tag` or `host/repo:tag`).
+        image: String,
+        /// Manifest digests (or references) of held images the proxy may
+        /// assume present; empty: every complete image starlightd holds.
+        from: Vec<String>,
+        /// Answer only once the whole body arrived (otherwise: once registered).
+        wait: bool,
+        /// Record the first open of every file (see [`Request::TakeTrace`]).
+        trace: bool,
+        /// Ask for payloads in layer order, ignoring ranks.
+        unordered: bool,
+    },
+    /// List the images starlightd holds.
+    Images,
+    /// Remove an image (by reference or manifest digest) and the contents
+    /// no other image uses.
+    Remove {
+        /// The image.
+        image: String,
+    },
+    /// Return and clear the trace recorded for an image pulled with `trace`.
+    TakeTrace {
+        /// The image (reference or manifest digest).
+        image: String,
+    },
+}
+
+/// Timings and sizes of a pull.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullReport {
+    /// The reference pulled.
+    pub image: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// Entries of its table of contents.
+    pub entries: usize,
+    /// Payloads the bundle carries.
+    pub payloads: usize,
+    /// Compressed bytes of those payloads.
+    pub payload_bytes: u64,
+    /// Uncompressed bytes of those payloads.
+    pub content_bytes: u64,
+    /// Seconds from the request to the bundle's header.
+    pub header_secs: f64,
+    /// Seconds from the request to the image being mounted and registered.
+    pub registered_secs: f64,
+    /// Seconds from the request to the end of the body (only with `wait`).
+    pub complete_secs: Option<f64>,
+    /// Bytes received on the stream, framing included (only with `wait`).
+    pub bytes_received: Option<u64>,
+    /// Whether every content arrived and was verified (only with `wait`).
+    pub complete: Option<bool>,
+}
+
+/// One image starlightd holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The reference it was pulled by.
+    pub name: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// Whether every content arrived.
+    pub complete: bool,
+    /// Entries of its table of contents.
+    pub files: usize,
+    /// Distinct contents the image needs.
+    pub contents: usize,
+    /// Of those, the ones in the content store.
+    pub contents_held: usize,
+    /// Bytes of the contents held.
+    pub bytes: u64,
+    /// Where its filesystem is mounted.
+    pub mountpoint: String,
+}
+
+/// What the daemon answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Progress of a pull with `wait`: the image is registered, the body
+    /// still arriving.
+    Registered(PullReport),
+    /// A pull finished (registered, or complete with `wait`).
+    Pulled(PullReport),
+    /// The images held.
+    Images(Vec<ImageInfo>),
+    /// An image was removed.
+    Removed {
+        /// Its manifest digest.
+        digest: String,
+        /// Contents deleted from the store.
+        contents_freed: usize,
+        /// Their bytes.
+        bytes_freed: u64,
+    },
+    /// The trace of an image, in order of first open.
+    Trace(Vec<TraceRecord>),
+    /// The request failed.
+    Error(String),
+}
+
+impl Response {
+    /// Whether this is the last line of an answer.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Response::Registered(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_round_trip_as_json_lines() {
+        let req = Request::Pull {
+            image: "app:v1".into(),
+            from: vec!["sha256:aa".into()],
+            wait: true,
+            trace: false,
+            unordered: true,
+        };
+        let line = serde_json::to_string(&req).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), req);
+        let resp = Response::Removed {
+            digest: "sha256:aa".into(),
+            contents_freed: 0,
+            bytes_freed: 0,
+        };
+        let line = serde_json::to_string(&resp).unwrap();
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), resp);
+        assert!(resp.is_final());
+        let report = PullReport {
+            image: "a".into(),
+            digest: "d".into(),
+            entries: 0,
+            payloads: 0,
+            payload_bytes: 0,
+            content_bytes: 0,
+            header_secs: 0.0,
+            registered_secs: 0.0,
+            complete_secs: None,
+            bytes_received: None,
+            complete: None,
+        };
+        assert!(!Response::Registered(report).is_final());
+    }
+}

@@ -1,0 +1,137 @@
+//! The API server: one task per connection, one request per connection.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{Request, Response, MAX_LINE};
+use crate::manager::{ImageManager, PullOptions};
+
+/// Binds the API socket at `path` (a stale socket file is replaced; the
+/// parent directory is created).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    UnixListener::bind(path)
+}
+
+/// Serves `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: UnixListener,
+    manager: Arc<ImageManager>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(connection(stream, manager.clone()));
+                }
+                Err(e) => {
+                    warn!("API socket: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn write_line(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await
+}
+
+async fn connection(stream: UnixStream, manager: Arc<ImageManager>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let read = BufReader::new(read)
+        .take(MAX_LINE as u64)
+        .read_line(&mut line)
+        .await;
+    let request = match read {
+        Ok(0) => return,
+        Ok(_) => serde_json::from_str::<Request>(line.trim_end()),
+        Err(e) => {
+            debug!("API connection: {e}");
+            return;
+        }
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write_line(&mut write, &Response::Error(format!("bad request: {e}"))).await;
+            return;
+        }
+    };
+    debug!(?request, "API request");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // The operation runs on its own: a client that goes away does not
+    // cancel a pull half-way.
+    let op = tokio::spawn(handle(request, manager, tx));
+    let mut client_gone = false;
+    while let Some(progress) = rx.recv().await {
+        if !client_gone && write_line(&mut write, &progress).await.is_err() {
+            client_gone = true;
+        }
+    }
+    let response = op
+        .await
+        .unwrap_or_else(|e| Response::Error(format!("internal error: {e}")));
+    if !client_gone {
+        let _ = write_line(&mut write, &response).await;
+    }
+}
+
+async fn handle(
+    request: Request,
+    manager: Arc<ImageManager>,
+    progress: mpsc::UnboundedSender<Response>,
+) -> Response {
+    let result = match request {
+        Request::Pull {
+            image,
+            from,
+            wait,
+            trace,
+            unordered,
+        } => manager
+            .pull(
+                &image,
+                PullOptions {
+                    from,
+                    wait,
+                    trace,
+                    unordered,
+                },
+                progress,
+            )
+            .await
+            .map(Response::Pulled),
+        Request::Images => manager.images().map(Response::Images),
+        Request::Remove { image } => {
+            manager
+                .remove(&image)
+                .await
+                .map(|(digest, contents_freed, bytes_freed)| Response::Removed {
+                    digest,
+                    contents_freed,
+                    bytes_freed,
+                })
+        }
+        Request::TakeTrace { image } => manager.take_trace(&image).await.map(Response::Trace),
+    };
+    result.unwrap_or_else(|e| Response::Error(e.to_string()))
+}

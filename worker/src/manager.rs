@@ -1,0 +1,592 @@
+//! The image manager of starlightd: every image it holds has a record in
+//! the image database ([`MetaDb`]) and one FUSE mount of its [`ImageFs`] at
+//! `<state>/mnt/<manifest hex>`, the lower layer the snapshotter gives
+//! containers of that image.
+//!
+//! - [`ImageManager::pull`]: opens the bundle stream, and at the header
+//!   records the image, mounts it and registers it in containerd, then
+//!   answers; the body goes on in the background and the record is marked
+//!   complete when every content arrived.
+//! - [`ImageManager::restore`]: after a restart, mounts every recorded image
+//!   again (a complete one runs with no network; an incomplete one serves
+//!   what it has and fails opens of missing files with `EIO`).
+//! - [`ImageManager::remove`]: unmounts, unregisters, forgets the record and
+//!   deletes every content no remaining image uses.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+use transport_quic::quic::{Client, ClientTls};
+use transport_quic::{Header, Source};
+use uring_fs::{MountOptions, Session};
+
+use crate::api::{ImageInfo, PullReport, Response};
+use crate::config::Config;
+use crate::imagefs::ImageFs;
+use crate::meta::{ImageRecord, MetaDb, MetaError};
+use crate::receiver::{self, ReceiveOptions, ReceiveReport};
+use crate::snapshotter::ImageMounts;
+use crate::store::{Store, StoreError};
+use crate::trace::{OpenTrace, TraceRecord};
+use crate::waiters::ContentWaiters;
+
+/// The cache timeout the kernel gets for an image's (immutable) tree.
+const TREE_TTL: Duration = Duration::from_secs(3600);
+
+/// A boxed future, for [`ImageRegistry`]'s methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where pulled images are registered so that containers can be started
+/// from them (containerd; see [`crate::daemon`]).
+pub trait ImageRegistry: Send + Sync + 'static {
+    /// Registers image `name` from its bundle header (idempotent).
+    fn register<'a>(
+        &'a self,
+        name: &'a str,
+        header: &'a Header,
+    ) -> BoxFuture<'a, Result<(), String>>;
+    /// Removes image `name`'s registration.
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Why an image operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The image database failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The content store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such image.
+    #[error("no image {0} (see `starlight images`)")]
+    Unknown(String),
+    /// The bundle could not be fetched.
+    #[error("pulling {image}: {reason}")]
+    Pull {
+        /// The image.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// The image could not be mounted.
+    #[error("mounting {image}: {reason}")]
+    Mount {
+        /// The image.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// containerd refused the image.
+    #[error("registering {image} in containerd: {reason}")]
+    Register {
+        /// The image.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// A filesystem operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl ImageMounts for ImageManager {
+    /// Called on a blocking thread of the runtime: an image recorded but not
+    /// mounted (its mount failed at start) is mounted here.
+    fn lower_dir(&self, manifest_digest: &str) -> Result<PathBuf, String> {
+        if let Some(dir) = self.mounted_at(manifest_digest) {
+            return Ok(dir);
+        }
+        let record = self
+            .meta
+            .get(manifest_digest)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("starlightd holds no image {manifest_digest}"))?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        handle
+            .block_on(self.ensure_mounted(&record))
+            .map_err(|e| e.to_string())?;
+        self.mounted_at(manifest_digest)
+            .ok_or_else(|| format!("{manifest_digest} was unmounted meanwhile"))
+    }
+}
+
+/// A mounted image.
+struct Mounted {
+    session: Session,
+    trace: Arc<OpenTrace>,
+}
+
+/// What a pull asks for (see [`crate::api::Request::Pull`]).
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Held images to name (digests or references); empty: every complete one.
+    pub from: Vec<String>,
+    /// Answer once the body is complete.
+    pub wait: bool,
+    /// Record the first opens.
+    pub trace: bool,
+    /// Layer order instead of ranks.
+    pub unordered: bool,
+}
+
+/// The images starlightd holds.
+pub struct ImageManager {
+    config: Config,
+    store: Arc<Store>,
+    meta: MetaDb,
+    waiters: Arc<ContentWaiters>,
+    registry: Arc<dyn ImageRegistry>,
+    client: Mutex<Option<Arc<Client>>>,
+    /// Manifest digest → mount (changed under this lock only).
+    mounts: tokio::sync::Mutex<HashMap<String, Mounted>>,
+    /// Manifest digest → mount point, for [`ImageManager::lower_dir`].
+    mountpoints: Mutex<HashMap<String, PathBuf>>,
+}
+
+impl std::fmt::Debug for ImageManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageManager")
+            .field("state_dir", &self.config.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ManagerError + '_ {
+    move |source| ManagerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The distinct contents an image needs, with their sizes.
+fn contents_of(header: &Header) -> HashMap<[u8; 32], u64> {
+    header
+        .toc
+        .iter()
+        .filter(|e| e.source != Source::NoContent)
+        .filter_map(|e| e.sha256.map(|s| (s, e.size)))
+        .collect()
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl ImageManager {
+    /// A manager over the state of `config` (content store, image
+    /// database), registering images with `registry`. Nothing is mounted
+    /// until [`ImageManager::restore`].
+    pub fn open(
+        config: Config,
+        registry: Arc<dyn ImageRegistry>,
+    ) -> Result<Arc<ImageManager>, ManagerError> {
+        let mnt = config.mounts_dir();
+        std::fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
+        let store = Arc::new(Store::open(config.store_dir())?);
+        let meta = MetaDb::open(&config.images_db())?;
+        Ok(Arc::new(ImageManager {
+            config,
+            store,
+            meta,
+            waiters: Arc::new(ContentWaiters::new()),
+            registry,
+            client: Mutex::new(None),
+            mounts: tokio::sync::Mutex::new(HashMap::new()),
+            mountpoints: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The content store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn mountpoint(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.config.mounts_dir().join(hex)
+    }
+
+    /// Where the image with manifest `digest` is mounted, if it is.
+    pub fn mounted_at(&self, digest: &str) -> Option<PathBuf> {
+        self.mountpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    /// Mounts every recorded image (after a start). Images that cannot be
+    /// mounted are logged and skipped.
+    pub async fn restore(&self) -> Result<usize, ManagerError> {
+        let mut n = 0;
+        for record in self.meta.images()? {
+            let missing = contents_of(&record.header)
+                .keys()
+                .filter(|s| !self.store.has(s))
+                .count();
+            if let Err(e) = self.ensure_mounted(&record).await {
+                error!(image = %record.reference, "cannot restore the image: {e}");
+                continue;
+            }
+            n += 1;
+            if record.complete && missing == 0 {
+                info!(image = %record.reference, digest = %record.digest(), "image restored");
+            } else {
+                warn!(
+                    image = %record.reference,
+                    digest = %record.digest(),
+                    missing,
+                    "image restored incomplete: opens of its {missing} missing contents fail with EIO (pull it again to complete it)"
+                );
+            }
+        }
+        Ok(n)
+    }
+
+    /// Mounts `record`'s image unless it is mounted; returns its trace.
+    async fn ensure_mounted(&self, record: &ImageRecord) -> Result<Arc<OpenTrace>, ManagerError> {
+        let digest = record.digest().to_string();
+        let mut mounts = self.mounts.lock().await;
+        if let Some(m) = mounts.get(&digest) {
+            return Ok(m.trace.clone());
+        }
+        let mountpoint = self.mountpoint(&digest);
+        std::fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;
+        // A mount left by an earlier run that died is dead: detach it.
+        if uring_fs::mounts::is_fuse_mounted(&mountpoint).unwrap_or(false) {
+            warn!(mountpoint = %mountpoint.display(), "detaching a stale mount");
+            uring_fs::mounts::detach_unmount(&mountpoint).map_err(io_err(&mountpoint))?;
+        }
+        let trace = Arc::new(OpenTrace::new(&record.header));
+        let mount_err = |reason: String| ManagerError::Mount {
+            image: record.reference.clone(),
+            reason,
+        };
+        let fs = ImageFs::new(
+            &record.header,
+            self.store.clone(),
+            self.waiters.clone(),
+            TREE_TTL,
+        )
+        .map_err(|e| mount_err(format!("its table of contents: {e}")))?
+        .with_trace(trace.clone());
+        let session = Session::mount(
+            &mountpoint,
+            fs,
+            MountOptions::default()
+                .fs_name(format!("starlight:{}", record.reference))
+                .allow_other(true)
+                .default_permissions(true),
+        )
+        .await
+        .map_err(|e| mount_err(e.to_string()))?;
+        info!(image = %record.reference, mountpoint = %mountpoint.display(), "image mounted");
+        self.mountpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.clone(), session.mountpoint().to_path_buf());
+        mounts.insert(
+            digest,
+            Mounted {
+                session,
+                trace: trace.clone(),
+            },
+        );
+        Ok(trace)
+    }
+
+    fn client(&self) -> Result<Arc<Client>, String> {
+        let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(
+            Client::new(ClientTls::CaFile(self.config.ca_file.clone()))
+                .map_err(|e| e.to_string())?,
+        );
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The record named by `image`: a reference or a manifest digest.
+    fn find(&self, image: &str) -> Result<ImageRecord, ManagerError> {
+        if let Some(r) = self.meta.by_reference(image)? {
+            return Ok(r);
+        }
+        if let Some(r) = self.meta.get(image)? {
+            return Ok(r);
+        }
+        Err(ManagerError::Unknown(image.to_string()))
+    }
+
+    /// Pulls `image`: answers once it is registered (sending nothing to
+    /// `progress`), or with `wait` once the body is over (sending
+    /// [`Response::Registered`] to `progress` first).
+    pub async fn pull(
+        self: &Arc<Self>,
+        image: &str,
+        options: PullOptions,
+        progress: mpsc::UnboundedSender<Response>,
+    ) -> Result<PullReport, ManagerError> {
+        let t0 = Instant::now();
+        let pull_err = |reason: String| ManagerError::Pull {
+            image: image.to_string(),
+            reason,
+        };
+        let held_images: Vec<String> = if options.from.is_empty() {
+            self.meta
+                .images()?
+                .into_iter()
+                .filter(|r| r.complete && r.contents_present(&self.store))
+                .map(|r| r.header.manifest_digest)
+                .collect()
+        } else {
+            let mut held = Vec::new();
+            for f in &options.from {
+                held.push(match self.meta.by_reference(f)? {
+                    Some(r) => r.header.manifest_digest,
+                    None => f.clone(),
+                });
+            }
+            held
+        };
+        let client = self.client().map_err(pull_err)?;
+        let receiving = receiver::start(
+            client,
+            self.config.proxy,
+            transport_quic::Request {
+                token: self.config.token.clone(),
+                image: image.to_string(),
+                platform: None,
+                held_images,
+                held_payloads: vec![],
+                unordered: options.unordered,
+            },
+            self.store.clone(),
+            self.waiters.clone(),
+            ReceiveOptions {
+                server_name: self.config.server_name.clone(),
+                grace: self.config.grace,
+            },
+        );
+        let done = receiving.done;
+        let header = match receiving.header.await {
+            Ok(h) => h,
+            Err(_) => {
+                let reason = match done.await {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => "the bundle ended without a header".into(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(pull_err(reason));
+            }
+        };
+        let header_secs = secs(t0.elapsed());
+        let digest = header.manifest_digest.clone();
+        let already_complete = self
+            .meta
+            .get(&digest)?
+            .is_some_and(|r| r.complete && r.contents_present(&self.store));
+        let record = ImageRecord {
+            reference: image.to_string(),
+            header: Header::clone(&header),
+            complete: already_complete,
+        };
+        self.meta.put(&record)?;
+        let trace = self.ensure_mounted(&record).await?;
+        if options.trace {
+            trace.enable();
+        }
+        self.registry
+            .register(image, &header)
+            .await
+            .map_err(|reason| ManagerError::Register {
+                image: image.to_string(),
+                reason,
+            })?;
+        let mut report = PullReport {
+            image: image.to_string(),
+            digest: digest.clone(),
+            entries: header.toc.len(),
+            payloads: header.payloads.len(),
+            payload_bytes: header.payloads.iter().map(|p| p.compressed_len).sum(),
+            content_bytes: header.payloads.iter().map(|p| p.size).sum(),
+            header_secs,
+            registered_secs: secs(t0.elapsed()),
+            complete_secs: None,
+            bytes_received: None,
+            complete: None,
+        };
+        info!(
+            image,
+            %digest,
+            payloads = report.payloads,
+            header_s = report.header_secs,
+            registered_s = report.registered_secs,
+            "image registered; the body continues in the background"
+        );
+        let this = self.clone();
+        let (image_owned, digest_owned) = (image.to_string(), digest);
+        let finishing = tokio::spawn(async move {
+            let r = match done.await {
+                Ok(Ok(report)) => Some(report),
+                Ok(Err(e)) => {
+                    error!(image = %image_owned, "receiving failed: {e}");
+                    None
+                }
+                Err(e) => {
+                    error!(image = %image_owned, "the receive task failed: {e}");
+                    None
+                }
+            };
+            let complete = match &r {
+                Some(rep) => this.finish(&image_owned, &digest_owned, rep),
+                None => false,
+            };
+            (r, complete, t0.elapsed())
+        });
+        if options.wait {
+            let _ = progress.send(Response::Registered(report.clone()));
+            let (r, complete, elapsed) = finishing.await.map_err(|e| pull_err(e.to_string()))?;
+            report.complete_secs = Some(secs(elapsed));
+            report.bytes_received = r.map(|r| r.bytes_received);
+            report.complete = Some(complete);
+        }
+        Ok(report)
+    }
+
+    /// Records the end of a receive; returns whether the image is complete.
+    fn finish(&self, image: &str, digest: &str, report: &ReceiveReport) -> bool {
+        let mut record = match self.meta.get(digest) {
+            Ok(Some(r)) => r,
+            Ok(None) => return false, // removed meanwhile
+            Err(e) => {
+                error!(image, "image database: {e}");
+                return false;
+            }
+        };
+        let complete = report.stream_error.is_none()
+            && report.failed.is_empty()
+            && record.contents_present(&self.store);
+        if complete {
+            record.complete = true;
+            if let Err(e) = self.meta.put(&record) {
+                error!(image, "cannot record the image as complete: {e}");
+                return false;
+            }
+            info!(
+                image,
+                stored = report.stored,
+                bytes = report.bytes_received,
+                secs = secs(report.time_to_end),
+                "image complete"
+            );
+        } else {
+            error!(
+                image,
+                stored = report.stored,
+                failed = report.failed.len(),
+                reason = report.stream_error.as_deref().unwrap_or("corrupt payloads"),
+                "image incomplete: opens of its missing files fail with EIO"
+            );
+        }
+        complete
+    }
+
+    /// Every image held.
+    pub fn images(&self) -> Result<Vec<ImageInfo>, ManagerError> {
+        let mut out = Vec::new();
+        for r in self.meta.images()? {
+            let contents = contents_of(&r.header);
+            let (mut held, mut bytes) = (0, 0);
+            for (sha, size) in &contents {
+                if self.store.has(sha) {
+                    held += 1;
+                    bytes += size;
+                }
+            }
+            out.push(ImageInfo {
+                name: r.reference.clone(),
+                digest: r.digest().to_string(),
+                complete: r.complete && held == contents.len(),
+                files: r.header.toc.len(),
+                contents: contents.len(),
+                contents_held: held,
+                bytes,
+                mountpoint: self.mountpoint(r.digest()).display().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes `image` (a reference or digest); returns its digest, and the
+    /// number and bytes of the contents freed.
+    pub async fn remove(&self, image: &str) -> Result<(String, usize, u64), ManagerError> {
+        let record = self.find(image)?;
+        let digest = record.digest().to_string();
+        {
+            let mut mounts = self.mounts.lock().await;
+            self.mountpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&digest);
+            if let Some(m) = mounts.remove(&digest) {
+                m.session.shutdown().await;
+            }
+        }
+        let _ = std::fs::remove_dir(self.mountpoint(&digest));
+        if let Err(reason) = self.registry.remove(&record.reference).await {
+            warn!(image = %record.reference, "containerd: {reason}");
+        }
+        self.meta.remove(&digest)?;
+        let mut keep: HashSet<[u8; 32]> = HashSet::new();
+        for r in self.meta.images()? {
+            keep.extend(r.contents());
+        }
+        let (mut freed, mut bytes) = (0, 0);
+        for sha in self.store.list()? {
+            if !keep.contains(&sha) {
+                if let Some(size) = self.store.remove(&sha)? {
+                    freed += 1;
+                    bytes += size;
+                }
+            }
+        }
+        info!(image = %record.reference, %digest, freed, bytes, "image removed");
+        Ok((digest, freed, bytes))
+    }
+
+    /// Returns and clears the trace of `image`.
+    pub async fn take_trace(&self, image: &str) -> Result<Vec<TraceRecord>, ManagerError> {
+        let digest = self.find(image)?.digest().to_string();
+        let mounts = self.mounts.lock().await;
+        let m = mounts
+            .get(&digest)
+            .ok_or_else(|| ManagerError::Unknown(image.to_string()))?;
+        Ok(m.trace.take())
+    }
+
+    /// Unmounts every image (at shutdown).
+    pub async fn unmount_all(&self) {
+        let mut mounts = self.mounts.lock().await;
+        self.mountpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for (_, m) in mounts.drain() {
+            m.session.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,890 @@
+//! Issue 5's acceptance, with real parts on loopback: a real
+//! `docker-registry`, the proxy served in-process over QUIC (throttled for
+//! the early-start steps), the real `starlightd run` binary, a private real
+//! containerd with `[proxy_plugins.starlight]` at starlightd's snapshotter
+//! socket, and runc.
+//!
+//! 1. `starlight pull` of a two-layer busybox image, then `ctr run
+//!    --snapshotter starlight` prints its ready line; a file the container
+//!    writes lands in its own layer, not in the image. The time from the
+//!    pull to the ready line is printed beside `ctr pull` + `ctr run` of the
+//!    same image with overlayfs.
+//! 2. Update: with v1 held, pulling v2 transfers only the contents v1 lacks
+//!    (byte count asserted) and v2 runs.
+//! 3. A payload corrupted in the registry's storage after indexing is
+//!    refused: the container's open fails, it never sees wrong bytes.
+//! 4. Restart of starlightd with the proxy gone: v1 and v2 run again.
+//! 5. `starlight images` / removal: removing v1 frees only what v2 lacks.
+//! 6. Early start: with the proxy paced so the body takes seconds, the
+//!    container stats its files and starts before the body ends, blocking
+//!    only on the open of the last (large) file; the timeline is printed.
+//! 7. The proxy killed mid-body: the container's open of a missing file
+//!    fails with EIO within the configured grace; nothing hangs.
+//!
+//! Needs root, /dev/fuse and busybox; skipped with a message otherwise.
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+#[path = "../../proxy/tests/common/mod.rs"]
+mod common;
+#[path = "../../proxy/tests/serve_support/mod.rs"]
+mod serve_support;
+#[path = "../../tools/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::layout::OciLayout;
+use common::registry::TestRegistry;
+use serve_support::{noise, starlight_layer, Proxy};
+use starlight_proxy::format::Compression;
+use starlight_proxy::serve::ServeOptions;
+use starlight_worker::api::{call, ImageInfo, PullReport, Request, Response};
+use support::containerd::{is_root, unique_name, Containerd};
+
+const GRACE_SECS: u64 = 3;
+
+fn skip_reason() -> Option<&'static str> {
+    if !is_root() {
+        return Some("not root");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing");
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("/bin/busybox is missing (apt install busybox-static)");
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Images.
+
+/// A tar entry: path, file data (none: a directory, or a symlink with
+/// `link`), symlink target, mode.
+type TarEntry = (String, Option<Vec<u8>>, Option<&'static str>, u32);
+
+fn tar_of(entries: &[TarEntry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data, link, mode) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(*mode);
+        h.set_mtime(1_700_000_000);
+        match (data, link) {
+            (Some(d), _) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(d.len() as u64);
+                b.append_data(&mut h, path, d.as_slice()).unwrap();
+            }
+            (None, Some(t)) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, path, t).unwrap();
+            }
+            (None, None) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, format!("{path}/"), &[][..]).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn dir(p: &str) -> TarEntry {
+    (p.into(), None, None, 0o755)
+}
+
+fn file(p: &str, data: &[u8], mode: u32) -> TarEntry {
+    (p.into(), Some(data.to_vec()), None, mode)
+}
+
+/// The base layer: busybox and its applets.
+fn base_layer() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let mut v = vec![
+        dir("bin"),
+        file("bin/busybox", &busybox, 0o755),
+        (String::from("tmp"), None, None, 0o1777),
+        dir("etc"),
+        dir("dev"),
+        dir("proc"),
+        dir("sys"),
+    ];
+    for applet in [
+        "sh", "cat", "echo", "ls", "stat", "head", "wc", "sha256sum", "date", "sleep", "true",
+    ] {
+        v.push((format!("bin/{applet}"), None, Some("busybox"), 0o777));
+    }
+    tar_of(&v)
+}
+
+/// The entrypoint: reads its files and prints the ready line.
+const MAIN: &[u8] = b"#!/bin/sh\nfor f in /app/data/*; do cat \"$f\" > /dev/null || exit 1; done\necho \"READY $(cat /app/version)\"\n";
+
+/// The app layer of version `v`: three data files (the second changes
+/// with the version) and the version file.
+fn app_layer(v: u32) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let data = [
+        ("app/data/a.txt", b"first data file\n".repeat(200)),
+        ("app/data/b.txt", format!("second data file, version {v}\n").repeat(300).into_bytes()),
+        ("app/data/c.bin", noise(11, 300_000)),
+    ];
+    let version = format!("v{v}\n").into_bytes();
+    let mut entries = vec![
+        dir("app"),
+        file("app/main", MAIN, 0o755),
+        dir("app/data"),
+    ];
+    let mut files = vec![("app/version".to_string(), version.clone())];
+    for (p, d) in &data {
+        entries.push(file(p, d, 0o644));
+        files.push((p.to_string(), d.clone()));
+    }
+    entries.push(file("app/version", &version, 0o644));
+    (tar_of(&entries), files)
+}
+
+fn push(reg: &TestRegistry, repo: &str, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) -> String {
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|t| starlight_layer(t, Compression::Gzip))
+        .collect();
+    let mut layout = OciLayout::new();
+    let desc = layout.add_image("linux", "amd64", &layers, cmd);
+    layout.tag(tag, &desc);
+    let reference = format!("{}/{repo}:{tag}", reg.addr);
+    layout.push(tag, &reference, false);
+    reference
+}
+
+// ---------------------------------------------------------------------------
+// starlightd.
+
+/// A running `starlightd run`; SIGTERM (then SIGKILL) on drop, and every
+/// mount left below its state directory is detached.
+struct Daemon {
+    child: Child,
+    state: PathBuf,
+    api: PathBuf,
+    log: PathBuf,
+}
+
+struct DaemonSetup {
+    dir: PathBuf,
+    ca: PathBuf,
+    namespace: String,
+    containerd_socket: PathBuf,
+}
+
+impl DaemonSetup {
+    fn snapshotter_socket(&self) -> PathBuf {
+        self.dir.join("run/snapshotter.sock")
+    }
+
+    /// Starts starlightd talking to the proxy at `proxy` and waits for READY=1.
+    fn start(&self, proxy: std::net::SocketAddr, token: &str) -> Daemon {
+        let config = self.dir.join("starlightd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "proxy = \"{proxy}\"\nca_file = \"{}\"\ntoken = \"{token}\"\nstate_dir = \"{}\"\n\
+                 grace_secs = {GRACE_SECS}\ncontainerd_socket = \"{}\"\nnamespace = \"{}\"\n\
+                 snapshotter_socket = \"{}\"\napi_socket = \"{}\"\n",
+                self.ca.display(),
+                self.dir.join("state").display(),
+                self.containerd_socket.display(),
+                self.namespace,
+                self.snapshotter_socket().display(),
+                self.dir.join("run/api.sock").display(),
+            ),
+        )
+        .unwrap();
+        let notify_path = self.dir.join(format!("notify-{}.sock", unique_name("n")));
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let log = self.dir.join("starlightd.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_starlightd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info,polyfuse=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            state: self.dir.join("state"),
+            api: self.dir.join("run/api.sock"),
+            log,
+        };
+        let mut buf = [0u8; 64];
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no READY=1 ({e}):\n{}", d.log_text()));
+        assert_eq!(&buf[..n], b"READY=1");
+        let _ = std::fs::remove_file(&notify_path);
+        d
+    }
+}
+
+impl Daemon {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn call(&self, rt: &tokio::runtime::Runtime, req: Request) -> Response {
+        rt.block_on(tokio::time::timeout(
+            Duration::from_secs(120),
+            call(&self.api, &req, |_| {}),
+        ))
+        .expect("API call timed out")
+        .unwrap()
+    }
+
+    fn pull(&self, rt: &tokio::runtime::Runtime, image: &str, wait: bool) -> PullReport {
+        let req = Request::Pull {
+            image: image.into(),
+            from: vec![],
+            wait,
+            trace: false,
+            unordered: false,
+        };
+        match self.call(rt, req) {
+            Response::Pulled(r) => r,
+            other => panic!("pull {image}: {other:?}\n{}", self.log_text()),
+        }
+    }
+
+    fn images(&self, rt: &tokio::runtime::Runtime) -> Vec<ImageInfo> {
+        match self.call(rt, Request::Images) {
+            Response::Images(i) => i,
+            other => panic!("images: {other:?}"),
+        }
+    }
+
+    /// Peak resident set size (kB).
+    fn peak_rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM and wait (bounded); true if it exited 0.
+    fn stop(mut self) -> bool {
+        let ok = self.terminate();
+        self.cleanup_mounts();
+        ok
+    }
+
+    fn terminate(&mut self) -> bool {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return s.success();
+        }
+        // SAFETY: kill with our child's pid and a valid signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    fn cleanup_mounts(&self) {
+        unmount_under(&self.state);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+        self.cleanup_mounts();
+    }
+}
+
+/// Lazily unmounts every mount point below `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let base = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .filter(|p| p.starts_with(&base))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(&p).status();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Containers.
+
+/// A `ctr run` in progress: its stdout lines with their arrival times.
+struct Run {
+    child: Child,
+    lines: mpsc::Receiver<(Instant, String)>,
+}
+
+impl Run {
+    fn start(ctrd: &Containerd, namespace: &str, args: &[&str]) -> Run {
+        let mut child = Command::new("timeout")
+            .arg("120")
+            .arg("ctr")
+            .arg("--address")
+            .arg(&ctrd.socket)
+            .arg("--namespace")
+            .arg(namespace)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Run { child, lines: rx }
+    }
+
+    /// The next stdout line (bounded wait).
+    fn line(&mut self, within: Duration) -> (Instant, String) {
+        match self.lines.recv_timeout(within) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.child.kill();
+                let out = self.child.wait_with_output_ref();
+                panic!("no line from the container within {within:?} ({e}); stderr: {out}");
+            }
+        }
+    }
+
+    /// Every remaining line, once the container exited (bounded).
+    fn finish(mut self) -> (std::process::ExitStatus, Vec<String>, String) {
+        let mut lines = vec![];
+        while let Ok((_, l)) = self.lines.recv_timeout(Duration::from_secs(120)) {
+            lines.push(l);
+        }
+        let status = self.child.wait().unwrap();
+        let stderr = self.child.wait_with_output_ref();
+        (status, lines, stderr)
+    }
+}
+
+trait StderrText {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl StderrText for Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ctr` in `namespace` (bounded), panicking on failure; returns stdout.
+fn ctr(ctrd: &Containerd, namespace: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("ctr")
+        .arg("--address")
+        .arg(&ctrd.socket)
+        .arg("--namespace")
+        .arg(namespace)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ctrd.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `image` with `snapshotter` (`ctr run --rm`); returns its first
+/// stdout line (the ready line) and when it arrived.
+fn run_to_ready(ctrd: &Containerd, ns: &str, image: &str, snapshotter: &str) -> (String, Instant) {
+    let id = unique_name("c");
+    let mut run = Run::start(ctrd, ns, &["--rm", "--snapshotter", snapshotter, image, &id]);
+    let (at, line) = run.line(Duration::from_secs(120));
+    let (status, _, stderr) = run.finish();
+    assert!(status.success(), "ctr run {image}: {status} {stderr}");
+    (line, at)
+}
+
+/// After starlightd restarted, containerd's connection to the snapshotter
+/// plugin comes back with gRPC's reconnect backoff: wait (bounded) until a
+/// snapshotter call goes through.
+fn wait_for_snapshotter(ctrd: &Containerd, ns: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("timeout")
+            .args(["20", "ctr", "--address"])
+            .arg(&ctrd.socket)
+            .args(["--namespace", ns, "snapshots", "--snapshotter", "starlight", "ls"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containerd never reconnected to the snapshotter: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The `starlight` CLI built beside starlightd, if the workspace was built.
+fn starlight_cli() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_BIN_EXE_starlightd")).with_file_name("starlight");
+    p.is_file().then_some(p)
+}
+
+// ---------------------------------------------------------------------------
+
+#[test]
+fn starlightd_end_to_end_with_containerd() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping the starlightd end-to-end test: {reason}");
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let reg = TestRegistry::start();
+    let base = base_layer();
+    let (app1, files1) = app_layer(1);
+    let (app2, files2) = app_layer(2);
+    let v1 = push(&reg, "e2e/app", "v1", &[base.clone(), app1], &["/app/main"]);
+    let v2 = push(&reg, "e2e/app", "v2", &[base.clone(), app2], &["/app/main"]);
+    // The corrupt image: a big victim file whose member gets a flipped byte.
+    let victim = noise(21, 2 << 20);
+    let bad_layer = tar_of(&[
+        dir("app"),
+        file("app/victim.bin", &victim, 0o644),
+        file("app/ok.txt", b"fine\n", 0o644),
+    ]);
+    let bad_blob = starlight_layer(&bad_layer, Compression::Gzip);
+    let bad = push(&reg, "e2e/bad", "v1", &[base.clone(), bad_layer], &["/bin/cat", "/app/ok.txt"]);
+    // The slow image: small files first, a large last file (last in the
+    // body: no ranks yet, so layer then offset order).
+    let slow_layer = |seed: u64| {
+        tar_of(&[
+            dir("app"),
+            file("app/small-1", b"one\n", 0o644),
+            file("app/small-2", &noise(seed, 10_000), 0o644),
+            file("app/zz-large.bin", &noise(seed + 1, 8 << 20), 0o644),
+        ])
+    };
+    let slow = push(&reg, "e2e/slow", "v1", &[base.clone(), slow_layer(31)], &["/bin/true"]);
+    let slow2 = push(&reg, "e2e/slow", "v2", &[base.clone(), slow_layer(41)], &["/bin/true"]);
+
+    let mut proxy = Proxy::start(&reg, ServeOptions::default());
+    let dir = tempfile::Builder::new()
+        .prefix("starlight-daemon-e2e.")
+        .tempdir()
+        .unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &proxy.cert_pem).unwrap();
+    let namespace = unique_name("starlightd-e2e");
+    let snapshotter_socket = dir.path().join("run/snapshotter.sock");
+    let mut ctrd = Containerd::start_with(&format!(
+        "\n[proxy_plugins.starlight]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+        snapshotter_socket.display()
+    ));
+    ctrd.namespace = namespace.clone();
+    let setup = DaemonSetup {
+        dir: dir.path().to_path_buf(),
+        ca,
+        namespace: namespace.clone(),
+        containerd_socket: ctrd.socket.clone(),
+    };
+    let t_daemon = Instant::now();
+    let daemon = setup.start(proxy.addr, serve_support::TOKEN);
+    println!("starlightd ready (READY=1) after {:?}", t_daemon.elapsed());
+    let step = |s: &str| println!("[{:>8.3} s] {s}", t_daemon.elapsed().as_secs_f64());
+
+    // (1) pull v1 with the CLI (or the API), run it to its ready line. The
+    // proxy indexes an image once, at its first request: index v1 first so
+    // the time measures provisioning (a header fetch, as a converter would).
+    {
+        let t = Instant::now();
+        let client = proxy.client();
+        let req = serve_support::request(&v1, &[]);
+        let mut stream = rt
+            .block_on(client.fetch(proxy.addr, "127.0.0.1", &req))
+            .unwrap();
+        let first = rt.block_on(stream.next_event()).unwrap();
+        assert!(matches!(first, Some(transport_quic::Event::Header(_))));
+        println!("the proxy indexed v1 in {:.0} ms", ms(t.elapsed()));
+    }
+    let t0 = Instant::now();
+    let report = match starlight_cli() {
+        Some(cli) => {
+            let out = Command::new("timeout")
+                .arg("120")
+                .arg(cli)
+                .arg("pull")
+                .arg("--api")
+                .arg(&daemon.api)
+                .arg(&v1)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "starlight pull: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+            assert!(stdout.starts_with(&format!("registered {v1} (sha256:")), "{stdout}");
+            assert!(stdout.contains("payloads ("), "{stdout}");
+            println!("starlight pull: {}", stdout.trim());
+            None
+        }
+        None => {
+            println!("(the starlight CLI is not built: pulling through the API)");
+            Some(daemon.pull(&rt, &v1, false))
+        }
+    };
+    let pulled = t0.elapsed();
+    let (line, ready_at) = run_to_ready(&ctrd, &namespace, &v1, "starlight");
+    let starlight_total = ready_at - t0;
+    assert_eq!(line, "READY v1");
+    step(&format!(
+        "v1: pull {:.0} ms, ready line {:.0} ms after the pull began",
+        ms(pulled),
+        ms(starlight_total)
+    ));
+    drop(report);
+
+    // Writes land in the container's layer, not in the image.
+    let id = unique_name("c");
+    let out = ctr(&ctrd, &namespace, &[
+        "run", "--snapshotter", "starlight", &v1, &id, "sh", "-c",
+        "echo written > /app/by-container; cat /app/by-container /app/version",
+    ]);
+    assert_eq!(out, "written\nv1\n");
+    let images = daemon.images(&rt);
+    let v1_info = images.iter().find(|i| i.name == v1).unwrap().clone();
+    let image_dir = PathBuf::from(&v1_info.mountpoint);
+    assert!(image_dir.join("app/version").exists());
+    assert!(!image_dir.join("app/by-container").exists());
+    let uppers: Vec<PathBuf> = std::fs::read_dir(dir.path().join("state/snapshotter/snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("fs/app/by-container"))
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(uppers.len(), 1, "the write should be in exactly one snapshot");
+    assert_eq!(std::fs::read(&uppers[0]).unwrap(), b"written\n");
+    ctr(&ctrd, &namespace, &["containers", "rm", &id]);
+    step("a write landed in the container's own layer");
+
+    // Reference: containerd's own pull and run (overlayfs), another namespace.
+    let plain_ns = unique_name("plain");
+    let t0 = Instant::now();
+    ctr(&ctrd, &plain_ns, &["images", "pull", "--plain-http", &v1]);
+    let ctr_pulled = t0.elapsed();
+    let (line, ready_at) = run_to_ready(&ctrd, &plain_ns, &v1, "overlayfs");
+    let ctr_total = ready_at - t0;
+    assert_eq!(line, "READY v1");
+    println!(
+        "NUMBERS pull-to-ready v1 ({} files): starlight {:.0} ms, ctr pull + ctr run {:.0} ms (pull {:.0} ms)",
+        v1_info.files,
+        ms(starlight_total),
+        ms(ctr_total),
+        ms(ctr_pulled)
+    );
+    ctr(&ctrd, &plain_ns, &["images", "rm", &v1]);
+
+    // Wait for v1's body to complete (it is small).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !daemon.images(&rt).iter().any(|i| i.name == v1 && i.complete) {
+        assert!(Instant::now() < deadline, "v1 never completed:\n{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // (2) Update: only what v1 lacks travels.
+    let r2 = daemon.pull(&rt, &v2, true);
+    let changed: Vec<&(String, Vec<u8>)> = files2
+        .iter()
+        .filter(|(p, d)| files1.iter().find(|(q, _)| q == p).map(|(_, e)| e) != Some(d))
+        .collect();
+    assert_eq!(changed.len(), 2, "version and b.txt change");
+    let changed_bytes: u64 = changed.iter().map(|(_, d)| d.len() as u64).sum();
+    assert_eq!(r2.payloads, 2, "{r2:?}");
+    assert_eq!(r2.content_bytes, changed_bytes, "{r2:?}");
+    assert_eq!(r2.complete, Some(true));
+    let received = r2.bytes_received.unwrap();
+    assert!(received >= r2.payload_bytes, "{r2:?}");
+    // The header (TOC, manifest, config) plus framing, never the base layer.
+    assert!(received < 200_000, "{received} bytes received for a two-file update");
+    step(&format!(
+        "v2 update: {} payloads, {} content bytes, {} bytes on the wire",
+        r2.payloads, r2.content_bytes, received
+    ));
+    let (line, _) = run_to_ready(&ctrd, &namespace, &v2, "starlight");
+    assert_eq!(line, "READY v2");
+
+    // (3) Corrupt payload: index first (a fetch of the bundle through the
+    // proxy), then flip bytes of the victim's member in the registry.
+    {
+        let client = proxy.client();
+        let req = serve_support::request(&bad, &[]);
+        rt.block_on(serve_support::fetch(&client, proxy.addr, &req)).unwrap();
+        let blob = reg.blob_path(&common::layout::digest_of(&bad_blob.blob));
+        let mut bytes = std::fs::read(&blob).unwrap();
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 16] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(&blob, &bytes).unwrap();
+    }
+    let rb = daemon.pull(&rt, &bad, true);
+    assert_eq!(rb.complete, Some(false), "{rb:?}");
+    let id = unique_name("c");
+    let mut run = Run::start(&ctrd, &namespace, &[
+        "--rm", "--snapshotter", "starlight", &bad, &id, "sh", "-c",
+        "cat /app/ok.txt; if sha256sum /app/victim.bin; then echo READ; else echo FAILED; fi",
+    ]);
+    let _ = run.line(Duration::from_secs(120));
+    let (_, lines, stderr) = run.finish();
+    assert_eq!(lines, ["FAILED"], "the corrupt file must not be readable; stderr: {stderr}");
+    assert!(
+        !dir.path().join("state/content/sha256").join(&hex::encode(serve_support::sha(&victim))[..2]).join(hex::encode(serve_support::sha(&victim))).exists()
+    );
+    step(&format!("corrupt payload refused; the container saw: {}", stderr.trim()));
+
+    // (4) Restart without the proxy: v1 and v2 run again.
+    rt.block_on(proxy.stop());
+    let rss_kb = daemon.peak_rss_kb();
+    assert!(daemon.stop(), "starlightd did not stop cleanly");
+    let daemon = setup.start(proxy.addr, serve_support::TOKEN);
+    let restarted = Instant::now();
+    wait_for_snapshotter(&ctrd, &namespace);
+    let reconnect = restarted.elapsed();
+    let t = Instant::now();
+    let (line, ready_at) = run_to_ready(&ctrd, &namespace, &v1, "starlight");
+    let t = ready_at - t;
+    assert_eq!(line, "READY v1");
+    let (line, _) = run_to_ready(&ctrd, &namespace, &v2, "starlight");
+    assert_eq!(line, "READY v2");
+    step(&format!(
+        "after a restart with the proxy gone, v1 ran to ready in {:.0} ms (containerd reconnected to the snapshotter after {:.0} ms)",
+        ms(t),
+        ms(reconnect)
+    ));
+    let log = daemon.log_text();
+    assert!(log.contains("image restored incomplete"), "the corrupt image is reported as incomplete");
+
+    // (5) Listing and removal: removing v1 frees only what v2 does not use.
+    if let Some(cli) = starlight_cli() {
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(cli)
+            .args(["images", "--api"])
+            .arg(&daemon.api)
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{listing}");
+        println!("starlight images:\n{listing}");
+        assert!(listing.lines().any(|l| l.starts_with(&v1) && l.contains("complete")), "{listing}");
+        assert!(listing.lines().any(|l| l.starts_with(&bad) && l.contains("partial")), "{listing}");
+    }
+    let images = daemon.images(&rt);
+    assert_eq!(images.len(), 3, "{images:?}");
+    let v2_info = images.iter().find(|i| i.name == v2).unwrap();
+    assert!(v2_info.complete && v2_info.contents_held == v2_info.contents);
+    let removed = daemon.call(&rt, Request::Remove { image: v1.clone() });
+    let Response::Removed { contents_freed, bytes_freed, .. } = removed else {
+        panic!("{removed:?}");
+    };
+    assert_eq!(contents_freed, 2, "v1's own version and b.txt");
+    assert_eq!(bytes_freed, changed.iter().map(|(p, _)| files1.iter().find(|(q, _)| q == p).unwrap().1.len() as u64).sum::<u64>());
+    assert!(!ctr(&ctrd, &namespace, &["images", "ls", "-q"]).lines().any(|l| l == v1));
+    let (line, _) = run_to_ready(&ctrd, &namespace, &v2, "starlight");
+    assert_eq!(line, "READY v2");
+    step("v1 removed; v2 still runs");
+    assert!(daemon.stop());
+
+    // (6) Early start with the proxy paced at 2 MB/s (the body: base layer
+    // plus 8 MB, several seconds).
+    let mut slow_proxy = Proxy::start(
+        &reg,
+        ServeOptions {
+            rate_limit: Some(2_000_000),
+            ..ServeOptions::default()
+        },
+    );
+    std::fs::write(&setup.ca, &slow_proxy.cert_pem).unwrap();
+    let daemon = setup.start(slow_proxy.addr, serve_support::TOKEN);
+    wait_for_snapshotter(&ctrd, &namespace);
+    let t0 = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let (api, slow_ref) = (daemon.api.clone(), slow.clone());
+    let pulling = rt.spawn(async move {
+        let req = Request::Pull { image: slow_ref, from: vec![], wait: true, trace: true, unordered: false };
+        call(&api, &req, |p| {
+            if let Response::Registered(_) = p {
+                let _ = tx.send(Instant::now());
+            }
+        })
+        .await
+    });
+    let Ok(registered) = rx.recv_timeout(Duration::from_secs(60)) else {
+        panic!(
+            "the slow image was never registered: {:?}\n{}",
+            rt.block_on(pulling),
+            daemon.log_text()
+        );
+    };
+    let id = unique_name("c");
+    let mut run = Run::start(&ctrd, &namespace, &[
+        "--rm", "--snapshotter", "starlight", &slow, &id, "sh", "-c",
+        "stat -c '%n %s' /app/small-1 /app/small-2 /app/zz-large.bin > /dev/null && echo started && cat /app/small-1 > /dev/null && echo small-read && sha256sum /app/zz-large.bin > /dev/null && echo large-read",
+    ]);
+    let (started, l1) = run.line(Duration::from_secs(60));
+    assert_eq!(l1, "started");
+    let (small_read, l2) = run.line(Duration::from_secs(60));
+    assert_eq!(l2, "small-read");
+    let (large_read, l3) = run.line(Duration::from_secs(120));
+    assert_eq!(l3, "large-read");
+    let (status, _, stderr) = run.finish();
+    assert!(status.success(), "{stderr}");
+    let done = rt.block_on(pulling).unwrap().unwrap();
+    let Response::Pulled(report) = done else { panic!("{done:?}") };
+    assert_eq!(report.complete, Some(true));
+    let body_end = t0 + Duration::from_secs_f64(report.complete_secs.unwrap());
+    let at = |i: Instant| ms(i.saturating_duration_since(t0));
+    println!("TIMELINE early start (proxy paced at 2 MB/s, {} payload bytes):", report.payload_bytes);
+    println!("  {:>8.0} ms  header, image registered", at(registered));
+    println!("  {:>8.0} ms  container: stat of every file done, started", at(started));
+    println!("  {:>8.0} ms  container: small file read", at(small_read));
+    println!("  {:>8.0} ms  body complete", at(body_end));
+    println!("  {:>8.0} ms  container: large (last) file read", at(large_read));
+    assert!(body_end - registered > Duration::from_secs(2), "the body should take seconds");
+    assert!(started < body_end - Duration::from_secs(1), "the container must start well before the body ends");
+    assert!(large_read + Duration::from_millis(50) >= body_end, "the large file cannot be read before it arrives");
+
+    // The trace (pulled with trace = true): the first open of each file,
+    // with how long it waited; taking it clears it.
+    let Response::Trace(trace) = daemon.call(&rt, Request::TakeTrace { image: slow.clone() }) else {
+        panic!("no trace");
+    };
+    for r in &trace {
+        println!("  trace: {:>7.0} ms  waited {:>7.0} ms  layer {}  {}", r.at_ms, r.wait_ms, r.layer, r.path);
+    }
+    let small = trace.iter().find(|r| r.path.ends_with("app/small-1")).expect("small-1 traced");
+    let large = trace.iter().find(|r| r.path.ends_with("app/zz-large.bin")).expect("large traced");
+    assert_eq!((small.layer, large.layer), (1, 1));
+    assert!(trace.iter().any(|r| r.path.ends_with("bin/busybox") && r.layer == 0));
+    assert!(large.wait_ms > 1000.0, "the large file's open waited for its content: {large:?}");
+    assert!(small.at_ms < large.at_ms);
+    assert_eq!(trace.iter().filter(|r| r.path.ends_with("app/zz-large.bin")).count(), 1);
+    let Response::Trace(again) = daemon.call(&rt, Request::TakeTrace { image: slow.clone() }) else {
+        panic!("no trace");
+    };
+    assert!(again.is_empty());
+
+    // (7) Kill the proxy mid-body: the waiting open fails with EIO within
+    // the grace time.
+    let (tx, rx) = mpsc::channel();
+    let (api, slow_ref) = (daemon.api.clone(), slow2.clone());
+    let pulling = rt.spawn(async move {
+        let req = Request::Pull { image: slow_ref, from: vec![], wait: true, trace: false, unordered: false };
+        call(&api, &req, |p| {
+            if let Response::Registered(_) = p {
+                let _ = tx.send(());
+            }
+        })
+        .await
+    });
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        panic!(
+            "slow v2 was never registered: {:?}\n{}",
+            rt.block_on(pulling),
+            daemon.log_text()
+        );
+    }
+    let id = unique_name("c");
+    let mut run = Run::start(&ctrd, &namespace, &[
+        "--rm", "--snapshotter", "starlight", &slow2, &id, "sh", "-c",
+        "echo started; if cat /app/zz-large.bin > /dev/null; then echo READ; else echo FAILED; fi",
+    ]);
+    let (_, l) = run.line(Duration::from_secs(60));
+    assert_eq!(l, "started");
+    let killed = Instant::now();
+    rt.block_on(slow_proxy.stop());
+    let (t_fail, l) = run.line(Duration::from_secs(GRACE_SECS + 60));
+    assert_eq!(l, "FAILED");
+    let waited = t_fail - killed;
+    let (_, _, stderr) = run.finish();
+    assert!(
+        stderr.contains("Input/output error"),
+        "the open must fail with EIO: {stderr}"
+    );
+    assert!(waited < Duration::from_secs(GRACE_SECS + 10), "{waited:?}");
+    println!(
+        "proxy killed mid-body: the waiting open failed with EIO after {:.0} ms (grace {GRACE_SECS} s)",
+        ms(waited)
+    );
+    let done = rt.block_on(pulling).unwrap().unwrap();
+    let Response::Pulled(report) = done else { panic!("{done:?}") };
+    assert_eq!(report.complete, Some(false));
+    assert!(daemon.log_text().contains("waiting opens get EIO"));
+
+    let rss2 = daemon.peak_rss_kb();
+    println!("NUMBERS starlightd peak RSS: {} kB (first run, 3 images), {} kB (early-start run)", rss_kb, rss2);
+    assert!(daemon.stop());
+    for ns in [&namespace, &plain_ns] {
+        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(ns));
+    }
+    drop(ctrd);
+}
