@@ -8,6 +8,8 @@
 mod common;
 mod serve_support;
 
+use std::sync::{Arc, Mutex, OnceLock};
+
 use common::layout::Layer;
 use common::registry::TestRegistry;
 use serve_support::*;
@@ -17,6 +19,36 @@ use transport_quic::quic::{Client, ClientError};
 use transport_quic::{ErrorCode, RanksQuery, Request, Source, Trace, TraceOpen, TraceUpload};
 
 type Files = Vec<(String, Vec<u8>)>;
+
+/// Everything the proxy logs in this test binary (a global subscriber: the
+/// server logs from tokio's worker threads).
+fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        buf
+    })
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Bottom layer: `lib/f00..f09`; top layer: `app/x0..x4`. Distinct contents.
 fn files(version: u32) -> (Files, Files) {
@@ -197,6 +229,7 @@ async fn uploaded_traces_order_the_body_and_unordered_keeps_layer_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_never_traced_newer_version_inherits_the_older_order() {
+    let logs = captured_logs();
     let reg = TestRegistry::start();
     let v1 = push(&reg, "v1", 1);
     let v2 = push(&reg, "v2", 2);
@@ -232,6 +265,12 @@ async fn a_never_traced_newer_version_inherits_the_older_order() {
     assert_eq!(ranks.traces, 0);
     let from = ranks.inherited_from.unwrap();
     assert!(from.contains(&v1), "{from}");
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let line = format!(
+        "ranks of {}/trace/app:v2 ({v2}) inherited from {}/trace/app:v1 ({v1})",
+        reg.addr, reg.addr
+    );
+    assert!(text.contains(&line), "no {line:?} in the logs:\n{text}");
     assert_eq!(ranks.ranks.len(), ACCESS.len());
 
     // The older version never inherits from the newer one.

@@ -10,11 +10,7 @@ use std::process::Command;
 fn commands_fail_clearly_when_starlightd_is_not_running() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("absent.sock");
-    for args in [
-        vec!["pull", "app:v1"],
-        vec!["images"],
-        vec!["rm", "app:v1"],
-    ] {
+    for args in [vec!["pull", "app:v1"], vec!["images"], vec!["rm", "app:v1"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_starlight"))
             .args(&args)
             .arg("--api")

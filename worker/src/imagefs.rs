@@ -322,6 +322,14 @@ impl ImageFs {
         self.nodes.len()
     }
 
+    /// The path of TOC entry `index`, for logs (known when traced).
+    fn path_of(&self, index: u32) -> &str {
+        self.trace
+            .as_ref()
+            .and_then(|t| t.path(index))
+            .unwrap_or("?")
+    }
+
     fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<File>>> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -391,11 +399,21 @@ impl Filesystem for ImageFs {
             match self.waiters.wait(&sha).await {
                 Some(ContentState::Ready) => {}
                 Some(ContentState::Failed) | Some(ContentState::Pending) => {
-                    warn!(ino, sha256 = %hex::encode(sha), "open failed: the content did not arrive");
+                    warn!(
+                        ino,
+                        path = self.path_of(index),
+                        sha256 = %hex::encode(sha),
+                        "open failed with EIO: the content did not arrive (corrupt, or the bundle stream broke)"
+                    );
                     return Err(Errno::EIO);
                 }
                 None => {
-                    error!(ino, sha256 = %hex::encode(sha), "open failed: content neither stored nor expected");
+                    error!(
+                        ino,
+                        path = self.path_of(index),
+                        sha256 = %hex::encode(sha),
+                        "open failed with EIO: the content is neither stored nor expected (pull the image again)"
+                    );
                     return Err(Errno::EIO);
                 }
             }

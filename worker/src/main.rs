@@ -315,7 +315,7 @@ async fn mount(
         complete: false,
     };
     meta.put(&record)?;
-    let session = mount_header(&image, &header, store, waiters, &mountpoint).await?;
+    let session = mount_header(&image, &header, store.clone(), waiters, &mountpoint).await?;
     println!(
         "mounted {image} ({}) at {} after {:?}: {} entries, {} payloads to receive",
         header.manifest_digest,
@@ -324,7 +324,14 @@ async fn mount(
         header.toc.len(),
         header.payloads.len()
     );
-    serve(&image, &mountpoint, session, Some((done, record)), &meta).await
+    serve(
+        &image,
+        &mountpoint,
+        session,
+        Some((done, record, store)),
+        &meta,
+    )
+    .await
 }
 
 async fn mount_header(
@@ -355,14 +362,14 @@ async fn serve(
     image: &str,
     mountpoint: &std::path::Path,
     session: Session,
-    receive: Option<(Receive, ImageRecord)>,
+    receive: Option<(Receive, ImageRecord, Arc<Store>)>,
     meta: &MetaDb,
 ) -> anyhow::Result<()> {
     let serve = session.shutdown_on_signal()?;
     tokio::pin!(serve);
-    let (mut done, mut record, mut receiving) = match receive {
-        Some((done, record)) => (Some(done), Some(record), true),
-        None => (None, None, false),
+    let (mut done, mut record, mut receiving, store) = match receive {
+        Some((done, record, store)) => (Some(done), Some(record), true, Some(store)),
+        None => (None, None, false, None),
     };
     loop {
         tokio::select! {
@@ -377,6 +384,10 @@ async fn serve(
                 match r {
                     Ok(Ok(report)) if report.stream_error.is_none() && report.failed.is_empty() => {
                         if let Some(mut record) = record.take() {
+                            // Contents are synced in one go before the image counts as complete.
+                            if let Some(store) = &store {
+                                store.sync()?;
+                            }
                             record.complete = true;
                             meta.put(&record)?;
                         }

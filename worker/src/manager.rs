@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
-use transport_quic::quic::{Client, ClientTls};
+use transport_quic::quic::{Client, ClientOptions, ClientTls, TransportTuning};
 use transport_quic::{Header, Source};
 use uring_fs::{MountOptions, Session};
 
@@ -38,6 +38,10 @@ use crate::waiters::ContentWaiters;
 
 /// The cache timeout the kernel gets for an image's (immutable) tree.
 const TREE_TTL: Duration = Duration::from_secs(3600);
+
+/// How long a silent proxy connection lives (keep-alives every fifth of it):
+/// a proxy killed mid-body is noticed this long after its last packet.
+pub const DEAD_PROXY: Duration = Duration::from_secs(5);
 
 /// A boxed future, for [`ImageRegistry`]'s methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -231,7 +235,42 @@ impl ImageManager {
     /// mounted are logged and skipped.
     pub async fn restore(&self) -> Result<usize, ManagerError> {
         let mut n = 0;
-        for record in self.meta.images()? {
+        let records = self.meta.images()?;
+        // Contents of images never recorded complete were not synced: a
+        // crash may have torn them. Re-hash those not also in a complete image.
+        let synced: HashSet<[u8; 32]> = records
+            .iter()
+            .filter(|r| r.complete)
+            .flat_map(|r| r.contents())
+            .collect();
+        let suspects: HashSet<[u8; 32]> = records
+            .iter()
+            .filter(|r| !r.complete)
+            .flat_map(|r| r.contents())
+            .filter(|s| !synced.contains(s))
+            .collect();
+        if !suspects.is_empty() {
+            let store = self.store.clone();
+            let checked = suspects.len();
+            let torn = tokio::task::spawn_blocking(move || {
+                let mut torn = 0usize;
+                for sha in suspects.iter().filter(|s| store.has(s)) {
+                    match store.verify(sha) {
+                        Ok(true) => {}
+                        Ok(false) => torn += 1,
+                        Err(e) => warn!("verifying a content: {e}"),
+                    }
+                }
+                torn
+            })
+            .await
+            .unwrap_or(0);
+            if torn > 0 {
+                warn!(torn, "deleted contents torn by a crash (incomplete images)");
+            }
+            info!(checked, torn, "contents of incomplete images verified");
+        }
+        for record in records {
             let missing = contents_of(&record.header)
                 .keys()
                 .filter(|s| !self.store.has(s))
@@ -312,8 +351,18 @@ impl ImageManager {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
+        // A proxy that dies without closing the connection is noticed within
+        // DEAD_PROXY (keep-alives unanswered), then waiting opens get the grace.
+        let options = ClientOptions {
+            transport: TransportTuning {
+                idle_timeout: DEAD_PROXY,
+                keep_alive: Some(DEAD_PROXY / 5),
+                ..TransportTuning::default()
+            },
+            ..ClientOptions::default()
+        };
         let c = Arc::new(
-            Client::new(ClientTls::CaFile(self.config.ca_file.clone()))
+            Client::with_options(ClientTls::CaFile(self.config.ca_file.clone()), options)
                 .map_err(|e| e.to_string())?,
         );
         *guard = Some(c.clone());
@@ -451,8 +500,14 @@ impl ImageManager {
                     None
                 }
             };
-            let complete = match &r {
-                Some(rep) => this.finish(&image_owned, &digest_owned, rep),
+            let complete = match r.clone() {
+                Some(rep) => {
+                    let this = this.clone();
+                    let (image, digest) = (image_owned.clone(), digest_owned.clone());
+                    tokio::task::spawn_blocking(move || this.finish(&image, &digest, &rep))
+                        .await
+                        .unwrap_or(false)
+                }
                 None => false,
             };
             (r, complete, t0.elapsed())
@@ -468,6 +523,7 @@ impl ImageManager {
     }
 
     /// Records the end of a receive; returns whether the image is complete.
+    /// Blocking (syncs the store).
     fn finish(&self, image: &str, digest: &str, report: &ReceiveReport) -> bool {
         let mut record = match self.meta.get(digest) {
             Ok(Some(r)) => r,
@@ -477,9 +533,16 @@ impl ImageManager {
                 return false;
             }
         };
-        let complete = report.stream_error.is_none()
+        let mut complete = report.stream_error.is_none()
             && report.failed.is_empty()
             && record.contents_present(&self.store);
+        if complete {
+            // Durable before recorded complete (contents are not synced one by one).
+            if let Err(e) = self.store.sync() {
+                error!(image, "cannot sync the content store: {e}");
+                complete = false;
+            }
+        }
         if complete {
             record.complete = true;
             if let Err(e) = self.meta.put(&record) {
@@ -558,6 +621,7 @@ impl ImageManager {
         let (mut freed, mut bytes) = (0, 0);
         for sha in self.store.list()? {
             if !keep.contains(&sha) {
+                self.waiters.forget(&sha);
                 if let Some(size) = self.store.remove(&sha)? {
                     freed += 1;
                     bytes += size;

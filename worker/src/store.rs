@@ -2,9 +2,16 @@
 //! (`<root>/sha256/ab/abcdef…`), shared by all images.
 //!
 //! Contents are written to a temporary file under `<root>/tmp` (the same
-//! filesystem), synced, made read-only (0444) and renamed into place only
-//! once verified, so a path in the store always holds exactly the bytes its
-//! name promises. Inserting a content that is already there is a no-op.
+//! filesystem), made read-only (0444) and renamed into place only once
+//! verified, so while the machine runs a path in the store always holds
+//! exactly the bytes its name promises. Inserting a content that is already
+//! there is a no-op.
+//!
+//! Durability is per batch, not per content (an fsync per file made a
+//! bundle of thousands of small files crawl): [`Store::sync`] flushes the
+//! whole store's filesystem once, and the image manager records an image as
+//! complete only after it. Contents of images not recorded complete may be
+//! torn by a crash; [`Store::verify`] finds them.
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
@@ -98,9 +105,9 @@ impl Store {
     }
 
     /// Moves `file`, whose content the caller has verified to hash to `sha`,
-    /// into the store: sync, mode 0444, atomic rename. If the content is
-    /// already present the temporary file is dropped instead. Returns the
-    /// content's path.
+    /// into the store: mode 0444, atomic rename (durable after the next
+    /// [`Store::sync`]). If the content is already present the temporary
+    /// file is dropped instead. Returns the content's path.
     pub fn insert_verified(
         &self,
         file: tempfile::NamedTempFile,
@@ -111,7 +118,6 @@ impl Store {
             return Ok(dest);
         }
         let tmp_path = file.path().to_path_buf();
-        file.as_file().sync_all().map_err(io_err(&tmp_path))?;
         fs::set_permissions(&tmp_path, Permissions::from_mode(0o444)).map_err(io_err(&tmp_path))?;
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -119,11 +125,38 @@ impl Store {
             path: dest.clone(),
             source: e.error,
         })?;
-        // Make the rename itself durable.
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir))?;
         Ok(dest)
+    }
+
+    /// Makes every content inserted so far durable: one `syncfs` of the
+    /// filesystem holding the store.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let dir = File::open(&self.root).map_err(io_err(&self.root))?;
+        // SAFETY: syncfs on a file descriptor we own, for the call's duration.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+            return Err(io_err(&self.root)(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Re-hashes the content `sha` if present; a content whose bytes do not
+    /// match its name (torn by a crash) is deleted. Returns whether a
+    /// matching content is present.
+    pub fn verify(&self, sha: &[u8; 32]) -> Result<bool, StoreError> {
+        let path = self.path(sha);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let mut hasher = Sha256::new();
+        io::copy(&mut file, &mut hasher).map_err(io_err(&path))?;
+        let actual: [u8; 32] = hasher.finalize().into();
+        if &actual == sha {
+            return Ok(true);
+        }
+        self.remove(sha)?;
+        Ok(false)
     }
 
     /// The SHA-256 of every content in the store.
@@ -225,6 +258,24 @@ mod tests {
             fs::read_dir(dir.path().join("store/tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn verify_deletes_torn_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (good, torn) = (sha(b"good"), sha(b"torn"));
+        store.insert_bytes(b"good", &good).unwrap();
+        store.insert_bytes(b"torn", &torn).unwrap();
+        store.sync().unwrap();
+        // A crash left the second one short.
+        let path = store.path(&torn);
+        fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        fs::write(&path, b"to").unwrap();
+        assert!(store.verify(&good).unwrap());
+        assert!(!store.verify(&torn).unwrap());
+        assert!(!store.has(&torn));
+        assert!(!store.verify(&sha(b"absent")).unwrap());
     }
 
     #[test]

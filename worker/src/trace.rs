@@ -59,6 +59,11 @@ impl OpenTrace {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The path of TOC entry `index`.
+    pub fn path(&self, index: u32) -> Option<&str> {
+        self.entries.get(index as usize).map(|(p, _)| p.as_str())
+    }
+
     /// Starts recording afresh (earlier records are dropped).
     pub fn enable(&self) {
         *self.lock() = State::default();

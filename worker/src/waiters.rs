@@ -66,6 +66,12 @@ impl ContentWaiters {
         }
     }
 
+    /// Forgets `sha` (its content was deleted from the store: a later
+    /// announcement must wait for it again, not find it ready).
+    pub fn forget(&self, sha: &[u8; 32]) {
+        self.lock().remove(sha);
+    }
+
     /// The current state of `sha`, if it was ever announced.
     pub fn state(&self, sha: &[u8; 32]) -> Option<ContentState> {
         self.lock().get(sha).map(|tx| *tx.borrow())
@@ -126,5 +132,10 @@ mod tests {
         w.announce(b);
         assert_eq!(w.state(&a), Some(ContentState::Ready));
         assert_eq!(w.state(&b), Some(ContentState::Pending));
+        // A forgotten content is announced afresh.
+        w.forget(&a);
+        assert_eq!(w.state(&a), None);
+        w.announce(a);
+        assert_eq!(w.state(&a), Some(ContentState::Pending));
     }
 }

@@ -89,9 +89,7 @@ fn run_notifies_systemd_serves_the_api_and_stops_on_sigterm() {
     assert!(dir.path().join("run/snapshotter.sock").exists());
     let api = dir.path().join("run/api.sock");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let images = rt
-        .block_on(call(&api, &Request::Images, |_| {}))
-        .unwrap();
+    let images = rt.block_on(call(&api, &Request::Images, |_| {})).unwrap();
     assert_eq!(images, Response::Images(vec![]));
     let refused = rt
         .block_on(call(
@@ -106,6 +104,21 @@ fn run_notifies_systemd_serves_the_api_and_stops_on_sigterm() {
         matches!(&refused, Response::Error(m) if m.contains("nothing:here")),
         "{refused:?}"
     );
+    // A line that is not a request gets an error line back.
+    {
+        use std::io::{BufRead, Write};
+        let mut conn = std::os::unix::net::UnixStream::connect(&api).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(b"{\"Pull\": 3}\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(conn).read_line(&mut line).unwrap();
+        let resp: Response = serde_json::from_str(&line).unwrap();
+        assert!(
+            matches!(&resp, Response::Error(m) if m.starts_with("bad request")),
+            "{resp:?}"
+        );
+    }
     // SIGTERM: STOPPING=1, exit 0, sockets gone.
     // SAFETY: kill with our child's pid and a valid signal.
     assert_eq!(
@@ -143,7 +156,11 @@ fn the_systemd_unit_verifies() {
         panic!("systemd-analyze is missing (scripts/setup.sh installs systemd)");
     }
     let unit = include_str!("../dist/starlightd.service");
-    for line in ["Type=notify", "KillMode=process", "ExecStart=/usr/local/bin/starlightd run"] {
+    for line in [
+        "Type=notify",
+        "KillMode=process",
+        "ExecStart=/usr/local/bin/starlightd run",
+    ] {
         assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
     }
     // PID 1 is not systemd here and the binary is not installed: verify a
@@ -152,7 +169,10 @@ fn the_systemd_unit_verifies() {
     let copy = dir.path().join("starlightd.service");
     std::fs::write(
         &copy,
-        unit.replace("/usr/local/bin/starlightd", env!("CARGO_BIN_EXE_starlightd")),
+        unit.replace(
+            "/usr/local/bin/starlightd",
+            env!("CARGO_BIN_EXE_starlightd"),
+        ),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
@@ -182,7 +202,8 @@ fn the_systemd_unit_verifies() {
 
 #[test]
 fn the_containerd_snippet_names_the_default_snapshotter_socket() {
-    let snippet: toml::Value = toml::from_str(include_str!("../dist/containerd-starlight.toml")).unwrap();
+    let snippet: toml::Value =
+        toml::from_str(include_str!("../dist/containerd-starlight.toml")).unwrap();
     let plugin = &snippet["proxy_plugins"]["starlight"];
     assert_eq!(plugin["type"].as_str(), Some("snapshot"));
     assert_eq!(

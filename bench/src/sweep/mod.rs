@@ -286,6 +286,16 @@ pub fn run(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
+/// Prints a line above the progress bar, or on stderr when there is no
+/// bar (not a terminal).
+fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn sweep_links(
     args: &SweepArgs,
@@ -304,9 +314,13 @@ fn sweep_links(
     command: &str,
 ) -> Result<()> {
     let storage = corpus_dir.join(REGISTRY_DIR);
+    // One link and cloud per RTT, all up for the whole sweep (idle links
+    // cost nothing), so the grid runs run-major: an interrupted sweep has
+    // every RTT measured the same number of times, give or take one.
+    let mut sites = Vec::new();
     for rtt in rtts {
         if interrupted() {
-            break;
+            return Ok(());
         }
         let link = if args.loopback {
             None
@@ -354,15 +368,18 @@ fn sweep_links(
                 cloud.warm(&bins.starlight, &v2, Some(&v1), &scratch)?;
             }
         }
-        let ctx = RunContext {
-            worker: worker_place,
-            work_dir: work.join("workers"),
-            bins,
-            cloud: &cloud,
-            link: link.as_ref(),
-            timeout: Duration::from_secs(args.timeout),
-        };
-        for run in 1..=args.runs {
+        sites.push((*rtt, link, cloud, worker_place));
+    }
+    for run in 1..=args.runs {
+        for (rtt, link, cloud, worker_place) in &sites {
+            let ctx = RunContext {
+                worker: worker_place.clone(),
+                work_dir: work.join("workers"),
+                bins,
+                cloud,
+                link: link.as_ref(),
+                timeout: Duration::from_secs(args.timeout),
+            };
             for image in images {
                 for scenario in scenarios {
                     for method in methods {
@@ -395,31 +412,34 @@ fn sweep_links(
                             result.ok = false;
                             result.error = Some(format!("{e:#}"));
                         }
-                        pb.println(format!(
-                            "{:>4}ms run {run} {:<10} {:<7} {:<11} {}",
-                            rtt.as_millis(),
-                            image.name,
-                            scenario.name(),
-                            method.name(),
-                            if result.ok {
-                                format!(
-                                    "{:>7.2} s  ({:.1} MB down)",
-                                    result.time_s,
-                                    result.bytes_down.unwrap_or(0) as f64 / 1e6
-                                )
-                            } else {
-                                format!(
-                                    "FAILED: {}",
-                                    result
-                                        .error
-                                        .as_deref()
-                                        .unwrap_or("")
-                                        .lines()
-                                        .next()
-                                        .unwrap_or("")
-                                )
-                            }
-                        ));
+                        say(
+                            pb,
+                            format!(
+                                "{:>4}ms run {run} {:<10} {:<7} {:<11} {}",
+                                rtt.as_millis(),
+                                image.name,
+                                scenario.name(),
+                                method.name(),
+                                if result.ok {
+                                    format!(
+                                        "{:>7.2} s  ({:.1} MB down)",
+                                        result.time_s,
+                                        result.bytes_down.unwrap_or(0) as f64 / 1e6
+                                    )
+                                } else {
+                                    format!(
+                                        "FAILED: {}",
+                                        result
+                                            .error
+                                            .as_deref()
+                                            .unwrap_or("")
+                                            .lines()
+                                            .next()
+                                            .unwrap_or("")
+                                    )
+                                }
+                            ),
+                        );
                         results.push(result);
                         pb.inc(1);
                         // Keep partial results on disk as the sweep goes.
@@ -428,6 +448,8 @@ fn sweep_links(
                 }
             }
         }
+    }
+    for (_, link, cloud, _) in sites {
         drop(cloud);
         if let Some(link) = link {
             link.down()?;

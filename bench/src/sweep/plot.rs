@@ -174,13 +174,14 @@ where
     let scenarios: BTreeSet<Scenario> = rows.iter().map(|r| r.scenario).collect();
     let methods: BTreeSet<Method> = rows.iter().map(|r| r.method).collect();
     let x_max = rows.iter().map(|r| r.rtt_ms).max().unwrap_or(0).max(1) as f64;
+    // Wide intervals (few images) are clipped at twice the largest mean.
     let y_max = rows
         .iter()
-        .map(|r| r.norm_time.2)
+        .map(|r| r.norm_time.0)
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max)
-        .max(0.5)
-        * 1.1;
+        .max(0.6)
+        * 2.0;
     let (title_area, body) = root.split_vertically(40);
     title_area
         .titled(

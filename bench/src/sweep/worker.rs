@@ -357,13 +357,20 @@ disabled_plugins = [
     fn teardown(&mut self) {
         self.stop_containers();
         if let Some(mut d) = self.starlightd.take() {
-            d.stop_within(Duration::from_secs(10));
+            d.stop_within(Duration::from_secs(3));
         }
         if let Some(mut d) = self.containerd.take() {
-            d.stop_within(Duration::from_secs(10));
+            d.stop_within(Duration::from_secs(5));
         }
         kill_shims(&self.namespace);
         unmount_below(self.dir.path());
+        if std::env::var_os("STARLIGHT_BENCH_KEEP_LOGS").is_some() {
+            let keep = std::env::temp_dir().join(format!("starlight-bench-{}", self.namespace));
+            let _ = fs::create_dir_all(&keep);
+            for name in ["containerd.log", "starlightd.log"] {
+                let _ = fs::copy(self.dir.path().join(name), keep.join(name));
+            }
+        }
         let _ = fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
     }
 }

@@ -21,7 +21,7 @@ use anyhow::{bail, Context};
 use regex::Regex;
 use sha2::{Digest, Sha256};
 use starlight_worker::api::{call, Request, Response};
-use starlight_worker::config::DEFAULT_CONTAINERD_SOCKET;
+use starlight_worker::config::{Settings, DEFAULT_CONTAINERD_SOCKET};
 use starlight_worker::trace::TraceRecord;
 use tracing::{info, warn};
 use transport_quic::{Trace, TraceOpen};
@@ -51,12 +51,14 @@ pub struct Args {
     /// Seconds a run may take to become ready.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
-    /// containerd's socket.
-    #[arg(long, default_value = DEFAULT_CONTAINERD_SOCKET)]
-    containerd_socket: PathBuf,
-    /// containerd namespace (the one starlightd registers images in).
-    #[arg(long, default_value = "default")]
-    namespace: String,
+    /// containerd's socket (default: starlightd's `containerd_socket`, or
+    /// /run/containerd/containerd.sock).
+    #[arg(long)]
+    containerd_socket: Option<PathBuf>,
+    /// containerd namespace images are registered in (default: starlightd's
+    /// `namespace`, or `default`).
+    #[arg(long)]
+    namespace: Option<String>,
     /// Where traces wait until the proxy acknowledged them.
     #[arg(long, default_value = DEFAULT_PENDING_DIR)]
     pending_dir: PathBuf,
@@ -135,13 +137,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => Some(Regex::new(p).with_context(|| format!("invalid --ready pattern {p:?}"))?),
         None => None,
     };
+    let daemon = Settings::load(&args.proxy.config, false)
+        .with_context(|| format!("reading {}", args.proxy.config.display()))?;
     let ctr = Ctr {
-        address: args.containerd_socket.clone(),
-        namespace: args.namespace.clone(),
+        address: args
+            .containerd_socket
+            .clone()
+            .or(daemon.containerd_socket)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_SOCKET)),
+        namespace: args
+            .namespace
+            .clone()
+            .or(daemon.namespace)
+            .unwrap_or_else(|| "default".into()),
     };
     let timeout = Duration::from_secs(args.timeout);
     let mut kept = 0;
     let mut not_ready = 0;
+    let mut ready_secs: Vec<f64> = Vec::new();
     for run in 1..=args.runs {
         // An empty store for the image: its contents arrive again.
         match call(
@@ -213,8 +226,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let waited: f64 = records.iter().map(|r| r.wait_ms).sum();
         let trace = to_trace(id, &report.image, &report.digest, &records);
         let file = pending.write(&trace)?;
+        ready_secs.push(ready_after.as_secs_f64());
         println!(
-            "run {run}/{}: ready after {:.3} s; {} files opened, {blocked} opens blocked ({waited:.0} ms waiting)",
+            "run {run}/{}: ready {:.3} s after `ctr run`; {} files opened, {blocked} opens blocked ({waited:.0} ms waiting)",
             args.runs,
             ready_after.as_secs_f64(),
             records.len()
@@ -236,6 +250,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 warn!("{e:#}; the trace stays in {}", file.display());
             }
         }
+    }
+    if !ready_secs.is_empty() {
+        #[allow(clippy::cast_precision_loss)]
+        let mean = ready_secs.iter().sum::<f64>() / ready_secs.len() as f64;
+        println!(
+            "{} of {} runs traced (mean {mean:.3} s from `ctr run` to ready); {} uploaded",
+            ready_secs.len(),
+            args.runs,
+            ready_secs.len() - kept
+        );
     }
     if kept > 0 {
         bail!(

@@ -50,7 +50,9 @@ impl PayloadWriter {
         let file = store
             .temp()
             .map_err(|source| PayloadError::Store { index, source })?;
-        let decoder = PayloadDecoder::new(index, info, BufWriter::with_capacity(256 << 10, file))?;
+        // Small contents (most of an image) get a small buffer.
+        let capacity = usize::try_from(info.size.clamp(8 << 10, 256 << 10)).unwrap_or(256 << 10);
+        let decoder = PayloadDecoder::new(index, info, BufWriter::with_capacity(capacity, file))?;
         Ok(PayloadWriter { decoder })
     }
 
