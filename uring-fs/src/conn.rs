@@ -103,7 +103,8 @@ pub(crate) fn mount(fusermount: &str, mountpoint: &Path, options: &str) -> io::R
         .arg("--")
         .arg(mountpoint)
         .env("_FUSE_COMMFD", their_fd.to_string())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
     // SAFETY: only fcntl (async-signal-safe) runs between fork and exec; it
     // lets the child's end of the socket survive exec.
     unsafe {
@@ -116,6 +117,19 @@ pub(crate) fn mount(fusermount: &str, mountpoint: &Path, options: &str) -> io::R
     }
     let mut child = command.spawn()?;
     drop(theirs);
+    // fusermount's messages go to the log (it complains, for example, when
+    // the session has already detached the mount it meant to unmount).
+    let stderr = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = Vec::new();
+            for line in io::BufReader::new(err).lines().map_while(Result::ok) {
+                tracing::debug!(target: "fusermount", "{line}");
+                lines.push(line);
+            }
+            lines.join("; ")
+        })
+    });
     match receive_fd(&ours) {
         Ok(fd) => Ok(Mounted {
             device: Device { fd },
@@ -124,9 +138,12 @@ pub(crate) fn mount(fusermount: &str, mountpoint: &Path, options: &str) -> io::R
         }),
         Err(err) => {
             let status = child.wait();
+            let said = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
             Err(io::Error::new(
                 err.kind(),
-                format!("{fusermount} did not hand over the fuse fd ({err}; exit {status:?})"),
+                format!(
+                    "{fusermount} did not hand over the fuse fd ({err}; exit {status:?}): {said}"
+                ),
             ))
         }
     }

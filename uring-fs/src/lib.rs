@@ -12,9 +12,12 @@
 //! - FUSE passthrough: a backing file named at open
 //!   ([`Filesystem::open_backed`]) is then read by the kernel directly.
 //!
-//! The FUSE protocol itself is spoken by this crate ([`abi`](self) module,
-//! protocol 7.42): polyfuse 0.5, which it started from, stops at 7.31 and
-//! can express neither passthrough nor io_uring.
+//! The FUSE protocol itself (protocol 7.42: INIT with `flags2`, open replies
+//! with backing ids, the io_uring ring structs) is spoken by this crate:
+//! polyfuse 0.5, which it started from, stops at 7.31 and can express
+//! neither passthrough nor io_uring. Mounting goes through `fusermount3`
+//! (auto_unmount), plus a small watcher process that lazily unmounts once
+//! the connection reports `ENOTCONN` after the server died.
 //!
 //! [`memfs`] is an in-memory tree whose file contents arrive later, used by
 //! the tests and usable as a starting point.

@@ -643,8 +643,8 @@ async fn serve_dev<F: Filesystem>(shared: &Arc<Shared<F>>, req: Request) {
         Outcome::File { file, offset, len } => {
             let shared = Arc::clone(shared);
             tokio::task::spawn_blocking(move || send_file(&shared, unique, &file, offset, len))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))
         }
     };
     if let Err(err) = sent {

@@ -7,6 +7,8 @@
 //!   records the image, mounts it and registers it in containerd, then
 //!   answers; the body goes on in the background and the record is marked
 //!   complete when every content arrived.
+//!   If the proxy cannot be reached, an image held complete is provisioned
+//!   from local state alone.
 //! - [`ImageManager::restore`]: after a restart, mounts every recorded image
 //!   again (a complete one runs with no network; an incomplete one serves
 //!   what it has and fails opens of missing files with `EIO`).
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
-use transport_quic::quic::{Client, ClientOptions, ClientTls, TransportTuning};
+use transport_quic::quic::{Client, ClientError, ClientOptions, ClientTls, TransportTuning};
 use transport_quic::{Header, Source};
 use uring_fs::{MountOptions, Session};
 
@@ -30,7 +32,7 @@ use crate::api::{ImageInfo, PullReport, Response};
 use crate::config::Config;
 use crate::imagefs::ImageFs;
 use crate::meta::{ImageRecord, MetaDb, MetaError};
-use crate::receiver::{self, ReceiveOptions, ReceiveReport};
+use crate::receiver::{self, ReceiveError, ReceiveOptions, ReceiveReport};
 use crate::snapshotter::ImageMounts;
 use crate::store::{Store, StoreError};
 use crate::trace::{OpenTrace, TraceRecord};
@@ -434,11 +436,31 @@ impl ImageManager {
         let header = match receiving.header.await {
             Ok(h) => h,
             Err(_) => {
-                let reason = match done.await {
-                    Ok(Err(e)) => e.to_string(),
-                    Ok(Ok(_)) => "the bundle ended without a header".into(),
-                    Err(e) => e.to_string(),
+                let (reason, unreachable) = match done.await {
+                    Ok(Err(e)) => {
+                        let unreachable = matches!(
+                            &e,
+                            ReceiveError::Fetch(
+                                ClientError::Connect { .. }
+                                    | ClientError::Connection(_)
+                                    | ClientError::Send(_)
+                            )
+                        );
+                        (e.to_string(), unreachable)
+                    }
+                    Ok(Ok(_)) => ("the bundle ended without a header".into(), false),
+                    Err(e) => (e.to_string(), false),
                 };
+                // The proxy is out of reach: an image held complete still
+                // provisions, from local state only (paper §4.5).
+                if unreachable {
+                    if let Some(record) = self.meta.by_reference(image)? {
+                        if record.complete && record.contents_present(&self.store) {
+                            warn!(image, "the proxy is unreachable ({reason}); using the complete local image");
+                            return self.pull_local(record, options.trace, t0).await;
+                        }
+                    }
+                }
                 return Err(pull_err(reason));
             }
         };
@@ -520,6 +542,41 @@ impl ImageManager {
             report.complete = Some(complete);
         }
         Ok(report)
+    }
+
+    /// Provisions a complete image from local state: mounted and registered
+    /// again, nothing to receive.
+    async fn pull_local(
+        &self,
+        record: ImageRecord,
+        trace: bool,
+        t0: Instant,
+    ) -> Result<PullReport, ManagerError> {
+        let tracer = self.ensure_mounted(&record).await?;
+        if trace {
+            tracer.enable();
+        }
+        self.registry
+            .register(&record.reference, &record.header)
+            .await
+            .map_err(|reason| ManagerError::Register {
+                image: record.reference.clone(),
+                reason,
+            })?;
+        let elapsed = secs(t0.elapsed());
+        Ok(PullReport {
+            image: record.reference.clone(),
+            digest: record.digest().to_string(),
+            entries: record.header.toc.len(),
+            payloads: 0,
+            payload_bytes: 0,
+            content_bytes: 0,
+            header_secs: elapsed,
+            registered_secs: elapsed,
+            complete_secs: Some(elapsed),
+            bytes_received: Some(0),
+            complete: Some(true),
+        })
     }
 
     /// Records the end of a receive; returns whether the image is complete.

@@ -81,6 +81,9 @@ struct ReadResult {
     seq_cold_mib_s: f64,
     seq_warm_backing_mib_s: f64,
     rand4k_iops: f64,
+    seq_cold_ratio: f64,
+    seq_warm_ratio: f64,
+    rand4k_ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,7 +112,7 @@ struct Report {
 }
 
 /// Runs per measurement; the median is reported.
-const REPEAT: usize = 3;
+const REPEAT: usize = 5;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -182,64 +185,103 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f).await?
 }
 
-async fn bench_reads(args: &Args, blob: &Path, which: Via) -> Result<ReadResult> {
+/// Mounts the file for `which` (nothing for native); the path to read.
+async fn mount_for(
+    args: &Args,
+    blob: &Path,
+    which: Via,
+) -> Result<(Option<(Session, tempfile::TempDir)>, PathBuf, String)> {
+    if which == Via::Native {
+        return Ok((None, blob.to_owned(), "ext4".into()));
+    }
     let size = fs::metadata(blob)?.len();
     let mnt = tempfile::tempdir_in(&args.work)?;
-    let (session, target) = if which == Via::Native {
-        (None, blob.to_owned())
-    } else {
-        let fs = MemFs::new(Duration::from_secs(60));
-        fs.set_passthrough(which == Via::Passthrough);
-        let ino = fs.add_file(ROOT, "blob", size)?;
-        fs.fulfil(ino, Content::File(Arc::new(File::open(blob)?)))?;
-        let options = MountOptions::default()
-            .splice(which != Via::DevFusePread)
-            .passthrough(which == Via::Passthrough);
-        let s = mount(mnt.path(), fs, options, which == Via::IoUring).await?;
-        let target = s.mountpoint().join("blob");
-        (Some(s), target)
-    };
-    let transport = session
-        .as_ref()
-        .map(|s| {
-            format!(
-                "{}{}",
-                s.transport(),
-                if s.passthrough() {
-                    ", passthrough negotiated"
-                } else {
-                    ""
-                }
-            )
-        })
-        .unwrap_or_else(|| "ext4".into());
-    let (b, t) = (blob.to_owned(), target.clone());
-    let count = args.random_reads;
-    let (cold, warm, iops) = blocking(move || {
-        let (mut cold, mut warm, mut iops) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..REPEAT {
-            drop_caches()?;
-            cold.push(seq_read(&t)?);
-            drop_caches()?;
-            seq_read(&b)?; // backing file in the page cache, mount's cache cold
-            warm.push(seq_read(&t)?);
-            drop_caches()?;
-            seq_read(&b)?;
-            iops.push(rand_reads(&t, size, count)?);
+    let fs = MemFs::new(Duration::from_secs(60));
+    fs.set_passthrough(which == Via::Passthrough);
+    let ino = fs.add_file(ROOT, "blob", size)?;
+    fs.fulfil(ino, Content::File(Arc::new(File::open(blob)?)))?;
+    let options = MountOptions::default()
+        .splice(which != Via::DevFusePread)
+        .passthrough(which == Via::Passthrough);
+    let s = mount(mnt.path(), fs, options, which == Via::IoUring).await?;
+    let target = s.mountpoint().join("blob");
+    let transport = format!(
+        "{}{}",
+        s.transport(),
+        if s.passthrough() {
+            ", passthrough negotiated"
+        } else {
+            ""
         }
-        Ok((median(cold), median(warm), median(iops)))
+    );
+    Ok((Some((s, mnt)), target, transport))
+}
+
+/// Every path mounted at once and measured in turn, `REPEAT` rounds, so
+/// that each round compares them under the same machine load; medians of
+/// the values and of the per-round ratios to native.
+async fn bench_reads(args: &Args, blob: &Path, paths: &[Via]) -> Result<Vec<ReadResult>> {
+    let size = fs::metadata(blob)?.len();
+    let mut mounts = Vec::new();
+    let mut targets = Vec::new();
+    for &which in paths {
+        let (m, target, transport) = mount_for(args, blob, which).await?;
+        mounts.extend(m);
+        targets.push((which, target, transport));
+    }
+    let b = blob.to_owned();
+    let count = args.random_reads;
+    let t = targets
+        .iter()
+        .map(|(_, p, _)| p.clone())
+        .collect::<Vec<_>>();
+    // samples[path][metric] = values per round
+    let samples = blocking(move || {
+        let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; t.len()];
+        for round in 0..REPEAT {
+            eprintln!("reads: round {} of {REPEAT}", round + 1);
+            for (k, target) in t.iter().enumerate() {
+                drop_caches()?;
+                samples[k][0].push(seq_read(target)?);
+                drop_caches()?;
+                seq_read(&b)?; // backing file in the page cache, mount's cache cold
+                samples[k][1].push(seq_read(target)?);
+                drop_caches()?;
+                seq_read(&b)?;
+                samples[k][2].push(rand_reads(target, size, count)?);
+            }
+        }
+        Ok(samples)
     })
     .await?;
-    if let Some(s) = session {
+    for (s, _dir) in mounts {
         s.shutdown().await;
     }
-    Ok(ReadResult {
-        path: which.name(),
-        transport,
-        seq_cold_mib_s: cold,
-        seq_warm_backing_mib_s: warm,
-        rand4k_iops: iops,
-    })
+    let native = targets.iter().position(|(w, _, _)| *w == Via::Native);
+    let ratio = |k: usize, metric: usize| -> f64 {
+        let Some(n) = native else { return f64::NAN };
+        median(
+            samples[k][metric]
+                .iter()
+                .zip(&samples[n][metric])
+                .map(|(v, base)| v / base)
+                .collect(),
+        )
+    };
+    Ok(targets
+        .into_iter()
+        .enumerate()
+        .map(|(k, (which, _, transport))| ReadResult {
+            path: which.name(),
+            transport,
+            seq_cold_mib_s: median(samples[k][0].clone()),
+            seq_warm_backing_mib_s: median(samples[k][1].clone()),
+            rand4k_iops: median(samples[k][2].clone()),
+            seq_cold_ratio: ratio(k, 0),
+            seq_warm_ratio: ratio(k, 1),
+            rand4k_ratio: ratio(k, 2),
+        })
+        .collect())
 }
 
 async fn bench_getattr(args: &Args, uring: bool) -> Result<GetattrResult> {
@@ -413,20 +455,12 @@ async fn main() -> Result<()> {
     let blob = args.work.join(format!("blob-{}m", args.size_mib));
     make_blob(&blob, args.size_mib)?;
     let uring_offered = Path::new(ENABLE_URING).exists();
-    let mut reads = Vec::new();
-    for which in [
-        Via::Native,
-        Via::DevFuseSplice,
-        Via::DevFusePread,
-        Via::IoUring,
-        Via::Passthrough,
-    ] {
-        if which == Via::IoUring && !uring_offered {
-            continue;
-        }
-        eprintln!("reads: {}", which.name());
-        reads.push(bench_reads(&args, &blob, which).await?);
+    let mut paths = vec![Via::Native, Via::DevFuseSplice, Via::DevFusePread];
+    if uring_offered {
+        paths.push(Via::IoUring);
     }
+    paths.push(Via::Passthrough);
+    let reads = bench_reads(&args, &blob, &paths).await?;
     let mut getattr = vec![bench_getattr(&args, false).await?];
     if uring_offered {
         getattr.push(bench_getattr(&args, true).await?);
@@ -458,11 +492,10 @@ async fn main() -> Result<()> {
 fn render(r: &Report) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let native = r.reads.iter().find(|x| x.path == "native");
     let _ = writeln!(s, "uring-fs benchmarks (kernel {}), one run", r.kernel);
     let _ = writeln!(
         s,
-        "\nreads of a {} MiB local file ({} random 4 KiB reads), median of {REPEAT} runs; ratio = vs native\n\
+        "\nreads of a {} MiB local file ({} random 4 KiB reads), median of {REPEAT} rounds, all paths in each round; ratio = median of per-round ratios to native\n\
          cold: all caches dropped; warm: backing file in the page cache, the mount's cache dropped",
         r.size_mib, r.random_reads
     );
@@ -472,20 +505,16 @@ fn render(r: &Report) -> String {
         "path", "seq cold MiB/s", "ratio", "seq warm MiB/s", "ratio", "rand4k IOPS", "ratio"
     );
     for x in &r.reads {
-        let ratio = |v: f64, n: Option<f64>| n.map(|n| v / n).unwrap_or(f64::NAN);
         let _ = writeln!(
             s,
             "{:<18} {:>12.0} {:>7.2} {:>14.0} {:>7.2} {:>12.0} {:>7.2}  {}",
             x.path,
             x.seq_cold_mib_s,
-            ratio(x.seq_cold_mib_s, native.map(|n| n.seq_cold_mib_s)),
+            x.seq_cold_ratio,
             x.seq_warm_backing_mib_s,
-            ratio(
-                x.seq_warm_backing_mib_s,
-                native.map(|n| n.seq_warm_backing_mib_s)
-            ),
+            x.seq_warm_ratio,
             x.rand4k_iops,
-            ratio(x.rand4k_iops, native.map(|n| n.rand4k_iops)),
+            x.rand4k_ratio,
             x.transport
         );
     }

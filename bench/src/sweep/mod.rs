@@ -519,7 +519,8 @@ pub fn report(args: ReportArgs) -> Result<()> {
     let mut commands = Vec::new();
     for dir in &args.from {
         let path = dir.join("runs.json");
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let doc: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let part: Vec<RunResult> = serde_json::from_value(doc["runs"].clone())
@@ -534,8 +535,20 @@ pub fn report(args: ReportArgs) -> Result<()> {
     }
     let rows = stats::summarize(&runs);
     let full = format!("{command}  (merging: {})", commands.join(" ; "));
-    write_outputs(&args.out, &full, &utc_stamp(), &calibrations, &runs, &rows, &[])?;
-    report::write(&args.out, "command.txt", &format!("{}\n", commands.join("\n") + "\n" + &command))?;
+    write_outputs(
+        &args.out,
+        &full,
+        &utc_stamp(),
+        &calibrations,
+        &runs,
+        &rows,
+        &[],
+    )?;
+    report::write(
+        &args.out,
+        "command.txt",
+        &format!("{}\n", commands.join("\n") + "\n" + &command),
+    )?;
     println!("{}", report::summary_markdown(&rows));
     println!("results: {}", args.out.display());
     Ok(())
