@@ -275,9 +275,17 @@ unsafe fn watcher_child(read_end: libc::c_int, path: *const libc::c_char) -> ! {
                 if st.f_type as libc::c_long != FUSE_SUPER_MAGIC {
                     libc::_exit(0);
                 }
-            } else if *libc::__errno_location() == libc::ENOTCONN {
-                libc::umount2(path, libc::MNT_DETACH);
-                libc::_exit(0);
+            } else {
+                match *libc::__errno_location() {
+                    libc::ENOTCONN => {
+                        libc::umount2(path, libc::MNT_DETACH);
+                        libc::_exit(0);
+                    }
+                    // Gone (the directory was removed): nothing to do.
+                    libc::ENOENT | libc::ENOTDIR => libc::_exit(0),
+                    // Aborting right now (ECONNABORTED), a signal: again.
+                    _ => {}
+                }
             }
             libc::nanosleep(&pause, std::ptr::null_mut());
         }

@@ -44,6 +44,7 @@ impl Cloud {
         dir: &Path,
         proxy_bin: &Path,
         with_proxy: bool,
+        send_window: u64,
     ) -> Result<Self> {
         fs::create_dir_all(dir)?;
         let (registry_port, proxy_port) = if host.starts_with("127.") {
@@ -91,8 +92,16 @@ impl Cloud {
             Duration::from_secs(30),
         )
         .context("starlight-proxy gen-cert")?;
+        // Bytes in flight per connection: quinn fails a stream ("too many
+        // gaps in stream buffer") once more than 1024 holes are pending, which
+        // a slow-start overshoot far beyond the path's BDP + queue causes on
+        // a tail-drop link; the window is sized to the path instead.
+        let config = dir.join("proxy.toml");
+        fs::write(&config, format!("[serve]\nsend_window = {send_window}\n"))?;
         let mut cmd = place.command(proxy_bin);
         cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
             .arg("--listen")
             .arg(format!("{host}:{proxy_port}"))
             .arg("--registry")

@@ -108,9 +108,12 @@ pub struct RunResult {
     pub ok: bool,
     /// The error, when not ok.
     pub error: Option<String>,
-    /// Seconds from the provisioning command to the ready line.
+    /// Seconds from the provisioning command to the ready line (NaN, which
+    /// JSON writes as null, when the run failed).
+    #[serde(deserialize_with = "nan_if_null")]
     pub time_s: f64,
     /// Seconds until the pull/fetch command returned.
+    #[serde(deserialize_with = "nan_if_null")]
     pub pull_s: f64,
     /// Bytes that crossed the link towards the worker (IP packets).
     pub bytes_down: Option<u64>,
@@ -123,6 +126,11 @@ pub struct RunResult {
     pub client_cpu_s: f64,
     /// Sum of the daemons' peak resident sets during the timed part, bytes.
     pub peak_rss: u64,
+}
+
+/// Reads a number, or null as NaN (serde_json writes NaN as null).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// What a run needs from the sweep.

@@ -286,6 +286,13 @@ pub fn run(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
+/// The proxy's QUIC send window for a link: twice its bandwidth-delay
+/// product, at least 2 MiB (see [`cloud::Cloud::start`]).
+pub fn proxy_send_window(rtt: Duration, rate_bps: u64) -> u64 {
+    let bdp = (rate_bps as f64 / 8.0 * rtt.as_secs_f64()) as u64;
+    (2 * bdp).max(2 << 20)
+}
+
 /// Prints a line above the progress bar, or on stderr when there is no
 /// bar (not a terminal).
 fn say(pb: &ProgressBar, line: String) {
@@ -344,6 +351,7 @@ fn sweep_links(
             &cloud_dir,
             proxy_bin.unwrap_or(Path::new("starlight-proxy")),
             needs_proxy,
+            proxy_send_window(*rtt, rate_bps),
         )?;
         for image in images {
             let mut tags = Vec::new();
@@ -552,4 +560,20 @@ pub fn report(args: ReportArgs) -> Result<()> {
     println!("{}", report::summary_markdown(&rows));
     println!("results: {}", args.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_window_covers_twice_the_bdp() {
+        let mbit = 1_000_000;
+        // 100 Mbit/s × 150 ms = 1.875 MB in flight.
+        assert_eq!(
+            proxy_send_window(Duration::from_millis(150), 100 * mbit),
+            3_750_000
+        );
+        assert_eq!(proxy_send_window(Duration::ZERO, 100 * mbit), 2 << 20);
+    }
 }
