@@ -199,98 +199,55 @@ fn receive_fd(socket: &OwnedFd) -> io::Result<OwnedFd> {
     }
 }
 
-/// `FUSE_SUPER_MAGIC`, `statfs.f_type` of a FUSE mount.
-const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
+/// The unmount watcher's script: waits for EOF on stdin (this process
+/// gone), then looks at the mount every 50 ms for up to 20 s: unmounts it
+/// lazily once it reports "not connected", stops as soon as the path is no
+/// longer a FUSE mount (clean shutdown) or is gone.
+const WATCHER: &str = r#"read _
+i=0
+while [ $i -lt 400 ]; do
+  t=$(stat -f -c %t "$1" 2>&1)
+  case "$t" in
+    65735546) ;;
+    *"not connected"*) exec umount -l "$1" ;;
+    *"abort"*|*"interrupted"*) ;;
+    *) exit 0 ;;
+  esac
+  sleep 0.05
+  i=$((i+1))
+done"#;
 
-/// Starts a detached watcher process that lazily unmounts `mountpoint` once
-/// this process is gone and the connection reports `ENOTCONN`.
+/// Starts a watcher process (a small `sh` script, [`WATCHER`]) that
+/// lazily unmounts `mountpoint` once this process is gone and the
+/// connection reports `ENOTCONN`.
 ///
 /// fusermount's own auto_unmount checks the mount once, right when this
 /// process dies; with the io_uring transport the kernel aborts the
 /// connection a moment later (the rings are torn down asynchronously), so
-/// that check can see a live mount and leave it. The watcher retries for up
-/// to 20 s, and exits as soon as the path is no longer a FUSE mount (a clean
-/// shutdown) or has been unmounted. Returns the write end of its pipe:
-/// closing it (by exiting) starts the watch.
-pub(crate) fn spawn_unmount_watcher(mountpoint: &Path) -> io::Result<OwnedFd> {
-    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL"))?;
+/// that check can see a live mount and leave it. The watcher retries.
+/// It is exec'd at once (not a lingering fork of this process, which would
+/// hold copies of every fd, `/dev/fuse` ones included). Returns the write
+/// end of its stdin, whose closing starts the watch, and the process.
+pub(crate) fn spawn_unmount_watcher(mountpoint: &Path) -> io::Result<(OwnedFd, Child)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` has room for the two ends.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let (read_end, write_end) = (fds[0], fds[1]);
-    // SAFETY: fork; the children call only async-signal-safe functions
-    // (fork, dup2, close_range, read, statfs, umount2, nanosleep, _exit) on
-    // memory prepared before the fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        let err = io::Error::last_os_error();
-        // SAFETY: closing the pipe we just made.
-        unsafe {
-            libc::close(read_end);
-            libc::close(write_end);
-        }
-        return Err(err);
-    }
-    if pid == 0 {
-        // SAFETY: see above.
-        unsafe { watcher_child(read_end, path.as_ptr()) }
-    }
-    // SAFETY: the read end belongs to the watcher now; reap the
-    // intermediate child (it exits at once).
-    unsafe {
-        libc::close(read_end);
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, 0);
-        Ok(OwnedFd::from_raw_fd(write_end))
-    }
-}
-
-/// The forked side of [`spawn_unmount_watcher`].
-///
-/// # Safety
-/// Only to be called in a freshly forked child.
-unsafe fn watcher_child(read_end: libc::c_int, path: *const libc::c_char) -> ! {
-    // SAFETY: async-signal-safe calls only; `path` outlives the process.
-    unsafe {
-        // Detach from the parent: the grandchild is reparented.
-        if libc::fork() != 0 {
-            libc::_exit(0);
-        }
-        libc::setsid();
-        libc::dup2(read_end, 0);
-        // Hold no other fd, above all not the parent's /dev/fuse fd.
-        libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
-        let mut byte = 0u8;
-        while libc::read(0, (&mut byte as *mut u8).cast(), 1) < 0 {}
-        let pause = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 50_000_000,
-        };
-        for _ in 0..400 {
-            let mut st: libc::statfs = std::mem::zeroed();
-            if libc::statfs(path, &mut st) == 0 {
-                if st.f_type as libc::c_long != FUSE_SUPER_MAGIC {
-                    libc::_exit(0);
-                }
-            } else {
-                match *libc::__errno_location() {
-                    libc::ENOTCONN => {
-                        libc::umount2(path, libc::MNT_DETACH);
-                        libc::_exit(0);
-                    }
-                    // Gone (the directory was removed): nothing to do.
-                    libc::ENOENT | libc::ENOTDIR => libc::_exit(0),
-                    // Aborting right now (ECONNABORTED), a signal: again.
-                    _ => {}
-                }
-            }
-            libc::nanosleep(&pause, std::ptr::null_mut());
-        }
-        libc::_exit(0)
-    }
+    // SAFETY: pipe2 returned two fresh fds that we now own.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(WATCHER)
+        .arg("uring-fs-unmount-watcher")
+        .arg(mountpoint)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::from(read_end))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok((write_end, child))
 }
 
 /// What the kernel and this server agreed on at INIT.

@@ -196,8 +196,8 @@ struct Conn {
     socket: Option<OwnedFd>,
     child: Option<Child>,
     queues: Option<uring::Queues>,
-    /// The unmount watcher's pipe; it watches once this closes.
-    watcher: Option<OwnedFd>,
+    /// The unmount watcher's pipe (it watches once this closes) and process.
+    watcher: Option<(OwnedFd, Child)>,
 }
 
 impl Conn {
@@ -208,13 +208,18 @@ impl Conn {
             q.stop();
         }
         drop(self.socket.take());
-        drop(self.watcher.take());
-        if let Some(mut child) = self.child.take() {
-            // fusermount exits once it has unmounted; do not wait for ever.
-            std::thread::spawn(move || {
+        let watcher = self.watcher.take().map(|(pipe, child)| {
+            drop(pipe);
+            child
+        });
+        let children: Vec<Child> = self.child.take().into_iter().chain(watcher).collect();
+        // fusermount exits once it has unmounted, the watcher once the path
+        // is no FUSE mount any more: reap them without waiting here.
+        std::thread::spawn(move || {
+            for mut child in children {
                 let _ = child.wait();
-            });
-        }
+            }
+        });
     }
 }
 

@@ -105,8 +105,17 @@ impl Mounted {
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
-/// Serializes toggling the fuse module's `enable_uring` within this process.
-static URING_TOGGLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Serializes toggling the fuse module's `enable_uring` across threads and
+/// processes (the child servers toggle it too): an exclusive `flock`.
+fn lock_uring_toggle() -> fs::File {
+    let file = fs::File::create("/tmp/uring-fs-test-enable-uring.lock").unwrap();
+    // SAFETY: flock on a file we hold open.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) },
+        0
+    );
+    file
+}
 
 /// Whether this kernel has FUSE-over-io_uring at all.
 fn kernel_has_uring() -> bool {
@@ -125,7 +134,9 @@ async fn mount_with(
     if transport != TransportChoice::IoUring {
         return Session::mount(dir, fs, options).await.unwrap();
     }
-    let _one = URING_TOGGLE.lock().await;
+    let _one = tokio::task::spawn_blocking(lock_uring_toggle)
+        .await
+        .unwrap();
     let before = fs::read_to_string(ENABLE_URING).unwrap();
     fs::write(ENABLE_URING, "Y").unwrap();
     let mounted = Session::mount(dir, fs, options).await;

@@ -132,22 +132,33 @@ impl Store {
     /// temporary file of the store; hand it to [`Store::commit`] once its
     /// bytes are verified. Dropping it removes the temporary file.
     pub fn writer(&self, size_hint: u64) -> Result<ContentWriter, StoreError> {
+        let ring = (self.mode == WriteMode::Auto && uring_writer::available())
+            .then(uring_writer::take_ring);
+        self.writer_with(ring, size_hint)
+    }
+
+    /// [`Store::writer`] with the ring obtained (or refused) already;
+    /// `None`: plain writes.
+    fn writer_with(
+        &self,
+        ring: Option<io::Result<uring_writer::Ring>>,
+        size_hint: u64,
+    ) -> Result<ContentWriter, StoreError> {
         let file = self.temp()?;
         let path = file.path().to_path_buf();
-        if self.mode == WriteMode::Auto && uring_writer::available() {
-            match uring_writer::take_ring() {
-                Ok(ring) => {
-                    return Ok(ContentWriter {
-                        path,
-                        inner: Inner::Uring(Box::new(UringWriter::new(ring, file, size_hint))),
-                    })
-                }
-                Err(e) => {
-                    if !RING_FAILURE_LOGGED.swap(true, Ordering::Relaxed) {
-                        warn!("creating an io_uring failed ({e}): this content is written with plain write(2)");
-                    }
-                }
+        match ring {
+            Some(Ok(ring)) => {
+                return Ok(ContentWriter {
+                    path,
+                    inner: Inner::Uring(Box::new(UringWriter::new(ring, file, size_hint))),
+                })
             }
+            Some(Err(e)) if !RING_FAILURE_LOGGED.swap(true, Ordering::Relaxed) => {
+                warn!(
+                    "creating an io_uring failed ({e}): contents are written with plain write(2)"
+                );
+            }
+            Some(Err(_)) | None => {}
         }
         // Small contents (most of an image) get a small buffer.
         let capacity = usize::try_from(size_hint.clamp(8 << 10, 256 << 10)).unwrap_or(256 << 10);
@@ -564,6 +575,34 @@ mod tests {
             WriteMode::from_env_value(Some(" PLAIN\n")),
             WriteMode::Plain
         );
+    }
+
+    #[test]
+    fn a_refused_io_uring_falls_back_to_plain_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i % 239) as u8).collect();
+        let key = sha(&data);
+        let path = std::thread::scope(|s| {
+            s.spawn(|| {
+                // This thread's io_uring_setup fails with EPERM, as under a
+                // container runtime's seccomp profile.
+                uring_writer::test_support::refuse_io_uring_setup_on_this_thread();
+                let refused = uring_writer::new_ring();
+                assert_eq!(
+                    refused.as_ref().err().and_then(io::Error::raw_os_error),
+                    Some(libc::EPERM)
+                );
+                let mut w = store.writer_with(Some(refused), data.len() as u64).unwrap();
+                assert!(!w.uses_uring());
+                w.write_all(&data).unwrap();
+                store.commit(w, &key).unwrap()
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(fs::read(path).unwrap() == data);
+        assert!(RING_FAILURE_LOGGED.load(Ordering::Relaxed));
     }
 
     #[test]

@@ -55,7 +55,8 @@ impl std::fmt::Debug for Ring {
 static IDLE: Mutex<Vec<Ring>> = Mutex::new(Vec::new());
 static AVAILABLE: OnceLock<bool> = OnceLock::new();
 
-fn new_ring() -> io::Result<Ring> {
+/// A new ring, if the kernel offers io_uring with `IORING_OP_WRITE`.
+pub(crate) fn new_ring() -> io::Result<Ring> {
     let uring = IoUring::new(RING_ENTRIES)?;
     let mut probe = Probe::new();
     uring.submitter().register_probe(&mut probe)?;
@@ -430,6 +431,59 @@ impl<F: AsRawFd> Drop for UringWriter<F> {
     }
 }
 
+/// Test helpers: a kernel that refuses io_uring.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Installs a seccomp filter on the calling thread (only) under which
+    /// `io_uring_setup` fails with `EPERM`, as under Docker's default
+    /// profile; every other system call is allowed.
+    pub(crate) fn refuse_io_uring_setup_on_this_thread() {
+        let stmt = |code: u32, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt,
+            jf,
+            k,
+        };
+        let mut filter = [
+            // seccomp_data.nr
+            stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+            jeq(libc::SYS_io_uring_setup as u32, 0, 1),
+            stmt(
+                libc::BPF_RET | libc::BPF_K,
+                libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            ),
+            stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_mut_ptr(),
+        };
+        // SAFETY: prctl with a valid, live filter program; without TSYNC
+        // the filter applies to this thread alone.
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                    &prog as *const libc::sock_fprog as libc::c_ulong,
+                    0,
+                    0
+                ),
+                0,
+                "seccomp: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -473,6 +527,21 @@ mod tests {
                     assert!(back == data, "size {size} hint {hint} chunk {chunk}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_kernel_refusing_io_uring_is_an_error_not_a_crash() {
+        let err = std::thread::spawn(|| {
+            test_support::refuse_io_uring_setup_on_this_thread();
+            new_ring().unwrap_err()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+        // Other threads are unaffected.
+        if available() {
+            new_ring().unwrap();
         }
     }
 
