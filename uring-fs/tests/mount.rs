@@ -442,8 +442,15 @@ async fn dropping_the_session_releases_parked_callers_and_unmounts(transport: Tr
         !mounts::is_fuse_mounted(&root).unwrap(),
         "still mounted after drop"
     );
-    let err = within(Duration::from_secs(5), reader).await.unwrap_err();
-    eprintln!("drop released the parked caller with {err}");
+    // Usually well under a second; once, on a loaded 2-core machine, the
+    // io_uring ring teardown (on its own thread) took over 5 s. The bound
+    // proves the caller is released, not how fast.
+    let started = std::time::Instant::now();
+    let err = within(Duration::from_secs(20), reader).await.unwrap_err();
+    eprintln!(
+        "drop released the parked caller with {err} after {:?}",
+        started.elapsed()
+    );
 }
 
 /// Environment variable telling `server_child_process` where to mount.

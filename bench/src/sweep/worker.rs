@@ -136,23 +136,8 @@ disabled_plugins = [
                 opt = d.join("opt").display(),
             ),
         )?;
-        let mut cmd = place.command("containerd");
-        cmd.arg("--config").arg(&config);
-        let mut containerd = Daemon::spawn("containerd", cmd, &d.join("containerd.log"))?;
-        let probe_socket = socket.clone();
-        containerd.wait_until(Duration::from_secs(30), || {
-            probe_socket.exists()
-                && Command::new("ctr")
-                    .arg("--address")
-                    .arg(&probe_socket)
-                    .arg("version")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-        })?;
-        worker.containerd = Some(containerd);
-
+        // starlightd first: containerd dials its proxy snapshotter at start and
+        // backs off after a refused connection, failing the first pulls.
         if let Some(proxy) = proxy {
             let state_dir = d.join("starlight");
             let sl_config = d.join("starlightd.toml");
@@ -192,6 +177,24 @@ disabled_plugins = [
             })?;
             worker.starlightd = Some(daemon);
         }
+
+        let mut cmd = place.command("containerd");
+        cmd.arg("--config").arg(&config);
+        let mut containerd = Daemon::spawn("containerd", cmd, &d.join("containerd.log"))?;
+        let probe_socket = socket.clone();
+        containerd.wait_until(Duration::from_secs(30), || {
+            probe_socket.exists()
+                && Command::new("ctr")
+                    .arg("--address")
+                    .arg(&probe_socket)
+                    .arg("version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+        })?;
+        worker.containerd = Some(containerd);
+
         Ok(worker)
     }
 
