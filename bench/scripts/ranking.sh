@@ -18,7 +18,8 @@
 #      (taken at READY) gives each first open and the ms it waited for its
 #      content: an open is blocked when it waited >= 1 ms.
 # Results: $OUT.tsv (one row per run) and $OUT.txt (summary), both with the
-# command line. Everything started is stopped on exit, failure included.
+# command line; $OUT-traces/ holds the ranks, the trace runs' output and each
+# timed run's first opens (TakeTrace JSON). Everything started is stopped on exit, failure included.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,11 +29,12 @@ TRACE_RUNS=${TRACE_RUNS:-2}
 RTT=${RTT:-150ms}
 RATE=${RATE:-100mbit}
 CORPUS=${CORPUS:-$ROOT/target/bench-corpus}
+OUT_ARG=${OUT:+OUT=$OUT }
 OUT=${OUT:-$ROOT/bench/results/ranking-${RTT}}
 TIMEOUT=${TIMEOUT:-180}
 TAG=${TAG:-v2-starlight}
 TOKEN=starlight-bench
-COMMAND="IMAGES=$IMAGES REPS=$REPS TRACE_RUNS=$TRACE_RUNS RTT=$RTT RATE=$RATE TAG=$TAG bench/scripts/ranking.sh"
+COMMAND="${OUT_ARG}IMAGES=$IMAGES REPS=$REPS TRACE_RUNS=$TRACE_RUNS RTT=$RTT RATE=$RATE TAG=$TAG bench/scripts/ranking.sh"
 
 [ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 1; }
 mkdir -p /var/tmp
@@ -221,9 +223,9 @@ TOML
 
 # One timed run on the current worker: prints a TSV row.
 measure() { # IMAGE_NAME MODE REF REP
-    in_w python3 - "$BIN/starlight" "$WDIR" "$WNSPACE" "$3" "$2" "$TIMEOUT" "$1" "$4" <<'PY'
-import json, socket, subprocess, sys, threading, time
-starlight, wdir, ns, ref, mode, timeout, name, rep = sys.argv[1:]
+    in_w python3 - "$BIN/starlight" "$WDIR" "$WNSPACE" "$3" "$2" "$TIMEOUT" "$1" "$4" "$WORK/traces" <<'PY'
+import json, re, socket, subprocess, sys, threading, time
+starlight, wdir, ns, ref, mode, timeout, name, rep, tracedir = sys.argv[1:]
 timeout = float(timeout)
 api = f"{wdir}/starlight-api.sock"
 ctr = ["ctr", "--address", f"{wdir}/containerd.sock", "--namespace", ns]
@@ -272,9 +274,21 @@ blocked = [r for r in records if r["wait_ms"] >= 1.0]
 if not ok:
     print(f"{name} {mode}: no READY: " + open(f"{wdir}/{cid}.stderr").read()[-500:], file=sys.stderr)
     t_ready = float("nan")
-print("\t".join(map(str, [name, mode, rep, f"{t_ready:.3f}", f"{t_pull:.3f}", len(records),
-                          len(blocked), f"{sum(r['wait_ms'] for r in blocked):.0f}",
-                          f"{max([r['wait_ms'] for r in records] or [0]):.0f}"])))
+# The whole body's arrival (starlightd logs it), to tell link variance
+# from ordering: waits at most 60 s more.
+body = float("nan")
+end = time.monotonic() + 60
+while time.monotonic() < end:
+    m = re.search(r"bundle received .*time_to_end=([0-9.]+)s", open(f"{wdir}/starlightd.log").read())
+    if m:
+        body = float(m.group(1))
+        break
+    time.sleep(0.1)
+worst = max(records, key=lambda r: r["wait_ms"], default={"path": "-", "wait_ms": 0})
+json.dump(records, open(f"{tracedir}/{name}-{mode}-{rep}.json", "w"), indent=1)
+print("\t".join(map(str, [name, mode, rep, f"{t_ready:.3f}", f"{t_pull:.3f}", f"{body:.3f}",
+                          len(records), len(blocked), f"{sum(r['wait_ms'] for r in blocked):.0f}",
+                          f"{worst['wait_ms']:.0f}", worst["path"]])))
 PY
 }
 
@@ -283,8 +297,9 @@ mkdir -p "$(dirname "$OUT")"
 TSV_TMP=$WORK/runs.tsv
 {
     echo "# $COMMAND"
-    printf 'image\tmode\trep\tready_s\tpull_s\topens\tblocked\tblocked_ms\tmax_wait_ms\n'
+    printf 'image\tmode\trep\tready_s\tpull_s\tbody_s\topens\tblocked\tblocked_ms\tmax_wait_ms\tmax_wait_path\n'
 } >"$TSV_TMP"
+mkdir -p "$WORK/traces"
 IFS=, read -r -a IMGS <<<"$IMAGES"
 for img in "${IMGS[@]}"; do
     REF="$CADDR:5000/$img:$TAG"
@@ -292,9 +307,16 @@ for img in "${IMGS[@]}"; do
     warm "$REF"
     log "$img: tracing ($TRACE_RUNS runs)"
     start_worker
-    in_w "$BIN/starlight" trace --api "$WDIR/starlight-api.sock" --config "$WDIR/starlightd.toml" \
-        --pending-dir "$WORK/pending" --runs "$TRACE_RUNS" --ready '^READY$' --timeout "$TIMEOUT" \
-        "$REF" 2>>"$WORK/trace-$img.err" | tee "$WORK/trace-$img.out" >&2
+    if ! in_w "$BIN/starlight" trace --api "$WDIR/starlight-api.sock" --config "$WDIR/starlightd.toml" \
+        --net-host --pending-dir "$WORK/pending" --runs "$TRACE_RUNS" --ready '^READY$' --timeout "$TIMEOUT" \
+        "$REF" 2>>"$WORK/trace-$img.err" | tee "$WORK/trace-$img.out" >&2; then
+        why=$(grep -E 'WARN|error' "$WORK/trace-$img.err" | tail -2 | sed 's/^.*Z *//' | tr '\n' ' ')
+        log "$img: tracing failed, skipped: $why"
+        echo "# $img: tracing failed, not measured: $why" >>"$TSV_TMP"
+        cp "$WORK/trace-$img.err" "$WORK/traces/trace-$img.err"
+        stop_worker
+        continue
+    fi
     in_w "$BIN/starlight" ranks --config "$WDIR/starlightd.toml" "$REF" >"$WORK/ranks-$img.txt"
     head -4 "$WORK/ranks-$img.txt" >&2
     stop_worker
@@ -312,12 +334,15 @@ done
 
 # ---- report ----------------------------------------------------------------
 cp "$TSV_TMP" "$OUT.tsv"
-mkdir -p "$OUT-ranks"
-cp "$WORK"/ranks-*.txt "$WORK"/trace-*.out "$OUT-ranks/" 2>/dev/null || true
+rm -rf "$OUT-traces"
+mkdir -p "$OUT-traces"
+cp "$WORK"/ranks-*.txt "$WORK"/trace-*.out "$WORK"/traces/* "$OUT-traces/" 2>/dev/null || true
 python3 - "$OUT.tsv" "$COMMAND" "$RTT" "$RATE" >"$OUT.txt" <<'PY'
 import math, statistics, sys
 path, command, rtt, rate = sys.argv[1:]
-rows = [l.rstrip("\n").split("\t") for l in open(path) if not l.startswith("#")][1:]
+lines = open(path).read().splitlines()
+rows = [l.split("\t") for l in lines if not l.startswith("#")][1:]
+notes = [l for l in lines[1:] if l.startswith("#")]
 by = {}
 for r in rows:
     by.setdefault((r[0], r[1]), []).append(r)
@@ -327,14 +352,17 @@ def med(rs, i):
 print(f"# {command}")
 print(f"# time to READY (s, from `starlight pull` to the ready line; median of runs), {rtt} RTT, {rate}")
 print(f"# blocked = first opens that waited >= 1 ms for content (starlightd TakeTrace at READY)")
-print(f"{'image':<10}{'unranked s':>11}{'ranked s':>10}{'ratio':>7}{'blk unr':>9}{'ms unr':>8}{'blk rnk':>9}{'ms rnk':>8}{'opens':>7}{'runs':>6}")
+print(f"# ratio = ranked / unranked; body = whole bundle received (s, median), for link variance")
+print(f"{'image':<10}{'unranked s':>11}{'ranked s':>10}{'ratio':>7}{'blk unr':>9}{'ms unr':>8}{'blk rnk':>9}{'ms rnk':>8}{'opens':>7}{'body s':>8}{'runs':>6}")
 for img in dict.fromkeys(r[0] for r in rows):
     u, k = by.get((img, "unranked"), []), by.get((img, "ranked"), [])
     tu, tk = med(u, 3), med(k, 3)
-    print(f"{img:<10}{tu:>11.2f}{tk:>10.2f}{tk / tu:>7.2f}{med(u, 6):>9.0f}{med(u, 7):>8.0f}"
-          f"{med(k, 6):>9.0f}{med(k, 7):>8.0f}{med(u, 5):>7.0f}{len(u):>4}/{len(k)}")
+    print(f"{img:<10}{tu:>11.2f}{tk:>10.2f}{tk / tu:>7.2f}{med(u, 7):>9.0f}{med(u, 8):>8.0f}"
+          f"{med(k, 7):>9.0f}{med(k, 8):>8.0f}{med(u, 6):>7.0f}{med(u + k, 5):>8.2f}{len(u):>4}/{len(k)}")
+for n in notes:
+    print(n)
 print()
-print("per run:")
+print("per run: image mode rep ready_s pull_s body_s opens blocked blocked_ms max_wait_ms max_wait_path")
 for r in rows:
     print("  " + "  ".join(r))
 PY

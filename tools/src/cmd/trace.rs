@@ -59,6 +59,11 @@ pub struct Args {
     /// `namespace`, or `default`).
     #[arg(long)]
     namespace: Option<String>,
+    /// Run the container in the host's network namespace (`ctr run
+    /// --net-host`): without it the container has no network, not even a
+    /// loopback that is up, so servers binding 127.0.0.1 fail.
+    #[arg(long)]
+    net_host: bool,
     /// Where traces wait until the proxy acknowledged them.
     #[arg(long, default_value = DEFAULT_PENDING_DIR)]
     pending_dir: PathBuf,
@@ -150,6 +155,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .clone()
             .or(daemon.namespace)
             .unwrap_or_else(|| "default".into()),
+        net_host: args.net_host,
     };
     let timeout = Duration::from_secs(args.timeout);
     let mut kept = 0;

@@ -19,6 +19,9 @@ pub struct Ctr {
     pub address: PathBuf,
     /// containerd namespace.
     pub namespace: String,
+    /// Run containers in the host's network namespace (`ctr run
+    /// --net-host`), for applications that need a network, even loopback.
+    pub net_host: bool,
 }
 
 /// How a traced run ended.
@@ -75,7 +78,11 @@ impl Ctr {
         on_ready: impl FnOnce() -> F,
     ) -> anyhow::Result<RunOutcome> {
         let mut c = self.command();
-        c.args(["run", "--rm", "--snapshotter", "starlight", image, id])
+        c.args(["run", "--rm", "--snapshotter", "starlight"]);
+        if self.net_host {
+            c.arg("--net-host");
+        }
+        c.args([image, id])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
