@@ -68,110 +68,6 @@ pub fn encode_message(msg: &ClientMessage, limits: &Limits) -> Result<Bytes, Pro
     Ok(out.freeze())
 }
 
-/// Decodes the client→server stream of any kind (what the server receives): the
-/// preamble, then exactly one Request, TraceUpload or RanksQuery frame.
-#[derive(Debug)]
-pub struct MessageDecoder {
-    limits: Limits,
-    frames: FrameBuffer,
-    done: bool,
-    failed: Option<ProtocolError>,
-}
-
-impl Default for MessageDecoder {
-    fn default() -> Self {
-        Self::new(Limits::default())
-    }
-}
-
-impl MessageDecoder {
-    /// A decoder enforcing `limits`.
-    pub fn new(limits: Limits) -> Self {
-        MessageDecoder {
-            limits,
-            frames: FrameBuffer::default(),
-            done: false,
-            failed: None,
-        }
-    }
-
-    /// Appends received bytes (any chunking).
-    pub fn feed(&mut self, bytes: &[u8]) {
-        self.frames.feed(bytes);
-    }
-
-    /// The message once it is complete, `None` if more bytes are needed (or it was
-    /// already returned). After an error, every call fails.
-    pub fn next_message(&mut self) -> Result<Option<ClientMessage>, ProtocolError> {
-        if let Some(e) = &self.failed {
-            return Err(ProtocolError::Failed(Box::new(e.clone())));
-        }
-        let r = self.decode_next();
-        poison(&mut self.failed, r)
-    }
-
-    fn decode_next(&mut self) -> Result<Option<ClientMessage>, ProtocolError> {
-        if self.done {
-            return match self.frames.len() {
-                0 => Ok(None),
-                len => Err(ProtocolError::TrailingData {
-                    after: FrameKind::Request,
-                    len,
-                }),
-            };
-        }
-        let admit = |kind, _len| match kind {
-            FrameKind::Request | FrameKind::TraceUpload | FrameKind::RanksQuery => Ok(()),
-            got => Err(ProtocolError::UnexpectedFrame {
-                got,
-                expected: "a Request, TraceUpload or RanksQuery frame",
-            }),
-        };
-        let Some((kind, body)) = self.frames.next_frame(&self.limits, admit)? else {
-            return Ok(None);
-        };
-        let msg = match kind {
-            FrameKind::TraceUpload => {
-                let t: TraceUpload = decode_message(kind, &body)?;
-                validate_trace_upload(&t, &self.limits)?;
-                ClientMessage::Trace(t)
-            }
-            FrameKind::RanksQuery => {
-                let q: RanksQuery = decode_message(kind, &body)?;
-                validate_ranks_query(&q, &self.limits)?;
-                ClientMessage::Ranks(q)
-            }
-            _ => {
-                let r: Request = decode_message(kind, &body)?;
-                validate_request(&r, &self.limits)?;
-                ClientMessage::Bundle(r)
-            }
-        };
-        self.done = true;
-        Ok(Some(msg))
-    }
-
-    /// Call once the transport reports the end of the stream: fails unless exactly one
-    /// complete message arrived and nothing followed it.
-    pub fn finish(&self) -> Result<(), ProtocolError> {
-        if let Some(e) = &self.failed {
-            return Err(ProtocolError::Failed(Box::new(e.clone())));
-        }
-        if !self.done {
-            return Err(ProtocolError::Truncated {
-                expected: "a Request, TraceUpload or RanksQuery frame",
-            });
-        }
-        if !self.frames.is_empty() {
-            return Err(ProtocolError::TrailingData {
-                after: FrameKind::Request,
-                len: self.frames.len(),
-            });
-        }
-        Ok(())
-    }
-}
-
 /// The server's one-frame answer to a TraceUpload or a RanksQuery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -204,30 +100,116 @@ pub fn encode_reply(reply: &Reply, limits: &Limits) -> Result<Bytes, ProtocolErr
     Ok(out.freeze())
 }
 
-/// Decodes a one-frame answer (what a client uploading a trace or asking for ranks
-/// receives).
+/// A message that travels alone on a stream: the preamble, then exactly one frame
+/// of the kinds it admits.
+pub trait OneFrame: Sized {
+    /// The frame kinds, for error messages (`"a X, Y or Z frame"`).
+    const EXPECTED: &'static str;
+    /// The kind named in trailing-data errors.
+    const FIRST: FrameKind;
+    /// Whether a frame of `kind` may carry this message.
+    fn admits(kind: FrameKind) -> bool;
+    /// Decodes and validates the body of an admitted frame.
+    fn decode(kind: FrameKind, body: &[u8], limits: &Limits) -> Result<Self, ProtocolError>;
+}
+
+impl OneFrame for ClientMessage {
+    const EXPECTED: &'static str = "a Request, TraceUpload or RanksQuery frame";
+    const FIRST: FrameKind = FrameKind::Request;
+
+    fn admits(kind: FrameKind) -> bool {
+        matches!(
+            kind,
+            FrameKind::Request | FrameKind::TraceUpload | FrameKind::RanksQuery
+        )
+    }
+
+    fn decode(kind: FrameKind, body: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
+        Ok(match kind {
+            FrameKind::TraceUpload => {
+                let t: TraceUpload = decode_message(kind, body)?;
+                validate_trace_upload(&t, limits)?;
+                ClientMessage::Trace(t)
+            }
+            FrameKind::RanksQuery => {
+                let q: RanksQuery = decode_message(kind, body)?;
+                validate_ranks_query(&q, limits)?;
+                ClientMessage::Ranks(q)
+            }
+            _ => {
+                let r: Request = decode_message(kind, body)?;
+                validate_request(&r, limits)?;
+                ClientMessage::Bundle(r)
+            }
+        })
+    }
+}
+
+impl OneFrame for Reply {
+    const EXPECTED: &'static str = "a TraceAck, Ranks or Error frame";
+    const FIRST: FrameKind = FrameKind::TraceAck;
+
+    fn admits(kind: FrameKind) -> bool {
+        matches!(
+            kind,
+            FrameKind::TraceAck | FrameKind::Ranks | FrameKind::Error
+        )
+    }
+
+    fn decode(kind: FrameKind, body: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
+        Ok(match kind {
+            FrameKind::TraceAck => {
+                let a: TraceAck = decode_message(kind, body)?;
+                validate_ack(&a, limits)?;
+                Reply::TraceAck(a)
+            }
+            FrameKind::Ranks => {
+                let r: RanksReply = decode_message(kind, body)?;
+                validate_ranks_reply(&r, limits)?;
+                Reply::Ranks(r)
+            }
+            _ => {
+                let e: ErrorFrame = decode_message(kind, body)?;
+                validate_error(&e, limits)?;
+                Reply::Error(e)
+            }
+        })
+    }
+}
+
+/// Decodes a one-frame stream of `T`, fed in any chunking.
 #[derive(Debug)]
-pub struct ReplyDecoder {
+pub struct OneFrameDecoder<T> {
     limits: Limits,
     frames: FrameBuffer,
     done: bool,
     failed: Option<ProtocolError>,
+    _message: std::marker::PhantomData<fn() -> T>,
 }
 
-impl Default for ReplyDecoder {
+/// Decodes the client→server stream of any kind (what the server receives): the
+/// preamble, then exactly one Request, TraceUpload or RanksQuery frame.
+pub type MessageDecoder = OneFrameDecoder<ClientMessage>;
+
+/// Decodes a one-frame answer (what a client uploading a trace or asking for ranks
+/// receives).
+pub type ReplyDecoder = OneFrameDecoder<Reply>;
+
+impl<T: OneFrame> Default for OneFrameDecoder<T> {
     fn default() -> Self {
         Self::new(Limits::default())
     }
 }
 
-impl ReplyDecoder {
+impl<T: OneFrame> OneFrameDecoder<T> {
     /// A decoder enforcing `limits`.
     pub fn new(limits: Limits) -> Self {
-        ReplyDecoder {
+        OneFrameDecoder {
             limits,
             frames: FrameBuffer::default(),
             done: false,
             failed: None,
+            _message: std::marker::PhantomData,
         }
     }
 
@@ -236,9 +218,9 @@ impl ReplyDecoder {
         self.frames.feed(bytes);
     }
 
-    /// The reply once complete, `None` if more bytes are needed (or it was already
-    /// returned). After an error, every call fails.
-    pub fn next_reply(&mut self) -> Result<Option<Reply>, ProtocolError> {
+    /// The message once it is complete, `None` if more bytes are needed (or it was
+    /// already returned). After an error, every call fails.
+    pub fn next_frame_message(&mut self) -> Result<Option<T>, ProtocolError> {
         if let Some(e) = &self.failed {
             return Err(ProtocolError::Failed(Box::new(e.clone())));
         }
@@ -246,65 +228,66 @@ impl ReplyDecoder {
         poison(&mut self.failed, r)
     }
 
-    fn decode_next(&mut self) -> Result<Option<Reply>, ProtocolError> {
+    fn decode_next(&mut self) -> Result<Option<T>, ProtocolError> {
         if self.done {
             return match self.frames.len() {
                 0 => Ok(None),
                 len => Err(ProtocolError::TrailingData {
-                    after: FrameKind::TraceAck,
+                    after: T::FIRST,
                     len,
                 }),
             };
         }
-        let admit = |kind, _len| match kind {
-            FrameKind::TraceAck | FrameKind::Ranks | FrameKind::Error => Ok(()),
-            got => Err(ProtocolError::UnexpectedFrame {
-                got,
-                expected: "a TraceAck, Ranks or Error frame",
-            }),
+        let admit = |kind, _len| {
+            if T::admits(kind) {
+                Ok(())
+            } else {
+                Err(ProtocolError::UnexpectedFrame {
+                    got: kind,
+                    expected: T::EXPECTED,
+                })
+            }
         };
         let Some((kind, body)) = self.frames.next_frame(&self.limits, admit)? else {
             return Ok(None);
         };
-        let reply = match kind {
-            FrameKind::TraceAck => {
-                let a: TraceAck = decode_message(kind, &body)?;
-                validate_ack(&a, &self.limits)?;
-                Reply::TraceAck(a)
-            }
-            FrameKind::Ranks => {
-                let r: RanksReply = decode_message(kind, &body)?;
-                validate_ranks_reply(&r, &self.limits)?;
-                Reply::Ranks(r)
-            }
-            _ => {
-                let e: ErrorFrame = decode_message(kind, &body)?;
-                validate_error(&e, &self.limits)?;
-                Reply::Error(e)
-            }
-        };
+        let msg = T::decode(kind, &body, &self.limits)?;
         self.done = true;
-        Ok(Some(reply))
+        Ok(Some(msg))
     }
 
     /// Call once the transport reports the end of the stream: fails unless exactly one
-    /// complete reply arrived and nothing followed it.
+    /// complete message arrived and nothing followed it.
     pub fn finish(&self) -> Result<(), ProtocolError> {
         if let Some(e) = &self.failed {
             return Err(ProtocolError::Failed(Box::new(e.clone())));
         }
         if !self.done {
             return Err(ProtocolError::Truncated {
-                expected: "a TraceAck, Ranks or Error frame",
+                expected: T::EXPECTED,
             });
         }
         if !self.frames.is_empty() {
             return Err(ProtocolError::TrailingData {
-                after: FrameKind::TraceAck,
+                after: T::FIRST,
                 len: self.frames.len(),
             });
         }
         Ok(())
+    }
+}
+
+impl MessageDecoder {
+    /// The client's message once complete (see [`OneFrameDecoder::next_frame_message`]).
+    pub fn next_message(&mut self) -> Result<Option<ClientMessage>, ProtocolError> {
+        self.next_frame_message()
+    }
+}
+
+impl ReplyDecoder {
+    /// The server's reply once complete (see [`OneFrameDecoder::next_frame_message`]).
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ProtocolError> {
+        self.next_frame_message()
     }
 }
 
