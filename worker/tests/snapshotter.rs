@@ -12,6 +12,9 @@
 mod common;
 #[path = "../../tools/tests/support/mod.rs"]
 mod support;
+#[path = "support/tar.rs"]
+mod tar_support;
+use tar_support::{tar_of, TarEntry};
 
 use common::layout::{Layer, OciLayout};
 use common::registry::TestRegistry;
@@ -128,37 +131,6 @@ impl Drop for StateDir {
 
 // ---------------------------------------------------------------------------
 // The image.
-
-/// A tar entry: path, file data, symlink target, mode (neither data nor
-/// target: a directory).
-type TarEntry<'a> = (&'a str, Option<&'a [u8]>, Option<&'a str>, u32);
-
-fn tar_of(entries: &[TarEntry<'_>]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data, link, mode) in entries {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(*mode);
-        h.set_mtime(1_700_000_000);
-        match (data, link) {
-            (Some(d), _) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(d.len() as u64);
-                b.append_data(&mut h, path, *d).unwrap();
-            }
-            (None, Some(t)) => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                b.append_link(&mut h, path, t).unwrap();
-            }
-            (None, None) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                b.append_data(&mut h, format!("{path}/"), &[][..]).unwrap();
-            }
-        }
-    }
-    b.into_inner().unwrap()
-}
 
 /// Pushes a two-layer busybox image; returns its reference.
 fn push_image(registry: &TestRegistry) -> String {
