@@ -28,9 +28,21 @@ t=$SECONDS
 cargo build --workspace --all-targets
 elapsed "$t"
 
+# Tests that need root (containerd, FUSE mounts, namespaces) are marked
+# #[ignore = "needs root: ..."], so that `cargo test` as another user reports
+# them as ignored instead of passed. As root this script runs them too, and
+# lists them first. The only ignored tests it leaves out are measurements
+# (`measure_*`: they print numbers and assert nothing; bench/ runs them).
+ignored=()
+if [[ $(id -u) -eq 0 ]]; then
+    ignored=(--include-ignored --skip measure_)
+    step "ignored tests run as root"
+    cargo test --workspace -q -- --list --ignored 2>/dev/null | grep ': test$' | grep -v measure_ | sed 's/: test$//;s/^/    /' || true
+fi
+
 step "cargo test --workspace --no-fail-fast"
 t=$SECONDS
-cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- "${ignored[@]}" --test-threads="${TEST_THREADS:-2}"
 elapsed "$t"
 
 step "All tests passed"

@@ -654,7 +654,7 @@ mod tests {
     /// page cache only: no sync). Run with
     /// `cargo test -p starlight-worker --lib store::tests::measure -- --ignored --nocapture`.
     #[test]
-    #[ignore]
+    #[ignore = "measurement: prints timings, asserts nothing"]
     fn measure_uring_vs_plain_200_mib() {
         let shapes = [(50usize, 4usize << 20), (6400, 32 << 10)];
         for (count, size) in shapes {

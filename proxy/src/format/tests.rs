@@ -672,7 +672,7 @@ mod prop {
 /// Overhead on a real tree: `STARLIGHT_MEASURE=/path/layer.tar.gz cargo test
 /// -p starlight-proxy --release format::tests::measure_overhead -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "measurement: needs STARLIGHT_MEASURE, prints the overhead"]
 fn measure_overhead() {
     let Ok(path) = std::env::var("STARLIGHT_MEASURE") else {
         eprintln!("set STARLIGHT_MEASURE to a .tar.gz layer");
