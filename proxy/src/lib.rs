@@ -10,3 +10,4 @@ pub mod merge;
 pub mod optimize;
 pub mod registry;
 pub mod serve;
+pub mod startup;

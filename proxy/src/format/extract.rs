@@ -44,6 +44,25 @@ pub fn decompress_member(
     Ok(out)
 }
 
+/// Decompresses at most `limit` bytes from the start of a member, given a
+/// prefix of its compressed bytes (or all of them): what a prefix decodes
+/// to, without checking the member's end. For sniffing a file's first bytes.
+pub fn decompress_prefix(
+    compression: Compression,
+    member_prefix: &[u8],
+    limit: u64,
+) -> Result<Vec<u8>, FormatError> {
+    let mut input = member_prefix;
+    let mut out = Vec::with_capacity(limit.min(MAX_PREALLOC) as usize);
+    let dec = MemberDecoder::new(compression, &mut input)?;
+    match dec.take(limit).read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        // The prefix ended inside the member: what was decoded is the answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(out),
+        Err(e) => Err(FormatError::from_decode(e, "decompressing a member prefix")),
+    }
+}
+
 /// Decompresses the member at the start of `member` (its byte range, or a
 /// reader positioned at it) into `out`, checking the size and SHA-256
 /// recorded in `entry`. `out` receives the bytes before the check ends:

@@ -45,7 +45,7 @@ pub use codec::{detect_compression, DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL};
 pub use convert::{convert_layer, ConvertOptions, ConvertedLayer};
 pub use entry::{ContentRef, Entry, EntryKind, Whiteout};
 pub use error::FormatError;
-pub use extract::{decompress_member, extract_content};
+pub use extract::{decompress_member, decompress_prefix, extract_content};
 pub use scan::{scan_layer, ScannedLayer};
 
 /// Compression of a layer blob.

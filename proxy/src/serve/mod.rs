@@ -11,6 +11,7 @@ mod body;
 mod header;
 mod pieces;
 mod resolve;
+mod startup;
 mod traces;
 
 pub use body::{BufferPool, FetchPolicy};
@@ -107,6 +108,8 @@ pub struct BundleServer {
     /// not reused.
     ranks_version: AtomicU64,
     traces: AtomicU64,
+    /// Static start-up orders of images (for images nothing has traced).
+    startup: startup::StartupOrders,
 }
 
 impl std::fmt::Debug for BundleServer {
@@ -115,6 +118,17 @@ impl std::fmt::Debug for BundleServer {
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
+}
+
+/// How a plan orders its payloads.
+#[derive(Clone, Copy)]
+struct OrderBy<'a> {
+    /// Layer order, ignoring ranks (trace collection).
+    unordered: bool,
+    /// The ranks' version (part of the plan cache key).
+    ranks_version: u64,
+    /// The image's static start-up order.
+    startup: &'a [String],
 }
 
 /// What a plan lookup produced.
@@ -154,6 +168,7 @@ impl BundleServer {
             payload_bytes: AtomicU64::new(0),
             ranks_version: AtomicU64::new(0),
             traces: AtomicU64::new(0),
+            startup: startup::StartupOrders::default(),
         }
     }
 
@@ -180,9 +195,13 @@ impl BundleServer {
         wanted: &ImageRecord,
         held: &[ImageRecord],
         held_payloads: &HashSet<[u8; 32]>,
-        unordered: bool,
-        ranks_version: u64,
+        order: &OrderBy<'_>,
     ) -> Result<Planned, HandlerError> {
+        let OrderBy {
+            unordered,
+            ranks_version,
+            startup,
+        } = *order;
         let key = PlanKey::new(
             &wanted.manifest_digest,
             held.iter().map(|r| r.manifest_digest.as_str()),
@@ -205,7 +224,7 @@ impl BundleServer {
         let ranks = if unordered {
             HashMap::new()
         } else {
-            traces::plan_ranks(db, wanted)?
+            traces::plan_ranks(db, wanted, startup)?
         };
         let input = OptimizeInput {
             wanted,
@@ -264,6 +283,13 @@ impl BundleServer {
         let held_count = held.len();
         let unordered = request.unordered;
         let ranks_version = self.ranks_version.load(Ordering::Acquire);
+        let startup = if unordered {
+            Arc::new(Vec::new())
+        } else {
+            self.startup
+                .order(&self.db, &self.registry, &wanted, &reference)
+                .await
+        };
         let (header, pieces, cache_hit, payload_total) = tokio::task::spawn_blocking(move || {
             let planned = Self::plan(
                 &db,
@@ -271,8 +297,11 @@ impl BundleServer {
                 &wanted,
                 &held,
                 &held_payloads,
-                unordered,
-                ranks_version,
+                &OrderBy {
+                    unordered,
+                    ranks_version,
+                    startup: &startup,
+                },
             )?;
             let header = build_header(&wanted, &planned.plan)
                 .map_err(|e| internal("building the header", e))?;

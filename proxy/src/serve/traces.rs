@@ -27,11 +27,16 @@ fn describe(image: &ImageRecord) -> String {
     }
 }
 
-/// The ranks the optimizer orders `wanted` by (its own, or inherited from an
-/// older version of its repository, which is logged). Runs blocking.
+/// The ranks the optimizer orders `wanted` by. An image traced by real
+/// starts is ordered by its own traces alone. Otherwise the static start-up
+/// order (`startup`, see [`crate::startup`]) goes first, and ranks
+/// inherited from an older version of its repository (logged) follow it:
+/// inheritance can reorder what the static analysis did not find, never push
+/// what it found back. Runs blocking.
 pub(super) fn plan_ranks(
     db: &Db,
     wanted: &ImageRecord,
+    startup: &[String],
 ) -> Result<HashMap<String, Rank>, HandlerError> {
     let found = db
         .image_ranks(wanted)
@@ -46,19 +51,41 @@ pub(super) fn plan_ranks(
             describe(older)
         );
     }
-    Ok(found
-        .ranks
-        .into_iter()
-        .map(|(path, r)| {
-            (
-                path,
-                Rank {
-                    sum: r.rank_sum,
-                    hits: r.hits,
-                },
-            )
-        })
-        .collect())
+    let own = found.inherited_from.is_none() && !found.ranks.is_empty();
+    let traced = found.ranks.into_iter().map(|(path, r)| {
+        (
+            path,
+            Rank {
+                sum: r.rank_sum,
+                hits: r.hits,
+            },
+        )
+    });
+    if own {
+        return Ok(traced.collect());
+    }
+    Ok(static_first(startup, traced))
+}
+
+/// Ranks with the static order's paths first (rank = position) and then
+/// `inherited`, shifted after them (average + the static order's length).
+fn static_first(
+    startup: &[String],
+    inherited: impl Iterator<Item = (String, Rank)>,
+) -> HashMap<String, Rank> {
+    let n = startup.len() as u64;
+    let mut ranks: HashMap<String, Rank> = startup
+        .iter()
+        .zip(0u64..)
+        .map(|(p, i)| (p.clone(), Rank { sum: i, hits: 1 }))
+        .collect();
+    for (path, r) in inherited {
+        ranks.entry(path).or_insert(Rank {
+            sum: r.sum.saturating_add(n.saturating_mul(r.hits)),
+            hits: r.hits,
+        });
+    }
+    ranks
 }
 
 fn now_ms() -> u64 {
@@ -188,4 +215,26 @@ pub(super) async fn ranks(
         inherited_from: found.inherited_from.as_ref().map(describe),
         ranks,
     })
+}
+
+#[cfg(test)]
+mod static_first_tests {
+    use super::*;
+
+    #[test]
+    fn the_static_order_goes_before_inherited_ranks() {
+        let startup = vec!["bin/app".to_string(), "lib/libc.so.6".to_string()];
+        let inherited = vec![
+            ("old/first".to_string(), Rank { sum: 0, hits: 3 }),
+            ("lib/libc.so.6".to_string(), Rank { sum: 90, hits: 3 }),
+            ("old/second".to_string(), Rank { sum: 3, hits: 3 }),
+        ];
+        let ranks = static_first(&startup, inherited.into_iter());
+        let avg = |p: &str| ranks.get(p).and_then(Rank::average);
+        assert_eq!(avg("bin/app"), Some(0.0));
+        assert_eq!(avg("lib/libc.so.6"), Some(1.0));
+        assert_eq!(avg("old/first"), Some(2.0));
+        assert_eq!(avg("old/second"), Some(3.0));
+        assert_eq!(ranks.len(), 4);
+    }
 }
