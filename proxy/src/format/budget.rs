@@ -355,6 +355,60 @@ mod tests {
         assert_eq!((e.kind, e.limit), (BudgetKind::ImageMetadata, 1000));
     }
 
+    /// A converted layer: one file with 16 xattrs of 60,000 bytes, then
+    /// `links` hard links to it (each would copy the xattrs).
+    fn hardlink_amplifier(links: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let values: Vec<(String, Vec<u8>)> = (0..16)
+            .map(|i| (format!("SCHILY.xattr.user.k{i}"), vec![b'v'; 60_000]))
+            .collect();
+        b.append_pax_extensions(values.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(1);
+        b.append_data(&mut h, "target", &b"x"[..]).unwrap();
+        for i in 0..links {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            b.append_link(&mut h, format!("l{i}"), "target").unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let mut blob = Vec::new();
+        let opts = crate::format::ConvertOptions {
+            compression: crate::format::Compression::Gzip,
+            level: Some(1),
+        };
+        crate::format::convert_layer(&tar[..], &mut blob, &opts).unwrap();
+        blob
+    }
+
+    #[test]
+    fn hard_links_are_charged_the_xattrs_they_copy() {
+        use crate::format::{scan_layer, scan_layer_metered, FormatError};
+        let blob = hardlink_amplifier(100);
+        // Unmetered, the 100 links hold 100 copies of the ~1 MB of xattrs.
+        let all = scan_layer(&blob[..]).unwrap();
+        assert_eq!(all.entries.len(), 101);
+        assert!(all.entries.iter().all(|e| e.xattrs.len() == 16));
+        // With 8 MiB, the scan stops at the 8th copy although the tar
+        // stream itself is small.
+        let budgets = Budgets {
+            layer_metadata: 8 << 20,
+            ..Budgets::UNLIMITED
+        };
+        let meter = LayerMeter::new(budgets, 0, 0);
+        let err = scan_layer_metered(&blob[..], &meter).unwrap_err();
+        let FormatError::Budget(e) = err else {
+            panic!("expected a budget error, got {err}");
+        };
+        assert_eq!(e.kind, BudgetKind::LayerMetadata);
+        assert!(e.used > 8 << 20 && e.used < 10 << 20, "{e}");
+        assert!(meter.uncompressed() < 2 << 20);
+    }
+
     #[test]
     fn the_reader_stops_at_the_uncompressed_budgets() {
         let budgets = Budgets {
