@@ -81,7 +81,7 @@ impl Children {
     }
 
     /// The entry at readdir position `index` (0 `.`, 1 `..`, then the children).
-    fn at<'a>(&'a self, index: u64, dir: u64, parent: u64) -> Option<(&'a OsStr, u64)> {
+    fn at(&self, index: u64, dir: u64, parent: u64) -> Option<(&OsStr, u64)> {
         match index {
             0 => Some((OsStr::new("."), dir)),
             1 => Some((OsStr::new(".."), parent)),
