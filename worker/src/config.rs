@@ -170,7 +170,10 @@ impl Settings {
     /// The complete configuration, with defaults for what may default.
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let proxy = self.proxy.ok_or(ConfigError::Missing("proxy address"))?;
-        let ca_file = self.ca_file.clone().ok_or(ConfigError::Missing("CA file"))?;
+        let ca_file = self
+            .ca_file
+            .clone()
+            .ok_or(ConfigError::Missing("CA file"))?;
         let token = self.resolve_token()?.ok_or(ConfigError::Missing("token"))?;
         Ok(Config {
             proxy,
@@ -249,9 +252,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// Creates the state directory closed to other users (mode 0700, owned
-    /// by us), or closes an existing one and the directories below it that
-    /// starlightd creates; refuses one owned by another user or a symlink.
+    /// Creates the state directory and the directories starlightd keeps in
+    /// it closed to other users (mode 0700, owned by us), or closes existing
+    /// ones; refuses a state directory owned by another user or a symlink.
     pub fn prepare_state_dir(&self) -> Result<(), ConfigError> {
         use std::os::unix::fs::MetadataExt;
         let path = &self.state_dir;
@@ -273,15 +276,14 @@ impl Config {
             }
         }
         crate::store::private_dir(path).map_err(|e| bad(e.to_string()))?;
+        // Made here (0700) rather than by their owners with the umask's mode.
         for sub in [
             self.store_dir(),
             self.images_db(),
             self.mounts_dir(),
             self.snapshotter_dir(),
         ] {
-            if sub.is_dir() {
-                crate::store::private_dir(&sub).map_err(|e| bad(e.to_string()))?;
-            }
+            crate::store::private_dir(&sub).map_err(|e| bad(e.to_string()))?;
         }
         Ok(())
     }
