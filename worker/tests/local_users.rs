@@ -304,3 +304,17 @@ fn other_users_cannot_read_the_state_or_use_the_sockets() {
     assert_eq!(mode(&snap), 0o600);
     daemon.stop();
 }
+
+/// `starlightd --help` sends the token to the configuration file, a token
+/// file or the environment, not the command line (visible in /proc).
+#[test]
+fn the_help_says_where_the_token_belongs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_starlightd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--token-file", "STARLIGHT_TOKEN", "/proc", "--api-group"] {
+        assert!(help.contains(needle), "no {needle:?} in:\n{help}");
+    }
+}
