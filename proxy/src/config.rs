@@ -20,6 +20,14 @@
 //! plan_cache_bytes = 268435456
 //! send_window = 16777216   # QUIC send window per connection, bytes
 //! rate_limit = "100mbit"   # pace each bundle's body (bytes/s, or "kbit", "mbit", "gbit", "kb", "mb", "gb")
+//!
+//! [index]                  # budgets of indexing (a crafted image is refused past them)
+//! max_jobs = 2             # index jobs running at once
+//! max_waiting = 16         # more jobs wait for a slot; beyond, refused at once
+//! layer_metadata_bytes = "128mib"
+//! image_metadata_bytes = "256mib"
+//! layer_uncompressed_bytes = "16gib"
+//! image_uncompressed_bytes = "32gib"
 //! ```
 //!
 //! Every key is optional; command-line flags override the file.
@@ -61,6 +69,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The bundle server (`starlight-proxy serve`).
     pub serve: ServeConfig,
+    /// Budgets and concurrency of indexing.
+    pub index: IndexConfig,
 }
 
 /// Default QUIC listen address.
@@ -189,6 +199,7 @@ impl Default for Config {
             db: PathBuf::from(DEFAULT_DB),
             registry: RegistryConfig::default(),
             serve: ServeConfig::default(),
+            index: IndexConfig::default(),
         }
     }
 }
@@ -226,6 +237,130 @@ impl Config {
                 reference.to_string()
             }
             _ => format!("{host}/{reference}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// [index]: budgets and concurrency of the indexer (issue 12, crafted images).
+// ---------------------------------------------------------------------------
+
+/// Budgets and concurrency of indexing (the `[index]` section). A budget is
+/// charged while a layer streams by; the image is refused as soon as one is
+/// exceeded, and nothing is recorded. One job's memory peaks at about three
+/// times `image_metadata_bytes` (layers, merged table, database batch).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Index jobs running at once (at least 1).
+    pub max_jobs: std::num::NonZeroUsize,
+    /// Index jobs waiting for a slot; more are refused at once.
+    pub max_waiting: usize,
+    /// Metadata bytes of one layer (paths, link targets, owner names,
+    /// xattrs, 256 bytes per entry and per implied directory).
+    pub layer_metadata_bytes: ByteSize,
+    /// Metadata bytes of all the layers of one image.
+    pub image_metadata_bytes: ByteSize,
+    /// Uncompressed bytes of one layer.
+    pub layer_uncompressed_bytes: ByteSize,
+    /// Bytes decompressed while indexing one image (layers indexed before cost nothing).
+    pub image_uncompressed_bytes: ByteSize,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            max_jobs: std::num::NonZeroUsize::MIN.saturating_add(1),
+            max_waiting: 16,
+            layer_metadata_bytes: ByteSize(128 << 20),
+            image_metadata_bytes: ByteSize(256 << 20),
+            layer_uncompressed_bytes: ByteSize(16 << 30),
+            image_uncompressed_bytes: ByteSize(32 << 30),
+        }
+    }
+}
+
+/// A size in bytes. In TOML: an integer, or a string with a unit: `"kib"`,
+/// `"mib"`, `"gib"`, `"tib"` (binary) or `"kb"`, `"mb"`, `"gb"`, `"tb"`
+/// (decimal), e.g. `"128mib"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeRepr")]
+pub struct ByteSize(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Bytes(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeRepr> for ByteSize {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<ByteSize, String> {
+        match r {
+            SizeRepr::Bytes(n) => Ok(ByteSize(n)),
+            SizeRepr::Text(t) => t.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim().to_ascii_lowercase();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let bad = || format!("invalid size {text:?} (e.g. \"128mib\", \"16gib\" or bytes)");
+        let value: u64 = num.parse().map_err(|_| bad())?;
+        let factor: u64 = match unit.trim() {
+            "" | "b" => 1,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => return Err(bad()),
+        };
+        value
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {text:?} is out of range"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod index_config_tests {
+    use super::*;
+
+    #[test]
+    fn index_section_parses_sizes_and_defaults() {
+        let c = Config::parse(
+            "[index]\nmax_jobs = 1\nlayer_metadata_bytes = \"64mib\"\nimage_uncompressed_bytes = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.index.max_jobs.get(), 1);
+        assert_eq!(c.index.layer_metadata_bytes, ByteSize(64 << 20));
+        assert_eq!(c.index.image_uncompressed_bytes, ByteSize(1000));
+        assert_eq!(
+            c.index.image_metadata_bytes,
+            IndexConfig::default().image_metadata_bytes
+        );
+        for (text, bytes) in [("16GiB", 16 << 30), ("2 kb", 2000), ("7", 7)] {
+            assert_eq!(text.parse::<ByteSize>().unwrap(), ByteSize(bytes), "{text}");
+        }
+        for bad in ["", "lots", "1.5gib", "-1", "99999999999tib"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad}");
+        }
+        for bad in [
+            "[index]\nmax_jobs = 0\n",
+            "[index]\nlayer_metadata_bytes = \"big\"\n",
+            "[index]\nmax_job = 3\n",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -8,13 +8,19 @@
 //! downloaded nor scanned again. Everything for one image is written in one
 //! batch at the end; on any error nothing is written.
 
+use crate::config::IndexConfig;
 use crate::db::{Db, DbError, ImageRecord, ImageWrite, LayerRecord, LayerRef, TocEntry};
+use crate::format::budget::{layer_cost, BudgetExceeded, BudgetKind, Budgets, LayerMeter};
 use crate::format::{self, Compression, Entry, EntryKind, FormatError};
 use crate::merge::merge_layers;
 use crate::registry::{RegistryClient, RegistryError};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+mod gate;
+pub use gate::{GateFull, JobGate};
 
 /// Errors of indexing; each names the image, and the layer when one is concerned.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +90,24 @@ pub enum IndexError {
         dir: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// Indexing the image would exceed a budget (`[index]` in the config).
+    #[error("image {image} layer {layer}: refused: {source}")]
+    Budget {
+        /// The image reference.
+        image: String,
+        /// The layer being indexed when the budget ran out.
+        layer: String,
+        /// The budget, its limit and what was used.
+        source: BudgetExceeded,
+    },
+    /// Too many indexing jobs run and wait already.
+    #[error("image {image}: not indexed now: {source}")]
+    Busy {
+        /// The image reference.
+        image: String,
+        /// The gate's limits.
+        source: GateFull,
     },
     /// The database failed.
     #[error("image {image}: {source}")]
@@ -233,17 +257,96 @@ pub fn layer_compression(media_type: &str) -> Option<Compression> {
     }
 }
 
-/// Indexes `reference` (one platform: `platform`, default the host's) from
-/// the registry into `db`. Re-indexing is idempotent; layers already in the
-/// database are reused. Temporary blob files go to the system temporary
-/// directory.
+/// Runs indexing jobs within budgets: at most `max_jobs` at once (more
+/// wait, up to `max_waiting`), each refused as soon as it exceeds a budget.
+#[derive(Debug)]
+pub struct Indexer {
+    budgets: Budgets,
+    gate: JobGate,
+}
+
+impl Indexer {
+    /// An indexer with the budgets and limits of `config`.
+    pub fn new(config: &IndexConfig) -> Self {
+        Indexer {
+            budgets: Budgets {
+                layer_metadata: config.layer_metadata_bytes.0,
+                image_metadata: config.image_metadata_bytes.0,
+                layer_uncompressed: config.layer_uncompressed_bytes.0,
+                image_uncompressed: config.image_uncompressed_bytes.0,
+            },
+            gate: JobGate::new(config.max_jobs.get(), config.max_waiting),
+        }
+    }
+
+    /// The budgets of each job.
+    pub fn budgets(&self) -> Budgets {
+        self.budgets
+    }
+
+    /// The gate jobs pass.
+    pub fn gate(&self) -> &JobGate {
+        &self.gate
+    }
+
+    /// Indexes `reference` (one platform: `platform`, default the host's)
+    /// from the registry into `db`, once a job slot is free. Re-indexing is
+    /// idempotent; layers already in the database are reused. Temporary
+    /// blob files go to the system temporary directory.
+    pub async fn index(
+        &self,
+        client: &RegistryClient,
+        db: &Db,
+        reference: &str,
+        platform: Option<&str>,
+    ) -> Result<IndexReport, IndexError> {
+        self.index_in(client, db, reference, platform, &std::env::temp_dir())
+            .await
+    }
+
+    /// [`Indexer::index`] with the temporary blob files in `tmp_dir`.
+    pub async fn index_in(
+        &self,
+        client: &RegistryClient,
+        db: &Db,
+        reference: &str,
+        platform: Option<&str>,
+        tmp_dir: &Path,
+    ) -> Result<IndexReport, IndexError> {
+        let _slot = self.gate.enter().await.map_err(|source| {
+            tracing::warn!(image = reference, "indexing refused: {source}");
+            IndexError::Busy {
+                image: reference.to_string(),
+                source,
+            }
+        })?;
+        index_within(client, db, reference, platform, tmp_dir, self.budgets).await
+    }
+}
+
+static INDEXER: OnceLock<Indexer> = OnceLock::new();
+
+/// Sets the process's indexer (used by [`index_image`]) from `config`;
+/// call once at start-up, before any indexing. Returns false (and changes
+/// nothing) if the indexer was already set or used.
+pub fn configure(config: &IndexConfig) -> bool {
+    INDEXER.set(Indexer::new(config)).is_ok()
+}
+
+/// The process's indexer: as [`configure`]d, or with the default budgets.
+pub fn indexer() -> &'static Indexer {
+    INDEXER.get_or_init(|| Indexer::new(&IndexConfig::default()))
+}
+
+/// Indexes `reference` with the process's [`indexer`] (its budgets and its
+/// cap on concurrent jobs); see [`Indexer::index`].
 pub async fn index_image(
     client: &RegistryClient,
     db: &Db,
     reference: &str,
     platform: Option<&str>,
 ) -> Result<IndexReport, IndexError> {
-    index_image_in(client, db, reference, platform, &std::env::temp_dir()).await
+    indexer().index(client, db, reference, platform).await
 }
 
 /// [`index_image`] with the temporary blob files in `tmp_dir`.
@@ -253,6 +356,49 @@ pub async fn index_image_in(
     reference: &str,
     platform: Option<&str>,
     tmp_dir: &Path,
+) -> Result<IndexReport, IndexError> {
+    indexer()
+        .index_in(client, db, reference, platform, tmp_dir)
+        .await
+}
+
+/// What one image's indexing has used of its budgets so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct ImageUse {
+    metadata: u64,
+    uncompressed: u64,
+}
+
+impl ImageUse {
+    /// Charges a layer loaded whole (from the database, or repeated in the
+    /// image) before it is held in memory again.
+    fn charge_loaded(
+        &mut self,
+        budgets: &Budgets,
+        entries: &[Entry],
+    ) -> Result<(), BudgetExceeded> {
+        let cost = layer_cost(entries);
+        let image = self.metadata.saturating_add(cost);
+        for (kind, used, limit) in [
+            (BudgetKind::LayerMetadata, cost, budgets.layer_metadata),
+            (BudgetKind::ImageMetadata, image, budgets.image_metadata),
+        ] {
+            if used > limit {
+                return Err(BudgetExceeded { kind, limit, used });
+            }
+        }
+        self.metadata = image;
+        Ok(())
+    }
+}
+
+async fn index_within(
+    client: &RegistryClient,
+    db: &Db,
+    reference: &str,
+    platform: Option<&str>,
+    tmp_dir: &Path,
+    budgets: Budgets,
 ) -> Result<IndexReport, IndexError> {
     let image_err = |message: String| IndexError::Image {
         image: reference.to_string(),
@@ -308,6 +454,12 @@ pub async fn index_image_in(
     let mut new_layers: Vec<(LayerRecord, usize)> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let (mut indexed, mut reused) = (0, 0);
+    let mut used = ImageUse::default();
+    let budget_err = |layer: &str, source| IndexError::Budget {
+        image: reference.to_string(),
+        layer: layer.to_string(),
+        source,
+    };
 
     for (desc, diff_id) in descriptors.iter().zip(&diff_ids) {
         let digest = desc.digest().to_string();
@@ -328,7 +480,11 @@ pub async fn index_image_in(
         });
 
         let stored = match seen.get(&digest) {
-            Some(&i) => Some(layer_entries[i].clone()),
+            Some(&i) => {
+                used.charge_loaded(&budgets, &layer_entries[i])
+                    .map_err(|e| budget_err(&digest, e))?;
+                Some(layer_entries[i].clone())
+            }
             None => match db.layer(&digest).map_err(db_err)? {
                 Some(rec) => {
                     check_record(&rec, size, compression, diff_id)
@@ -344,6 +500,8 @@ pub async fn index_image_in(
                             ),
                         ));
                     }
+                    used.charge_loaded(&budgets, &entries)
+                        .map_err(|e| budget_err(&digest, e))?;
                     reused += 1;
                     Some(entries)
                 }
@@ -362,9 +520,9 @@ pub async fn index_image_in(
                         layer: digest.clone(),
                         source,
                     })?;
-                let scanned = scan_file(path.clone())
-                    .await
-                    .map_err(|e| classify(reference, &digest, e))?;
+                let (scanned, layer_use) = scan_file(path.clone(), budgets, used).await;
+                let scanned = scanned.map_err(|e| classify(reference, &digest, e))?;
+                used = layer_use;
                 if let Err(e) = std::fs::remove_file(&path) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot remove temporary blob");
                 }
@@ -495,19 +653,49 @@ fn check_record(
     Ok(())
 }
 
-/// Scans a downloaded blob on the blocking pool.
-async fn scan_file(path: PathBuf) -> Result<format::ScannedLayer, FormatError> {
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
-        format::scan_layer(std::io::BufReader::with_capacity(1 << 20, file))
-    })
-    .await
-    .map_err(|e| FormatError::Io(std::io::Error::other(format!("scan task failed: {e}"))))?
+/// Scans a downloaded blob on the blocking pool, within what the image has
+/// left of its budgets; returns the image's use with this layer's added.
+async fn scan_file(
+    path: PathBuf,
+    budgets: Budgets,
+    before: ImageUse,
+) -> (Result<format::ScannedLayer, FormatError>, ImageUse) {
+    let task = tokio::task::spawn_blocking(move || {
+        let meter = LayerMeter::new(budgets, before.metadata, before.uncompressed);
+        let scanned = std::fs::File::open(&path)
+            .map_err(FormatError::Io)
+            .and_then(|file| {
+                let blob = std::io::BufReader::with_capacity(1 << 20, file);
+                format::scan_layer_metered(blob, &meter)
+            });
+        let after = ImageUse {
+            metadata: before.metadata.saturating_add(meter.metadata()),
+            uncompressed: before.uncompressed.saturating_add(meter.uncompressed()),
+        };
+        (scanned, after)
+    });
+    match task.await {
+        Ok(done) => done,
+        Err(e) => (
+            Err(FormatError::Io(std::io::Error::other(format!(
+                "scan task failed: {e}"
+            )))),
+            before,
+        ),
+    }
 }
 
 fn classify(image: &str, layer: &str, source: FormatError) -> IndexError {
     let (image, layer) = (image.to_string(), layer.to_string());
     match source {
+        FormatError::Budget(source) => {
+            tracing::warn!(image, layer, "indexing refused: {source}");
+            IndexError::Budget {
+                image,
+                layer,
+                source,
+            }
+        }
         FormatError::NotStarlight { .. } => IndexError::NotStarlight {
             image,
             layer,

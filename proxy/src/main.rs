@@ -120,6 +120,7 @@ async fn main() -> Result<()> {
             let reference = config.qualify(&image);
             let db = open_db(&db_path)?;
             let client = RegistryClient::new(plain_http || config.registry.plain_http);
+            starlight_proxy::index::configure(&config.index);
             let report = index_image(&client, &db, &reference, platform.as_deref()).await?;
             println!("{report}");
         }

@@ -45,7 +45,15 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with_all = ["cert", "key"])]
     self_signed: Option<PathBuf>,
     /// A bearer token accepted from workers (repeatable; adds to the config's).
-    #[arg(long = "token")]
+    /// Prefer `[serve] tokens` in the config file or the environment
+    /// (STARLIGHT_PROXY_TOKENS, comma-separated): a token on the command line
+    /// is visible to every local user in /proc.
+    #[arg(
+        long = "token",
+        env = "STARLIGHT_PROXY_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     tokens: Vec<String>,
     /// Range requests to the registry in flight per bundle.
     #[arg(long)]
@@ -144,6 +152,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         key_pem: std::fs::read(&key)
             .with_context(|| format!("cannot read the key {}", key.display()))?,
     };
+    starlight_proxy::index::configure(&config.index);
     let s = &config.serve;
     let options = ServeOptions {
         registry_host: config.registry.url.clone(),

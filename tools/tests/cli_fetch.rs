@@ -298,3 +298,58 @@ async fn convert_notify_has_the_proxy_index_the_new_image() {
     assert!(reg.has_manifest("notify/app", "v1-other"));
     assert_eq!(proxy.handler.stats().indexed, 1);
 }
+
+/// The token can come from a file or the environment instead of the
+/// command line (where every local user sees it in /proc), and `--help`
+/// says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_comes_from_a_file_or_the_environment() {
+    let reg = TestRegistry::start();
+    push(&reg, "cli/tok", "v1", &files(1, false));
+    let proxy = Proxy::start(&reg, ServeOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &proxy.cert_pem).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let fetch = |source: &str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_starlight"));
+        cmd.env("RUST_LOG", "warn")
+            .env_remove("STARLIGHT_TOKEN")
+            .arg("fetch")
+            .arg("--proxy")
+            .arg(proxy.addr.to_string())
+            .arg("--ca")
+            .arg(&ca);
+        match source {
+            "file" => {
+                cmd.arg("--token-file").arg(&token_file);
+            }
+            "env" => {
+                cmd.env("STARLIGHT_TOKEN", TOKEN);
+            }
+            _ => {}
+        }
+        let out = dir.path().join(format!("{source}.bundle"));
+        cmd.args(["cli/tok:v1", "-o"]).arg(out);
+        cmd
+    };
+    for source in ["file", "env"] {
+        let out = fetch(source).output().await.unwrap();
+        assert!(out.status.success(), "{source}: {:?}", text(&out));
+    }
+    let out = fetch("none").output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("token"), "{:?}", text(&out));
+    for command in ["fetch", "convert", "trace", "ranks"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_starlight"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("--token-file") && help.contains("/proc"),
+            "starlight {command} --help:\n{help}"
+        );
+    }
+}

@@ -5,14 +5,19 @@
 //! proxy = "127.0.0.1:8443"        # the proxy's QUIC address
 //! server_name = "proxy.example"   # the name its certificate is checked for
 //! ca_file = "/etc/starlight/ca.pem"
-//! token = "secret"
+//! token = "secret"                # or token_file = "/etc/starlight/token"
 //! state_dir = "/var/lib/starlight"
 //! grace_secs = 30                 # how long opens wait after a broken stream
 //! containerd_socket = "/run/containerd/containerd.sock"
 //! namespace = "default"           # containerd namespace images are registered in
 //! snapshotter_socket = "/run/starlight/snapshotter.sock"
 //! api_socket = "/run/starlight/starlightd.sock"
+//! api_group = "starlight"         # may use the API socket besides root (default: root only)
 //! ```
+//!
+//! The token is best given here (or in `token_file`, or the environment
+//! variable `STARLIGHT_TOKEN`): a token on the command line is visible to
+//! every local user in `/proc`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,6 +56,28 @@ pub enum ConfigError {
     /// A required setting is missing from both the file and the flags.
     #[error("no {0} configured (set it in the configuration file or with its flag)")]
     Missing(&'static str),
+    /// Both `token` and `token_file` are set.
+    #[error("both token and token_file are set: set one")]
+    TwoTokens,
+    /// The token file cannot be used.
+    #[error("token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `api_group` names no group.
+    #[error("api_group: {0}")]
+    ApiGroup(String),
+    /// The state directory cannot be made private.
+    #[error("state directory {path}: {reason}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The settings as the file (or the flags) give them; all optional.
@@ -65,6 +92,8 @@ pub struct Settings {
     pub ca_file: Option<PathBuf>,
     /// The bearer token sent to the proxy.
     pub token: Option<String>,
+    /// A file holding the bearer token (instead of `token`).
+    pub token_file: Option<PathBuf>,
     /// Where the content store and mounts live.
     pub state_dir: Option<PathBuf>,
     /// Seconds opens still wait for contents after the stream broke.
@@ -77,6 +106,9 @@ pub struct Settings {
     pub snapshotter_socket: Option<PathBuf>,
     /// Where starlightd serves its API (the `starlight` CLI).
     pub api_socket: Option<PathBuf>,
+    /// A group (name or number) whose members may use the API socket
+    /// besides root.
+    pub api_group: Option<String>,
 }
 
 impl Settings {
@@ -102,28 +134,52 @@ impl Settings {
 
     /// These settings with every setting of `flags` taking precedence.
     pub fn overridden_by(self, flags: Settings) -> Settings {
+        // The token and its file go together: either source wins whole.
+        let (token, token_file) = if flags.token.is_some() || flags.token_file.is_some() {
+            (flags.token, flags.token_file)
+        } else {
+            (self.token, self.token_file)
+        };
         Settings {
             proxy: flags.proxy.or(self.proxy),
             server_name: flags.server_name.or(self.server_name),
             ca_file: flags.ca_file.or(self.ca_file),
-            token: flags.token.or(self.token),
+            token,
+            token_file,
             state_dir: flags.state_dir.or(self.state_dir),
             grace_secs: flags.grace_secs.or(self.grace_secs),
             containerd_socket: flags.containerd_socket.or(self.containerd_socket),
             namespace: flags.namespace.or(self.namespace),
             snapshotter_socket: flags.snapshotter_socket.or(self.snapshotter_socket),
             api_socket: flags.api_socket.or(self.api_socket),
+            api_group: flags.api_group.or(self.api_group),
+        }
+    }
+
+    /// The token: `token`, or the content of `token_file` (setting both is
+    /// an error).
+    pub fn resolve_token(&self) -> Result<Option<String>, ConfigError> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => Err(ConfigError::TwoTokens),
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(path)) => read_token_file(path).map(Some),
+            (None, None) => Ok(None),
         }
     }
 
     /// The complete configuration, with defaults for what may default.
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let proxy = self.proxy.ok_or(ConfigError::Missing("proxy address"))?;
+        let ca_file = self
+            .ca_file
+            .clone()
+            .ok_or(ConfigError::Missing("CA file"))?;
+        let token = self.resolve_token()?.ok_or(ConfigError::Missing("token"))?;
         Ok(Config {
             proxy,
             server_name: self.server_name.unwrap_or_else(|| proxy.ip().to_string()),
-            ca_file: self.ca_file.ok_or(ConfigError::Missing("CA file"))?,
-            token: self.token.ok_or(ConfigError::Missing("token"))?,
+            ca_file,
+            token,
             state_dir: self
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/starlight")),
@@ -138,8 +194,33 @@ impl Settings {
             api_socket: self
                 .api_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
+            api_group: self.api_group,
         })
     }
+}
+
+/// Reads a token file: its content without surrounding white space (a
+/// warning is logged if other users may read it).
+pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ConfigError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(err)?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(err(std::io::Error::other("the file is empty")));
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "the token file is readable by other users: chmod 600 it"
+            );
+        }
+    }
+    Ok(token.to_string())
 }
 
 /// starlightd's complete configuration.
@@ -165,9 +246,57 @@ pub struct Config {
     pub snapshotter_socket: PathBuf,
     /// Where starlightd serves its API.
     pub api_socket: PathBuf,
+    /// The group (name or number) whose members may use the API socket
+    /// besides root; `None`: root only.
+    pub api_group: Option<String>,
 }
 
 impl Config {
+    /// Creates the state directory and the directories starlightd keeps in
+    /// it closed to other users (mode 0700, owned by us), or closes existing
+    /// ones; refuses a state directory owned by another user or a symlink.
+    pub fn prepare_state_dir(&self) -> Result<(), ConfigError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = &self.state_dir;
+        let bad = |reason: String| ConfigError::StateDir {
+            path: path.clone(),
+            reason,
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            // SAFETY: geteuid has no preconditions.
+            let euid = unsafe { libc::geteuid() };
+            if meta.file_type().is_symlink() || !meta.is_dir() {
+                return Err(bad("not a directory".into()));
+            }
+            if meta.uid() != euid {
+                return Err(bad(format!(
+                    "owned by uid {}, starlightd runs as uid {euid}",
+                    meta.uid()
+                )));
+            }
+        }
+        crate::store::private_dir(path).map_err(|e| bad(e.to_string()))?;
+        // Made here (0700) rather than by their owners with the umask's mode.
+        for sub in [
+            self.store_dir(),
+            self.images_db(),
+            self.mounts_dir(),
+            self.snapshotter_dir(),
+        ] {
+            crate::store::private_dir(&sub).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The gid of [`Config::api_group`], looked up in the group database.
+    pub fn api_gid(&self) -> Result<Option<u32>, ConfigError> {
+        let Some(group) = &self.api_group else {
+            return Ok(None);
+        };
+        crate::api::peer::group_id(group)
+            .map(Some)
+            .map_err(ConfigError::ApiGroup)
+    }
     /// The content store's directory.
     pub fn store_dir(&self) -> PathBuf {
         self.state_dir.join("content")
@@ -239,6 +368,81 @@ mod tests {
             config.containerd_socket,
             PathBuf::from("/run/containerd/containerd.sock")
         );
+    }
+
+    #[test]
+    fn the_token_comes_from_the_file_setting_or_a_token_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "from-file\n").unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let base = Settings {
+            proxy: Some("127.0.0.1:1".parse().unwrap()),
+            ca_file: Some("/ca.pem".into()),
+            ..Settings::default()
+        };
+        let with_file = Settings {
+            token_file: Some(token_file.clone()),
+            ..base.clone()
+        };
+        assert_eq!(with_file.clone().resolve().unwrap().token, "from-file");
+        // A flag's token replaces the file's token_file, and the other way.
+        let flag = Settings {
+            token: Some("flag".into()),
+            ..Settings::default()
+        };
+        assert_eq!(
+            with_file.overridden_by(flag).resolve().unwrap().token,
+            "flag"
+        );
+        let both = Settings {
+            token: Some("a".into()),
+            token_file: Some(token_file),
+            ..base.clone()
+        };
+        assert!(matches!(both.resolve(), Err(ConfigError::TwoTokens)));
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "  \n").unwrap();
+        let err = Settings {
+            token_file: Some(empty),
+            ..base
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn the_state_dir_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Settings {
+            proxy: Some("127.0.0.1:1".parse().unwrap()),
+            ca_file: Some("/ca.pem".into()),
+            token: Some("t".into()),
+            state_dir: Some(dir.path().join("state")),
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        config.prepare_state_dir().unwrap();
+        assert_eq!(mode(&config.state_dir), 0o700);
+        // An older, open state directory and its subdirectories are closed.
+        std::fs::create_dir_all(config.images_db()).unwrap();
+        for d in [config.state_dir.clone(), config.images_db()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        config.prepare_state_dir().unwrap();
+        assert_eq!(mode(&config.state_dir), 0o700);
+        assert_eq!(mode(&config.images_db()), 0o700);
+        // A symlink is refused.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&config.state_dir, &link).unwrap();
+        config.state_dir = link;
+        let err = config.prepare_state_dir().unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
     }
 
     #[test]

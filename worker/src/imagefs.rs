@@ -8,7 +8,7 @@
 //! it parks on that content's waiter ([`ContentWaiters`]) until the
 //! receiver settles it: ready → served from the store, failed → `EIO`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -55,11 +55,54 @@ pub enum TreeError {
     },
 }
 
+/// The entries of a directory. While the tree is built names are only
+/// appended (the builder's path map keeps them unique); [`Children::seal`]
+/// then sorts them once. A lookup is a binary search, and a readdir offset is
+/// an index into the vector, so every readdir call continues where the last
+/// one stopped: listing a directory is linear in its size.
+#[derive(Debug, Default)]
+struct Children(Vec<(OsString, u64)>);
+
+impl Children {
+    fn push(&mut self, name: &str, ino: u64) {
+        self.0.push((name.into(), ino));
+    }
+
+    fn seal(&mut self) {
+        self.0.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.0.shrink_to_fit();
+    }
+
+    fn get(&self, name: &OsStr) -> Option<u64> {
+        self.0
+            .binary_search_by(|(n, _)| n.as_os_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].1)
+    }
+
+    /// The entry at readdir position `index` (0 `.`, 1 `..`, then the children).
+    fn at(&self, index: u64, dir: u64, parent: u64) -> Option<(&OsStr, u64)> {
+        match index {
+            0 => Some((OsStr::new("."), dir)),
+            1 => Some((OsStr::new(".."), parent)),
+            i => {
+                let (name, ino) = self.0.get(usize::try_from(i - 2).ok()?)?;
+                Some((name.as_os_str(), *ino))
+            }
+        }
+    }
+}
+
+/// Bytes a `struct fuse_dirent` named `name` takes in a readdir reply.
+fn dirent_len(name: &OsStr) -> usize {
+    24 + name.len().div_ceil(8) * 8
+}
+
 #[derive(Debug)]
 enum NodeData {
     Dir {
         parent: u64,
-        children: BTreeMap<OsString, u64>,
+        children: Children,
     },
     Symlink(Vec<u8>),
     /// A regular file: its content (none if empty) and its TOC index.
@@ -157,7 +200,7 @@ impl ImageFs {
             attr: root_attr,
             data: NodeData::Dir {
                 parent: ROOT,
-                children: BTreeMap::new(),
+                children: Children::default(),
             },
             xattrs: Vec::new(),
         }];
@@ -203,7 +246,7 @@ impl ImageFs {
             let data = match e.kind {
                 EntryKind::Dir => NodeData::Dir {
                     parent,
-                    children: BTreeMap::new(),
+                    children: Children::default(),
                 },
                 EntryKind::File => NodeData::File(
                     e.sha256.filter(|_| e.size > 0),
@@ -247,6 +290,11 @@ impl ImageFs {
             nodes[(target_ino - 1) as usize].attr.nlink += 1;
             by_path.insert(full, target_ino);
         }
+        for node in &mut nodes {
+            if let NodeData::Dir { children, .. } = &mut node.data {
+                children.seal();
+            }
+        }
         Ok(ImageFs {
             nodes,
             store,
@@ -288,7 +336,7 @@ impl ImageFs {
                         attr: FileAttr::new(ino, FileKind::Directory, 0o755, 0),
                         data: NodeData::Dir {
                             parent,
-                            children: BTreeMap::new(),
+                            children: Children::default(),
                         },
                         xattrs: Vec::new(),
                     });
@@ -304,7 +352,7 @@ impl ImageFs {
     fn link(nodes: &mut [Node], parent: u64, name: &str, ino: u64, is_dir: bool) {
         let node = &mut nodes[(parent - 1) as usize];
         if let NodeData::Dir { children, .. } = &mut node.data {
-            children.insert(name.into(), ino);
+            children.push(name, ino);
         }
         if is_dir {
             node.attr.nlink += 1;
@@ -345,7 +393,7 @@ impl Filesystem for ImageFs {
         let NodeData::Dir { children, .. } = &self.node(parent)?.data else {
             return Err(Errno::ENOTDIR);
         };
-        let ino = *children.get(name).ok_or(Errno::ENOENT)?;
+        let ino = children.get(name).ok_or(Errno::ENOENT)?;
         Ok(Entry {
             attr: self.node(ino)?.attr.clone(),
             generation: 0,
@@ -460,22 +508,27 @@ impl Filesystem for ImageFs {
         ino: u64,
         _fh: u64,
         offset: u64,
-        _size: u32,
+        size: u32,
     ) -> Result<Vec<DirEntry>, Errno> {
         let NodeData::Dir { parent, children } = &self.node(ino)?.data else {
             return Err(Errno::ENOTDIR);
         };
-        let dots = [(OsString::from("."), ino), (OsString::from(".."), *parent)];
-        let all = dots
-            .into_iter()
-            .chain(children.iter().map(|(n, c)| (n.clone(), *c)));
+        // The offset is the position of the next entry: start right there,
+        // and stop once the reply buffer is full.
         let mut entries = Vec::new();
-        for (index, (name, child)) in all.enumerate().skip(offset as usize) {
+        let mut used = 0usize;
+        let mut index = offset;
+        while let Some((name, child)) = children.at(index, ino, *parent) {
+            used += dirent_len(name);
+            if used > size as usize {
+                break;
+            }
+            index += 1;
             entries.push(DirEntry {
                 ino: child,
                 kind: self.node(child)?.attr.kind,
-                name,
-                next_offset: index as u64 + 1,
+                name: name.to_os_string(),
+                next_offset: index,
             });
         }
         Ok(entries)
@@ -714,6 +767,52 @@ mod tests {
                 .unwrap_err(),
             Errno::EROFS
         );
+    }
+
+    #[tokio::test]
+    async fn readdir_continues_at_its_offset_and_fills_the_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        // Children in reverse order: the tree sorts them once.
+        let toc = (0..1000)
+            .rev()
+            .map(|i| entry(&format!("d/f{i:04}"), EntryKind::File))
+            .collect();
+        let h = Header {
+            toc,
+            ..Header::default()
+        };
+        let fs = ImageFs::new(&h, store, Arc::new(ContentWaiters::new()), Duration::ZERO).unwrap();
+        let d = lookup_path(&fs, "d").await.attr.ino;
+        assert_eq!(lookup_path(&fs, "d/f0500").await.attr.kind, FileKind::File);
+        let mut names = Vec::new();
+        let mut offset = 0;
+        let mut calls = 0;
+        loop {
+            let page = fs.readdir(&ctx(), d, 0, offset, 4096).await.unwrap();
+            let Some(last) = page.last() else { break };
+            // Each page fills at most the buffer, and at least most of it.
+            let bytes: usize = page.iter().map(|e| dirent_len(&e.name)).sum();
+            assert!(bytes <= 4096, "{bytes}");
+            assert!(last.next_offset == 1002 || bytes > 4096 - 32, "{bytes}");
+            offset = last.next_offset;
+            names.extend(page.into_iter().map(|e| e.name.into_string().unwrap()));
+            calls += 1;
+        }
+        let want: Vec<String> = [".".to_string(), "..".to_string()]
+            .into_iter()
+            .chain((0..1000).map(|i| format!("f{i:04}")))
+            .collect();
+        assert_eq!(names, want);
+        // 32 bytes per entry: 128 per page.
+        assert_eq!(calls, 1002usize.div_ceil(128));
+        // Past the end, and a buffer too small for one entry: nothing.
+        assert!(fs
+            .readdir(&ctx(), d, 0, 5000, 4096)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(fs.readdir(&ctx(), d, 0, 0, 16).await.unwrap().is_empty());
     }
 
     #[test]

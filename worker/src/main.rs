@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use starlight_worker::api::peer::PeerPolicy;
 use starlight_worker::api::server as api_server;
 use starlight_worker::config::{Settings, DEFAULT_CONFIG_PATH};
 use starlight_worker::imagefs::ImageFs;
@@ -49,9 +50,15 @@ struct Cli {
     /// PEM file of the CAs trusted for the proxy (overrides `ca_file`).
     #[arg(long = "ca", global = true)]
     ca_file: Option<PathBuf>,
-    /// The proxy's bearer token (overrides `token`).
+    /// The proxy's bearer token (overrides `token`). Prefer `token` or
+    /// `token_file` in the configuration file, or the STARLIGHT_TOKEN
+    /// environment variable: a token on the command line is visible to every
+    /// local user in /proc.
     #[arg(long, global = true, env = "STARLIGHT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the proxy's bearer token (overrides `token_file`).
+    #[arg(long, global = true, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// The state directory (overrides `state_dir`).
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
@@ -70,6 +77,10 @@ struct Cli {
     /// The API socket (overrides `api_socket`).
     #[arg(long, global = true)]
     api_socket: Option<PathBuf>,
+    /// A group whose members may use the API socket besides root
+    /// (overrides `api_group`).
+    #[arg(long, global = true)]
+    api_group: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -134,12 +145,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         server_name: cli.server_name,
         ca_file: cli.ca_file,
         token: cli.token,
+        token_file: cli.token_file,
         state_dir: cli.state_dir,
         grace_secs: cli.grace_secs,
         containerd_socket: cli.containerd_socket,
         namespace: cli.namespace,
         snapshotter_socket: cli.snapshotter_socket,
         api_socket: cli.api_socket,
+        api_group: cli.api_group,
     };
     let config = Settings::load(&path, required)?
         .overridden_by(flags)
@@ -161,6 +174,8 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    config.prepare_state_dir()?;
+    let api_policy = PeerPolicy::root_or_group(config.api_gid()?);
     let registry = Arc::new(ContainerdRegistry {
         socket: config.containerd_socket.clone(),
         namespace: config.namespace.clone(),
@@ -171,7 +186,7 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     let snapshotter = OverlaySnapshotter::open(&config.snapshotter_dir())
         .with_context(|| "opening the snapshotter state")?;
     snapshotter.set_image_mounts(manager.clone());
-    let api = api_server::bind(&config.api_socket)
+    let api = api_server::bind(&config.api_socket, &api_policy)
         .with_context(|| format!("binding the API socket {}", config.api_socket.display()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -187,6 +202,7 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     });
     let api_task = tokio::spawn(api_server::serve(
         api,
+        api_policy,
         manager.clone(),
         stopped(stop_rx.clone()),
     ));
@@ -248,8 +264,9 @@ async fn mount(
     image: String,
     mountpoint: PathBuf,
 ) -> anyhow::Result<()> {
+    config.prepare_state_dir()?;
     let store = Arc::new(Store::open(config.store_dir())?);
-    let meta = MetaDb::open(&config.state_dir.join("images"))?;
+    let meta = MetaDb::open(&config.images_db())?;
     let waiters = Arc::new(ContentWaiters::new());
     let t0 = Instant::now();
     if !refresh {
@@ -348,7 +365,10 @@ async fn mount_header(
         fs,
         MountOptions::default()
             .fs_name(format!("starlight:{image}"))
-            .allow_other(true),
+            // Other users may enter, and the kernel checks each access
+            // against the image's own modes and owners (as the daemon's mounts).
+            .allow_other(true)
+            .default_permissions(true),
     )
     .await
     .with_context(|| format!("mounting {image} at {}", mountpoint.display()))

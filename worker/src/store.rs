@@ -2,10 +2,15 @@
 //! (`<root>/sha256/ab/abcdef…`), shared by all images.
 //!
 //! Contents are written to a temporary file under `<root>/tmp` (the same
-//! filesystem), made read-only (0444) and renamed into place only once
-//! verified, so while the machine runs a path in the store always holds
-//! exactly the bytes its name promises. Inserting a content that is already
-//! there is a no-op.
+//! filesystem), made read-only for the daemon alone (0400) and renamed into
+//! place only once verified, so while the machine runs a path in the store
+//! always holds exactly the bytes its name promises. Inserting a content
+//! that is already there is a no-op.
+//!
+//! Every directory of the store is 0700 (created so, and set so at
+//! [`Store::open`] when an older version left it open): images hold files
+//! that are private inside the image, and local users must not read them
+//! here. The image's own modes apply only through the mount.
 //!
 //! Durability is per batch, not per content (an fsync per file made a
 //! bundle of thousands of small files crawl): [`Store::sync`] flushes the
@@ -82,6 +87,36 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
+/// Mode of every directory of the store (and of the state directory).
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of a stored content: read-only, for the daemon alone.
+pub const CONTENT_MODE: u32 = 0o400;
+
+/// Creates `dir` (and missing parents) closed to other users: a directory
+/// this creates is [`DIR_MODE`], and `dir` itself is set to [`DIR_MODE`]
+/// if it existed with another mode (logged). A symlink is refused.
+pub fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io_err(dir))?;
+    let meta = fs::symlink_metadata(dir).map_err(io_err(dir))?;
+    if !meta.is_dir() {
+        return Err(io_err(dir)(io::Error::other("not a directory")));
+    }
+    if meta.permissions().mode() & 0o7777 != DIR_MODE {
+        info!(
+            path = %dir.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o7777),
+            "closing a directory to other users (mode 700)"
+        );
+        fs::set_permissions(dir, Permissions::from_mode(DIR_MODE)).map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
 /// A content store rooted at a directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -104,11 +139,20 @@ impl Store {
         }
         let store = Store { root, mode };
         let tmp = store.tmp_dir();
-        fs::create_dir_all(store.root.join("sha256")).map_err(io_err(&store.root))?;
+        let top = store.root.join("sha256");
+        private_dir(&store.root)?;
+        private_dir(&top)?;
+        // The fan-out directories of an older store may be open.
+        for entry in fs::read_dir(&top).map_err(io_err(&top))? {
+            let path = entry.map_err(io_err(&top))?.path();
+            if path.is_dir() {
+                private_dir(&path)?;
+            }
+        }
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
-        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        private_dir(&tmp)?;
         Ok(store)
     }
 
@@ -208,7 +252,7 @@ impl Store {
     }
 
     /// Moves `file`, whose content the caller has verified to hash to `sha`,
-    /// into the store: mode 0444, atomic rename (durable after the next
+    /// into the store: mode 0400, atomic rename (durable after the next
     /// [`Store::sync`]). If the content is already present the temporary
     /// file is dropped instead. Returns the content's path.
     pub fn insert_verified(
@@ -221,9 +265,12 @@ impl Store {
             return Ok(dest);
         }
         let tmp_path = file.path().to_path_buf();
-        fs::set_permissions(&tmp_path, Permissions::from_mode(0o444)).map_err(io_err(&tmp_path))?;
+        fs::set_permissions(&tmp_path, Permissions::from_mode(CONTENT_MODE))
+            .map_err(io_err(&tmp_path))?;
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        if !dir.is_dir() {
+            private_dir(&dir)?;
+        }
         file.persist(&dest).map_err(|e| StoreError::Io {
             path: dest.clone(),
             source: e.error,
@@ -455,6 +502,36 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_closed_to_other_users_and_open_fixes_old_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        // As an older version left it: open directories.
+        let fanout = root.join("sha256/ab");
+        fs::create_dir_all(&fanout).unwrap();
+        for d in [&root, &root.join("sha256"), &fanout] {
+            fs::set_permissions(d, Permissions::from_mode(0o755)).unwrap();
+        }
+        let store = Store::open(&root).unwrap();
+        let data = b"private inside the image";
+        let path = store.insert_bytes(data, &sha(data)).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&path), CONTENT_MODE);
+        for d in [
+            root.clone(),
+            root.join("sha256"),
+            root.join("tmp"),
+            fanout,
+            path.parent().unwrap().to_path_buf(),
+        ] {
+            assert_eq!(mode(&d), DIR_MODE, "{}", d.display());
+        }
+        // A symlink where a directory should be is refused.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/tmp", &link).unwrap();
+        assert!(private_dir(&link).is_err());
+    }
+
+    #[test]
     fn insert_is_read_only_keyed_and_deduplicated() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("store")).unwrap();
@@ -468,7 +545,7 @@ mod tests {
             dir.path().join("store/sha256").join(&hex[..2]).join(&hex)
         );
         assert!(store.has(&key));
-        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o444);
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o400);
         let mut back = Vec::new();
         store
             .open_content(&key)
@@ -560,7 +637,7 @@ mod tests {
                 }
                 let path = s.commit(w, &key).unwrap();
                 assert!(fs::read(&path).unwrap() == data, "size {size} mode {i}");
-                assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o444);
+                assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o400);
             }
         }
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);

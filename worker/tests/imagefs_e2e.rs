@@ -440,3 +440,66 @@ async fn mount_at_header_then_serve_verified_contents() {
         p.session.shutdown().await;
     }
 }
+
+/// A directory of 100,000 entries lists through a real FUSE mount with
+/// every name exactly once (readdir continues at its offset: linear).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: a FUSE mount"]
+async fn readdir_of_a_huge_directory_lists_every_name_once() {
+    const N: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path().join("store")).unwrap());
+    let toc = (0..N)
+        .map(|i| transport_quic::TocEntry {
+            path: format!("huge/entry-{i:06}"),
+            kind: transport_quic::EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: MTIME as i64,
+            mtime_nsec: 0,
+            size: 0,
+            link: None,
+            devmajor: 0,
+            devminor: 0,
+            xattrs: vec![],
+            sha256: None,
+            layer: 0,
+            source: Source::NoContent,
+        })
+        .collect();
+    let header = Header {
+        toc,
+        ..Header::default()
+    };
+    let fs = ImageFs::new(
+        &header,
+        store,
+        Arc::new(ContentWaiters::new()),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let session = Session::mount(&mnt, fs, MountOptions::default().fs_name("starlight-test"))
+        .await
+        .unwrap();
+    let huge = mnt.join("huge");
+    let (names, took) = blocking(move || {
+        let t0 = Instant::now();
+        let names: Vec<String> = std::fs::read_dir(&huge)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        (names, t0.elapsed())
+    })
+    .await;
+    println!("listed {} entries through FUSE in {took:?}", names.len());
+    assert_eq!(names.len(), N, "every entry once");
+    let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(unique.len(), N, "no name twice");
+    for (i, name) in unique.iter().enumerate() {
+        assert_eq!(**name, format!("entry-{i:06}"));
+    }
+    session.shutdown().await;
+}

@@ -91,6 +91,9 @@ pub enum FormatError {
         /// Digest found.
         actual: String,
     },
+    /// An indexing budget was exceeded (see [`super::budget`]).
+    #[error(transparent)]
+    Budget(#[from] super::budget::BudgetExceeded),
     /// Conversion options that cannot be honoured.
     #[error("invalid conversion options: {0}")]
     BadOptions(String),

@@ -19,6 +19,7 @@
 //! does not fit; the output is deterministic (same input, same bytes).
 //! Everything read from a layer is bounded first (see [`limits`]).
 
+pub mod budget;
 mod codec;
 mod convert;
 pub mod entry;
@@ -46,7 +47,7 @@ pub use convert::{convert_layer, ConvertOptions, ConvertedLayer};
 pub use entry::{ContentRef, Entry, EntryKind, Whiteout};
 pub use error::FormatError;
 pub use extract::{decompress_member, decompress_prefix, extract_content};
-pub use scan::{scan_layer, ScannedLayer};
+pub use scan::{scan_layer, scan_layer_metered, ScannedLayer};
 
 /// Compression of a layer blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -6,6 +6,7 @@ use std::io::{BufReader, Cursor, Read};
 
 use sha2::{Digest, Sha256};
 
+use super::budget::LayerMeter;
 use super::codec::detect_compression;
 use super::entry::{ContentRef, Entry, EntryKind};
 use super::error::FormatError;
@@ -41,6 +42,25 @@ fn not_starlight(path: &str, reason: &str) -> FormatError {
 /// content must be exactly one compressed member, or the blob is refused
 /// with [`FormatError::NotStarlight`].
 pub fn scan_layer<R: Read>(blob: R) -> Result<ScannedLayer, FormatError> {
+    scan_layer_metered(blob, &LayerMeter::unlimited())
+}
+
+/// [`scan_layer`] within budgets: `meter` charges every entry's metadata and
+/// counts the uncompressed bytes as they stream by; the scan stops with
+/// [`FormatError::Budget`] as soon as one is exceeded.
+pub fn scan_layer_metered<R: Read>(
+    blob: R,
+    meter: &LayerMeter,
+) -> Result<ScannedLayer, FormatError> {
+    let result = scan(blob, meter);
+    // A budget error may come back rewrapped by the readers above the meter.
+    match meter.exceeded() {
+        Some(e) if result.is_err() => Err(FormatError::Budget(e)),
+        _ => result,
+    }
+}
+
+fn scan<R: Read>(blob: R, meter: &LayerMeter) -> Result<ScannedLayer, FormatError> {
     let mut blob = TagErrors(blob);
     let prefix = read_prefix(&mut blob, 4)?;
     let compression = detect_compression(&prefix);
@@ -49,7 +69,7 @@ pub fn scan_layer<R: Read>(blob: R) -> Result<ScannedLayer, FormatError> {
     }
     let buffered = Cursor::new(prefix).chain(BufReader::with_capacity(256 << 10, blob));
     let members = MemberReader::new(compression, buffered);
-    let mut tar = TarReader::new(HashReader::new(members));
+    let mut tar = TarReader::new(meter.reader(HashReader::new(members)));
     let mut entries: Vec<Option<Entry>> = Vec::new();
     let mut by_path: HashMap<String, usize> = HashMap::new();
     let mut buf = vec![0u8; 128 << 10];
@@ -64,7 +84,7 @@ pub fn scan_layer<R: Read>(blob: R) -> Result<ScannedLayer, FormatError> {
         match entry.kind {
             EntryKind::File if entry.size > 0 => {
                 let start = tar.position();
-                if !tar.get_mut().get_mut().at_boundary()? {
+                if !tar.get_mut().get_mut().get_mut().at_boundary()? {
                     return Err(not_starlight(
                         &entry.path,
                         "file content does not start a compressed member",
@@ -87,7 +107,7 @@ pub fn scan_layer<R: Read>(blob: R) -> Result<ScannedLayer, FormatError> {
                     hasher.update(&buf[..n]);
                     left -= n as u64;
                 }
-                let members = tar.get_mut().get_mut();
+                let members = tar.get_mut().get_mut().get_mut();
                 let member = match (members.at_boundary()?, members.last_member()) {
                     (true, Some(m))
                         if m.uncompressed_offset == start && m.uncompressed_len == entry.size =>
@@ -140,12 +160,13 @@ pub fn scan_layer<R: Read>(blob: R) -> Result<ScannedLayer, FormatError> {
             }
             _ => {}
         }
+        meter.charge(&entry)?;
         if let Some(old) = by_path.insert(entry.path.clone(), entries.len()) {
             entries[old] = None;
         }
         entries.push(Some(entry));
     }
-    let (members, diff_id, _) = tar.into_inner().into_parts();
+    let (members, diff_id, _) = tar.into_inner().into_inner().into_parts();
     let (digest, size) = members
         .into_blob()
         .ok_or_else(|| FormatError::Corrupt("the last member of the blob is incomplete".into()))?

@@ -54,6 +54,8 @@ pub fn index_error(e: &IndexError) -> HandlerError {
         },
         IndexError::Download { .. } => ErrorCode::Upstream,
         IndexError::Image { .. } | IndexError::Layer { .. } => ErrorCode::NotStarlight,
+        IndexError::Budget { .. } => ErrorCode::BadRequest,
+        IndexError::Busy { .. } => ErrorCode::Unavailable,
         IndexError::TempFile { .. } | IndexError::Db { .. } => ErrorCode::Internal,
     };
     HandlerError::new(code, format!("cannot index: {e}"))

@@ -41,14 +41,19 @@ pub struct Args {
     pub no_progress: bool,
     /// After pushing, ask this Starlight proxy (QUIC `HOST:PORT`) to index
     /// the converted image now, so the first worker does not wait for it.
-    #[arg(long, value_name = "PROXY", requires_all = ["ca", "token"])]
+    #[arg(long, value_name = "PROXY", requires = "ca")]
     pub notify: Option<String>,
     /// With --notify: PEM file of the CA (or self-signed certificate) to trust.
     #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// With --notify: bearer token presented to the proxy.
+    /// With --notify: bearer token presented to the proxy. Prefer
+    /// STARLIGHT_TOKEN or --token-file: a token on the command line is
+    /// visible to every local user in /proc.
     #[arg(long, env = "STARLIGHT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// With --notify: a file holding the bearer token.
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// With --notify: name the proxy's certificate must be valid for
     /// (default: the host of --notify).
     #[arg(long)]
@@ -62,6 +67,10 @@ pub struct Args {
 /// Runs `starlight convert`: prints the report on stdout.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let platforms = PlatformSelection::parse(&args.platform).context("--platform")?;
+    let token = super::token_from(args.token.as_ref(), args.token_file.as_ref())?;
+    if args.notify.is_some() && token.is_none() {
+        anyhow::bail!("--notify needs a token: set STARLIGHT_TOKEN or pass --token-file");
+    }
     let opts = ConvertImageOptions {
         compression: match args.compression {
             CompressionArg::Gzip => Compression::Gzip,
@@ -78,7 +87,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("converting {} to {}", args.src, args.dst))?;
     println!("{report}");
-    if let (Some(proxy), Some(ca), Some(token)) = (&args.notify, &args.ca, &args.token) {
+    if let (Some(proxy), Some(ca), Some(token)) = (&args.notify, &args.ca, &token) {
         let started = Instant::now();
         let entries = notify(proxy, ca, token, args.server_name.as_deref(), &args.dst)
             .await

@@ -36,9 +36,19 @@ pub struct Args {
     /// PEM file of the CA (or the self-signed certificate) to trust.
     #[arg(long)]
     pub ca: PathBuf,
-    /// Bearer token presented to the proxy.
-    #[arg(long, env = "STARLIGHT_TOKEN")]
-    pub token: String,
+    /// Bearer token presented to the proxy. Prefer STARLIGHT_TOKEN or
+    /// --token-file: a token on the command line is visible to every local
+    /// user in /proc.
+    #[arg(
+        long,
+        env = "STARLIGHT_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Name the proxy's certificate must be valid for (default: the host of --proxy).
     #[arg(long)]
     pub server_name: Option<String>,
@@ -237,8 +247,16 @@ async fn receive(
     let server_name = args.server_name.clone().unwrap_or(host);
     let client = Client::new(ClientTls::CaFile(args.ca.clone()))
         .map_err(|e| (FetchFailure::client(e), None))?;
+    let token = super::token_from(args.token.as_ref(), args.token_file.as_ref())
+        .map_err(|e| (FetchFailure::new(1, format!("{e:#}")), None))?
+        .ok_or_else(|| {
+            (
+                FetchFailure::new(1, "no token: set STARLIGHT_TOKEN or pass --token-file"),
+                None,
+            )
+        })?;
     let request = Request {
-        token: args.token.clone(),
+        token,
         image: args.image.clone(),
         platform: args.platform.clone(),
         held_images: args.from.clone(),

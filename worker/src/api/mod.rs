@@ -6,6 +6,7 @@
 //! [`call`] is the client the `starlight` CLI uses.
 
 mod client;
+pub mod peer;
 pub mod server;
 
 pub use client::{call, ApiError};

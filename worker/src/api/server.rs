@@ -8,12 +8,14 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::peer::PeerPolicy;
 use super::{Request, Response, MAX_LINE};
 use crate::manager::{ImageManager, PullOptions};
 
 /// Binds the API socket at `path` (a stale socket file is replaced; the
-/// parent directory is created).
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// parent directory is created) and gives it the mode (and group) of
+/// `policy`.
+pub fn bind(path: &Path, policy: &PeerPolicy) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -21,12 +23,16 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    UnixListener::bind(path)
+    let listener = UnixListener::bind(path)?;
+    policy.apply(path)?;
+    Ok(listener)
 }
 
-/// Serves `listener` until `shutdown` completes.
+/// Serves `listener` until `shutdown` completes; connections from peers
+/// `policy` refuses get one error line and are closed.
 pub async fn serve(
     listener: UnixListener,
+    policy: PeerPolicy,
     manager: Arc<ImageManager>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -35,9 +41,14 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, manager.clone()));
-                }
+                Ok((stream, _)) => match policy.check(&stream, "API socket") {
+                    Ok(_) => {
+                        tokio::spawn(connection(stream, manager.clone()));
+                    }
+                    Err(refusal) => {
+                        tokio::spawn(refuse(stream, refusal));
+                    }
+                },
                 Err(e) => {
                     warn!("API socket: accept failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -45,6 +56,16 @@ pub async fn serve(
             },
         }
     }
+}
+
+/// Tells a refused peer why, and closes.
+async fn refuse(stream: UnixStream, why: String) {
+    let (_read, mut write) = stream.into_split();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        write_line(&mut write, &Response::Error(why)),
+    )
+    .await;
 }
 
 async fn write_line(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> std::io::Result<()> {

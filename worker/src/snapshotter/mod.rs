@@ -78,6 +78,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 /// How long a shutdown waits for open gRPC connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -140,11 +141,22 @@ async fn run(
         _ => {}
     }
     let listener = tokio::net::UnixListener::bind(socket).map_err(bind_err)?;
+    // containerd runs as root: the socket is root's alone (mode 0600), and a
+    // connection from anyone else (a permissive mode, a bind race) is closed.
+    let policy = crate::api::peer::PeerPolicy::root_only();
+    policy.apply(socket).map_err(bind_err)?;
+    let incoming = UnixListenerStream::new(listener).filter_map(move |conn| match conn {
+        Ok(stream) => policy
+            .check(&stream, "snapshotter socket")
+            .ok()
+            .map(|_| Ok(stream)),
+        Err(e) => Some(Err(e)),
+    });
     tracing::info!(socket = %socket.display(), "snapshotter serving");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .add_service(containerd_snapshots::server(snapshotter))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);

@@ -21,9 +21,14 @@ pub struct ProxyArgs {
     /// PEM file of the CA (or self-signed certificate) to trust.
     #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// Bearer token presented to the proxy.
+    /// Bearer token presented to the proxy. Prefer `token`/`token_file` in
+    /// the configuration file, STARLIGHT_TOKEN or --token-file: a token on
+    /// the command line is visible to every local user in /proc.
     #[arg(long, env = "STARLIGHT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Name the proxy's certificate must be valid for (default: the proxy's IP).
     #[arg(long)]
     pub server_name: Option<String>,
@@ -52,18 +57,20 @@ impl ProxyArgs {
             server_name: self.server_name.clone(),
             ca_file: self.ca.clone(),
             token: self.token.clone(),
+            token_file: self.token_file.clone(),
             ..Settings::default()
         };
         let settings = file.overridden_by(flags);
+        let token = settings.resolve_token()?.context(
+            "no token: set `token` or `token_file` in the configuration, STARLIGHT_TOKEN, or pass --token-file",
+        )?;
         let addr = settings
             .proxy
             .context("no proxy address: pass --proxy or set `proxy` in the configuration")?;
         let ca = settings
             .ca_file
             .context("no CA file: pass --ca or set `ca_file` in the configuration")?;
-        let token = settings
-            .token
-            .context("no token: pass --token (or STARLIGHT_TOKEN) or set `token`")?;
+
         let server_name = settings
             .server_name
             .unwrap_or_else(|| addr.ip().to_string());
