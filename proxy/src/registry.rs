@@ -123,6 +123,41 @@ pub enum RegistryError {
     },
 }
 
+impl RegistryError {
+    /// The error as told to a worker: never the registry's response body or the HTTP
+    /// client's text (both can carry whatever a registry, or a host it redirects to,
+    /// answers). The full error goes to the proxy's log instead.
+    pub fn public_message(&self) -> String {
+        match self {
+            RegistryError::Request { image, what, detail } => {
+                let d = detail.to_ascii_lowercase();
+                let kind = if ["manifest_unknown", "blob_unknown", "not found", "404"]
+                    .iter()
+                    .any(|w| d.contains(w))
+                {
+                    "not found in the registry"
+                } else if ["401", "403", "unauthorized", "denied"]
+                    .iter()
+                    .any(|w| d.contains(w))
+                {
+                    "refused by the registry"
+                } else {
+                    "the registry request failed"
+                };
+                format!("{what} of {image}: {kind} (details in the proxy's log)")
+            }
+            RegistryError::Other(_) => {
+                "the registry request failed (details in the proxy's log)".to_string()
+            }
+            RegistryError::Io { image, what, .. } => {
+                format!("{what} of {image}: local I/O error (details in the proxy's log)")
+            }
+            // Our own checks: no upstream text in them beyond digests and sizes.
+            e => e.to_string(),
+        }
+    }
+}
+
 /// One platform's image, resolved from a reference.
 #[derive(Debug, Clone)]
 pub struct ResolvedImage {
@@ -1167,6 +1202,25 @@ impl RegistryClient {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_messages_carry_no_upstream_text() {
+        let e = RegistryError::Request {
+            image: "h/app:v1".into(),
+            what: "fetching manifest".into(),
+            detail: "Server error: url http://h/v2/app/manifests/v1, code: 500, message: SECRET-BODY".into(),
+        };
+        let m = e.public_message();
+        assert!(!m.contains("SECRET-BODY"), "{m}");
+        assert!(m.contains("h/app:v1") && m.contains("proxy's log"), "{m}");
+        let e = RegistryError::Request {
+            image: "h/app:v1".into(),
+            what: "fetching manifest".into(),
+            detail: "code: 404, message: {\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\"}]} SECRET".into(),
+        };
+        let m = e.public_message();
+        assert!(m.contains("not found") && !m.contains("SECRET"), "{m}");
+    }
 
     #[test]
     fn platform_parse_and_match() {

@@ -31,7 +31,7 @@ mod keys;
 pub mod ranks;
 mod records;
 
-pub use ranks::{FoldOutcome, ImageRanks};
+pub use ranks::{FoldOutcome, ImageRanks, DEFAULT_MAX_STORED_TRACES};
 pub use records::{
     ImageRecord, LayerRecord, LayerRef, RankRecord, TocEntry, TraceOpenRecord, TraceRecord,
 };
