@@ -84,6 +84,16 @@ pub fn index_error(e: &IndexError) -> HandlerError {
         IndexError::Resolve { source, .. } => match source {
             RegistryError::InvalidReference { .. } => ErrorCode::BadRequest,
             RegistryError::NoSuchPlatform { .. } => ErrorCode::NotFound,
+            RegistryError::Request {
+                status: Some(status),
+                ..
+            } => {
+                if *status == 404 {
+                    ErrorCode::NotFound
+                } else {
+                    ErrorCode::Upstream
+                }
+            }
             RegistryError::Request { detail, .. }
                 if ["unknown", "not found", "404"]
                     .iter()
