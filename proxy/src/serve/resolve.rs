@@ -39,6 +39,17 @@ impl Default for ResolvePolicy {
     }
 }
 
+/// When [`Resolver::index_once`] indexes a reference already in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reindex {
+    /// Never: only a reference not indexed yet.
+    IfMissing,
+    /// When it was resolved longer than the tag TTL ago.
+    IfStale,
+    /// Always (a Refresh).
+    Now,
+}
+
 /// Most tags whose resolution time is remembered (the map is cleared when full: the
 /// tags are then simply resolved again).
 const MAX_REMEMBERED_TAGS: usize = 65_536;
@@ -231,7 +242,7 @@ impl Resolver {
             None => self.qualify(image),
         };
         self.check_allowed(&reference)?;
-        self.index_once(&reference, None, true).await?;
+        self.index_once(&reference, None, Reindex::Now).await?;
         self.lookup(&reference)?.ok_or_else(|| {
             HandlerError::new(
                 ErrorCode::Internal,
@@ -274,7 +285,7 @@ impl Resolver {
             // The tag may have moved since it was indexed: resolve it again. On
             // failure the indexed digest is served (and the error logged).
             if self.check_allowed(&reference).is_ok() {
-                if let Err(e) = self.index_once(&reference, platform, true).await {
+                if let Err(e) = self.index_once(&reference, platform, Reindex::IfStale).await {
                     warn!(image = %reference, error = %e, "re-resolving the tag failed: serving the indexed digest");
                 }
             }
@@ -292,7 +303,8 @@ impl Resolver {
             None => {
                 let reference = self.qualify(image);
                 self.check_allowed(&reference)?;
-                self.index_once(&reference, platform, false).await?;
+                self.index_once(&reference, platform, Reindex::IfMissing)
+                    .await?;
                 self.lookup(&reference)?.ok_or_else(|| {
                     HandlerError::new(
                         ErrorCode::Internal,
@@ -320,7 +332,7 @@ impl Resolver {
         &self,
         reference: &str,
         platform: Option<&Platform>,
-        again: bool,
+        mode: Reindex,
     ) -> Result<(), HandlerError> {
         let cell = {
             let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -330,12 +342,17 @@ impl Resolver {
         let result = cell
             .get_or_init(|| async {
                 // Someone may have finished indexing (or re-resolving) since our lookup.
-                if self.fresh(reference) || !again {
+                let done = match mode {
+                    Reindex::IfMissing => true,
+                    Reindex::IfStale => self.fresh(reference),
+                    Reindex::Now => false,
+                };
+                if done {
                     if let Ok(Some(_)) = self.db.image_by_reference(reference) {
                         return Ok(());
                     }
                 }
-                info!(image = reference, again, "indexing");
+                info!(image = reference, ?mode, "indexing");
                 let started = std::time::Instant::now();
                 match index_image(&self.registry, &self.db, reference, platform.as_deref()).await {
                     Ok(report) => {
