@@ -350,7 +350,10 @@ mod tests {
             "[registry]\nurl = \"r:5000\"\nallow = [\"r:5000\", \"mirror:443\"]\n[serve]\ntag_ttl_secs = 0\nmax_held_images = 4\nrequire_retry = false\n",
         )
         .unwrap();
-        assert_eq!(c.registry.allow, vec!["r:5000".to_string(), "mirror:443".into()]);
+        assert_eq!(
+            c.registry.allow,
+            vec!["r:5000".to_string(), "mirror:443".into()]
+        );
         assert_eq!(c.serve.tag_ttl_secs, 0);
         assert_eq!(c.serve.max_held_images, 4);
         assert!(!c.serve.require_retry);

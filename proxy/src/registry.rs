@@ -1229,7 +1229,9 @@ mod tests {
         let e = RegistryError::Request {
             image: "h/app:v1".into(),
             what: "fetching manifest".into(),
-            detail: "Server error: url http://h/v2/app/manifests/v1, code: 500, message: SECRET-BODY".into(),
+            detail:
+                "Server error: url http://h/v2/app/manifests/v1, code: 500, message: SECRET-BODY"
+                    .into(),
             status: Some(500),
         };
         let m = e.public_message();
@@ -1239,7 +1241,8 @@ mod tests {
         let e = RegistryError::Request {
             image: "h/app:v1".into(),
             what: "fetching manifest".into(),
-            detail: "code: 404, message: {\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\"}]} SECRET".into(),
+            detail: "code: 404, message: {\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\"}]} SECRET"
+                .into(),
             status: None,
         };
         let m = e.public_message();

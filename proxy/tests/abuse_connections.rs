@@ -102,8 +102,10 @@ async fn two_thousand_idle_unauthenticated_connections_do_not_stop_a_fetch() {
         .collect()
         .await;
     let attack_time = attack_started.elapsed();
-    let established: Vec<&quinn::Connection> =
-        results.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+    let established: Vec<&quinn::Connection> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .collect();
     let refused = results.iter().filter(|(_, r)| r.is_err()).count();
     let refused_first_address = results
         .iter()
@@ -150,7 +152,10 @@ async fn two_thousand_idle_unauthenticated_connections_do_not_stop_a_fetch() {
     assert!(stats.refused_address > 0, "{stats:?}");
     assert!(per_address < 100);
     // At most `max_unauthenticated` idle connections survive; the rest were closed.
-    assert!(stats_during.unauthenticated as usize <= max_unauth, "{stats_during:?}");
+    assert!(
+        stats_during.unauthenticated as usize <= max_unauth,
+        "{stats_during:?}"
+    );
     assert!(stats.unauthenticated as usize <= max_unauth, "{stats:?}");
     assert!(still_open as u64 <= stats.open, "{still_open} {stats:?}");
     assert!(
@@ -200,7 +205,12 @@ async fn nothing_large_is_read_before_the_token_and_bad_tokens_are_refused() {
         matches!(written, Ok(Err(_))),
         "the server should close the connection, not read 1 MiB: {written:?}"
     );
-    assert_eq!(server_close_code(&conn), Some(3), "{:?}", conn.close_reason());
+    assert_eq!(
+        server_close_code(&conn),
+        Some(3),
+        "{:?}",
+        conn.close_reason()
+    );
     println!("request-before-token refused in {:?}", started.elapsed());
 
     // A second stream before the token: not even allowed to open.
@@ -234,7 +244,11 @@ async fn nothing_large_is_read_before_the_token_and_bad_tokens_are_refused() {
     let stats = proxy.stats();
     assert!(stats.auth_failed >= 3, "{stats:?}");
     // Nothing was indexed on behalf of the refused connections.
-    assert!(proxy.db.image_by_reference(&format!("{}/abuse/auth:v1", reg.addr)).unwrap().is_none());
+    assert!(proxy
+        .db
+        .image_by_reference(&format!("{}/abuse/auth:v1", reg.addr))
+        .unwrap()
+        .is_none());
 
     // And the right token still works.
     let b = fetch(&proxy.client(), proxy.addr, &request("abuse/auth:v1", &[]))

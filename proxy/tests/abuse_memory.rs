@@ -87,7 +87,12 @@ async fn rss_stays_bounded_under_held_list_and_unread_streams() {
     );
     // 10,000 entries: a large table of contents.
     let many: Vec<(String, Vec<u8>)> = (0..10_000)
-        .map(|i| (format!("many/d{:03}/file-{i:05}.txt", i % 100), format!("{i}\n").into_bytes()))
+        .map(|i| {
+            (
+                format!("many/d{:03}/file-{i:05}.txt", i % 100),
+                format!("{i}\n").into_bytes(),
+            )
+        })
         .collect();
     push_image(
         &reg,
@@ -99,7 +104,8 @@ async fn rss_stays_bounded_under_held_list_and_unread_streams() {
     let dir = tempfile::tempdir().unwrap();
     // Per bundle: (in_flight + 1) × max_range = 5 × 4 MiB = 20 MiB of payload
     // buffers, at most 8 bundles at once, stalled ones cancelled after 3 s.
-    let (in_flight, max_range, max_bundles, per_conn, send_window) = (4u64, 4 * MIB, 8u64, 8, 16 * MIB);
+    let (in_flight, max_range, max_bundles, per_conn, send_window) =
+        (4u64, 4 * MIB, 8u64, 8, 16 * MIB);
     let proxy = ProxyProcess::start(
         &reg,
         dir.path(),
@@ -114,7 +120,9 @@ async fn rss_stays_bounded_under_held_list_and_unread_streams() {
     // Warm up: index both images and fetch each once.
     let client = proxy.client();
     for image in ["abuse/big:v1", "abuse/toc:v1"] {
-        let b = fetch(&client, proxy.addr, &request(image, &[])).await.unwrap();
+        let b = fetch(&client, proxy.addr, &request(image, &[]))
+            .await
+            .unwrap();
         verify(&b).unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

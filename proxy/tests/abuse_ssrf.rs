@@ -82,7 +82,11 @@ async fn hosts_outside_the_allowlist_are_refused_before_any_connection() {
             "{image}: {}",
             f.message
         );
-        assert!(f.message.contains(&reg.addr), "names what is allowed: {}", f.message);
+        assert!(
+            f.message.contains(&reg.addr),
+            "names what is allowed: {}",
+            f.message
+        );
     }
     // Ranks queries index on demand too: the same check.
     let q = transport_quic::RanksQuery {
@@ -94,8 +98,15 @@ async fn hosts_outside_the_allowlist_are_refused_before_any_connection() {
         r => panic!("expected a refusal, got {r:?}"),
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(connections.load(Ordering::SeqCst), 0, "the proxy connected to {victim}");
-    assert!(proxy.db.images().unwrap().is_empty(), "something was indexed");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "the proxy connected to {victim}"
+    );
+    assert!(
+        proxy.db.images().unwrap().is_empty(),
+        "something was indexed"
+    );
 
     // The configured registry still works.
     let b = fetch(&client, proxy.addr, &request("ssrf/ok:v1", &[]))
@@ -131,10 +142,21 @@ async fn upstream_error_bodies_stay_out_of_worker_errors() {
         )
         .await,
     );
-    assert!(hits.load(Ordering::SeqCst) >= 1, "the allowed host was not asked");
+    assert!(
+        hits.load(Ordering::SeqCst) >= 1,
+        "the allowed host was not asked"
+    );
     assert_eq!(f.code, ErrorCode::Upstream, "{f}");
-    assert!(!f.message.contains(SECRET), "upstream body leaked: {}", f.message);
-    assert!(!f.message.contains("UNKNOWN"), "upstream body leaked: {}", f.message);
+    assert!(
+        !f.message.contains(SECRET),
+        "upstream body leaked: {}",
+        f.message
+    );
+    assert!(
+        !f.message.contains("UNKNOWN"),
+        "upstream body leaked: {}",
+        f.message
+    );
     assert!(f.message.contains("HTTP 500"), "{}", f.message);
     assert!(f.message.contains("proxy's log"), "{}", f.message);
     assert!(proxy.db.images().unwrap().is_empty());

@@ -24,7 +24,10 @@ fn push_version(reg: &TestRegistry, name: &str, tag: &str, version: u32) -> Stri
         reg,
         name,
         tag,
-        &[starlight_layer(&tar_of(&files, u64::from(version)), Compression::Zstd)],
+        &[starlight_layer(
+            &tar_of(&files, u64::from(version)),
+            Compression::Zstd,
+        )],
     )
 }
 

@@ -107,7 +107,11 @@ async fn trace_uploads_are_bounded_per_token_and_in_storage() {
     assert!(proxy.db.trace("a-2").unwrap().is_some());
     // ...but still known: a retried upload of it counts nothing.
     let again = client
-        .upload_trace(proxy.addr, "127.0.0.1", &upload(OTHER_TOKEN, "a-0", image, &digest))
+        .upload_trace(
+            proxy.addr,
+            "127.0.0.1",
+            &upload(OTHER_TOKEN, "a-0", image, &digest),
+        )
         .await
         .unwrap();
     assert!(again.duplicate);

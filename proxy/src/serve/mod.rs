@@ -362,8 +362,13 @@ impl BundleHandler for BundleServer {
 
     fn upload_trace(&self, trace: Trace) -> ReplyFuture<'_, TraceAck> {
         Box::pin(async move {
-            let ack =
-                traces::fold(&self.db, &self.resolver, trace, self.options.max_stored_traces).await?;
+            let ack = traces::fold(
+                &self.db,
+                &self.resolver,
+                trace,
+                self.options.max_stored_traces,
+            )
+            .await?;
             if !ack.duplicate {
                 self.traces.fetch_add(1, Ordering::Relaxed);
                 self.ranks_version.fetch_add(1, Ordering::AcqRel);

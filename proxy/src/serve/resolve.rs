@@ -187,7 +187,7 @@ impl Resolver {
         let r = parse_reference(reference)
             .map_err(|e| HandlerError::new(ErrorCode::BadRequest, e.to_string()))?;
         let host = normalize_host(r.registry());
-        if self.allowed.iter().any(|a| *a == host) {
+        if self.allowed.contains(&host) {
             return Ok(());
         }
         warn!(image = reference, registry = %host, "registry not allowed: refused");
@@ -222,12 +222,18 @@ impl Resolver {
         let Some(ttl) = self.policy.tag_ttl else {
             return true;
         };
-        let seen = self.resolved_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = self
+            .resolved_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         seen.get(reference).is_some_and(|t| t.elapsed() < ttl)
     }
 
     fn mark_resolved(&self, reference: &str) {
-        let mut seen = self.resolved_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self
+            .resolved_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if seen.len() >= MAX_REMEMBERED_TAGS && !seen.contains_key(reference) {
             seen.clear();
         }
@@ -285,7 +291,10 @@ impl Resolver {
             // The tag may have moved since it was indexed: resolve it again. On
             // failure the indexed digest is served (and the error logged).
             if self.check_allowed(&reference).is_ok() {
-                if let Err(e) = self.index_once(&reference, platform, Reindex::IfStale).await {
+                if let Err(e) = self
+                    .index_once(&reference, platform, Reindex::IfStale)
+                    .await
+                {
                     warn!(image = %reference, error = %e, "re-resolving the tag failed: serving the indexed digest");
                 }
             }

@@ -134,9 +134,7 @@ async fn notify(
         held_payloads: vec![],
         unordered: false,
     };
-    let mut stream = client
-        .fetch(addr, name, &request)
-        .await?;
+    let mut stream = client.fetch(addr, name, &request).await?;
     loop {
         match stream.next_event().await? {
             Some(Event::Header(h)) => return Ok(h.toc.len()),

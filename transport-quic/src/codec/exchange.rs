@@ -395,7 +395,6 @@ pub type AuthDecoder = OneFrameDecoder<Auth>;
 /// Decodes the server's answer on the auth stream (client side).
 pub type AuthReplyDecoder = OneFrameDecoder<AuthReply>;
 
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

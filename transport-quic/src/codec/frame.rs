@@ -118,9 +118,7 @@ impl FrameKind {
             FrameKind::Request
             | FrameKind::TraceUpload
             | FrameKind::RanksQuery
-            | FrameKind::Refresh => {
-                limits.max_request
-            }
+            | FrameKind::Refresh => limits.max_request,
             FrameKind::Ranks => limits.max_header,
             FrameKind::Auth => MAX_AUTH_FRAME,
             // An empty message.

@@ -53,17 +53,14 @@ impl TokenSet {
     /// Which of the set `token` is (its index), comparing with every token.
     pub fn position(&self, token: &str) -> Option<usize> {
         let presented = digest(token);
-        self.digests
-            .iter()
-            .enumerate()
-            .fold(None, |found, (i, d)| {
-                let hit = ct_eq(d, &presented);
-                if hit && found.is_none() {
-                    Some(i)
-                } else {
-                    found
-                }
-            })
+        self.digests.iter().enumerate().fold(None, |found, (i, d)| {
+            let hit = ct_eq(d, &presented);
+            if hit && found.is_none() {
+                Some(i)
+            } else {
+                found
+            }
+        })
     }
 }
 

@@ -14,9 +14,9 @@ use super::transport::TransportTuning;
 use super::verify::PinnedCertVerifier;
 use super::ALPN;
 use crate::codec::{
-    encode_auth, encode_message, Auth, AuthReply, AuthReplyDecoder, ClientMessage, ErrorCode, ErrorFrame, Event, FrameKind, Limits, ProtocolError,
-    RanksQuery, RanksReply, Reply, ReplyDecoder, Request, RequestEncoder, ResponseDecoder,
-    TraceAck, TraceUpload,
+    encode_auth, encode_message, Auth, AuthReply, AuthReplyDecoder, ClientMessage, ErrorCode,
+    ErrorFrame, Event, FrameKind, Limits, ProtocolError, RanksQuery, RanksReply, Reply,
+    ReplyDecoder, Request, RequestEncoder, ResponseDecoder, TraceAck, TraceUpload,
 };
 use crate::tls::{self, TlsError};
 

@@ -424,23 +424,22 @@ async fn serve_connection(conn: quinn::Connection, mut slot: Slot, ctx: Arc<Cont
     let remote = conn.remote_address();
     debug!(%remote, "connection established");
     slot.pending(&conn);
-    let token = match tokio::time::timeout(ctx.options.auth_timeout, authenticate(&conn, &ctx))
-        .await
-    {
-        Ok(Ok(token)) => token,
-        Ok(Err(reason)) => {
-            Counters::bump(&ctx.admission.counters.auth_failed);
-            warn!(%remote, %reason, "authentication failed: closing");
-            conn.close(CLOSE_UNAUTHENTICATED, b"authentication failed");
-            return;
-        }
-        Err(_) => {
-            Counters::bump(&ctx.admission.counters.auth_failed);
-            debug!(%remote, "no token within the auth timeout: closing");
-            conn.close(CLOSE_UNAUTHENTICATED, b"no token in time");
-            return;
-        }
-    };
+    let token =
+        match tokio::time::timeout(ctx.options.auth_timeout, authenticate(&conn, &ctx)).await {
+            Ok(Ok(token)) => token,
+            Ok(Err(reason)) => {
+                Counters::bump(&ctx.admission.counters.auth_failed);
+                warn!(%remote, %reason, "authentication failed: closing");
+                conn.close(CLOSE_UNAUTHENTICATED, b"authentication failed");
+                return;
+            }
+            Err(_) => {
+                Counters::bump(&ctx.admission.counters.auth_failed);
+                debug!(%remote, "no token within the auth timeout: closing");
+                conn.close(CLOSE_UNAUTHENTICATED, b"no token in time");
+                return;
+            }
+        };
     slot.authenticated();
     Counters::bump(&ctx.admission.counters.authenticated);
     // Now (only) the connection may open its streams and send requests.
@@ -455,7 +454,9 @@ async fn serve_connection(conn: quinn::Connection, mut slot: Slot, ctx: Arc<Cont
         request_bytes: Arc::new(Semaphore::new(
             ctx.options.max_request_bytes_per_connection.max(1) as usize,
         )),
-        bundles: Arc::new(Semaphore::new(ctx.options.max_bundles_per_connection.max(1))),
+        bundles: Arc::new(Semaphore::new(
+            ctx.options.max_bundles_per_connection.max(1),
+        )),
     });
     loop {
         match conn.accept_bi().await {
