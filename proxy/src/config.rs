@@ -34,6 +34,7 @@
 //! max_traces_per_token = 120 # trace uploads per token per trace_window_secs
 //! trace_window_secs = 3600
 //! max_stored_traces = 256  # trace bodies kept per image (oldest dropped)
+//! max_refreshes_per_minute = 60 # tag refreshes (convert --notify) per token per minute
 //! ```
 //!
 //! Every key is optional; command-line flags override the file.
@@ -135,6 +136,8 @@ pub struct ServeConfig {
     pub trace_window_secs: u64,
     /// Trace bodies kept per image (the oldest is dropped; its ranks stay folded).
     pub max_stored_traces: u64,
+    /// Tag refreshes (`starlight convert --notify`) accepted per token per minute.
+    pub max_refreshes_per_minute: u32,
 }
 
 /// A transfer rate in bytes per second. In TOML: an integer (bytes/s) or a
@@ -223,6 +226,7 @@ impl Default for ServeConfig {
             max_traces_per_token: 120,
             trace_window_secs: 3600,
             max_stored_traces: 256,
+            max_refreshes_per_minute: 60,
         }
     }
 }

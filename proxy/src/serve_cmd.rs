@@ -198,6 +198,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         stall_timeout: Duration::from_secs(s.stall_timeout_secs.max(1)),
         max_traces_per_token: s.max_traces_per_token,
         trace_window: Duration::from_secs(s.trace_window_secs.max(1)),
+        max_refreshes_per_minute: s.max_refreshes_per_minute,
         ..ServerOptions::default()
     };
     let server = Server::bind_with(

@@ -3,6 +3,7 @@
 //! sends). Real in-process bundle server, real `docker-registry`, loopback.
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
+mod abuse_support;
 mod common;
 mod serve_support;
 
@@ -112,4 +113,43 @@ async fn a_refresh_re_resolves_a_tag_at_once() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not allowed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_are_bounded_per_token() {
+    let reg = TestRegistry::start();
+    let d1 = push_version(&reg, "tags/spam", "v", 1);
+    let proxy = abuse_support::AbuseProxy::start(
+        &reg,
+        with_ttl(Duration::from_secs(3600)),
+        transport_quic::quic::ServerOptions {
+            max_refreshes_per_minute: 2,
+            ..transport_quic::quic::ServerOptions::default()
+        },
+    );
+    let query = |token: &str| RanksQuery {
+        token: token.into(),
+        image: "tags/spam:v".into(),
+    };
+    let client = proxy.client();
+    for _ in 0..2 {
+        let r = client
+            .refresh(proxy.addr, "127.0.0.1", &query(TOKEN))
+            .await
+            .unwrap();
+        assert_eq!(r.manifest_digest, d1);
+    }
+    let indexed = proxy.handler.stats().indexed;
+    let err = client
+        .refresh(proxy.addr, "127.0.0.1", &query(TOKEN))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("too many refreshes"), "{err}");
+    // Refused before the registry was asked again.
+    assert_eq!(proxy.handler.stats().indexed, indexed);
+    // Another token has its own allowance.
+    client
+        .refresh(proxy.addr, "127.0.0.1", &query(abuse_support::OTHER_TOKEN))
+        .await
+        .unwrap();
 }

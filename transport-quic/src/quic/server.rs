@@ -76,6 +76,9 @@ pub struct ServerOptions {
     pub max_traces_per_token: u32,
     /// The window of `max_traces_per_token`.
     pub trace_window: Duration,
+    /// Refreshes (tag re-resolutions against the registry) accepted per token per
+    /// minute; more are refused.
+    pub max_refreshes_per_minute: u32,
 }
 
 impl Default for ServerOptions {
@@ -95,6 +98,7 @@ impl Default for ServerOptions {
             stall_timeout: Duration::from_secs(30),
             max_traces_per_token: 120,
             trace_window: Duration::from_secs(3600),
+            max_refreshes_per_minute: 60,
         }
     }
 }
@@ -208,6 +212,7 @@ struct Context {
     admission: Arc<Admission>,
     bundles: Arc<Semaphore>,
     traces: PerTokenRate,
+    refreshes: PerTokenRate,
 }
 
 /// A running server. Dropping it does not stop it; call [`shutdown`](Self::shutdown).
@@ -292,6 +297,7 @@ impl Server {
             handler,
             bundles: Arc::new(Semaphore::new(options.max_bundles.max(1))),
             traces: PerTokenRate::new(options.max_traces_per_token, options.trace_window),
+            refreshes: PerTokenRate::new(options.max_refreshes_per_minute, Duration::from_secs(60)),
             admission: admission.clone(),
             options,
         });
@@ -611,6 +617,13 @@ async fn serve_stream(
         }
         ClientMessage::Ranks(query) | ClientMessage::Refresh(query) => {
             let answer = match refresh {
+                true if !ctx.refreshes.allow(conn.token) => Err(HandlerError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "too many refreshes for this token (at most {} per minute)",
+                        ctx.options.max_refreshes_per_minute
+                    ),
+                )),
                 true => ctx.handler.refresh(query).await,
                 false => ctx.handler.ranks(query).await,
             };
