@@ -6,6 +6,7 @@
 //! [registry]
 //! url = "127.0.0.1:5000"   # prefixed to image names without a registry host
 //! plain_http = true
+//! allow = ["127.0.0.1:5000"] # hosts images may be indexed from (default: url only)
 //!
 //! [serve]                  # `starlight-proxy serve`
 //! listen = "0.0.0.0:4433"  # UDP address of the QUIC server
@@ -20,6 +21,20 @@
 //! plan_cache_bytes = 268435456
 //! send_window = 16777216   # QUIC send window per connection, bytes
 //! rate_limit = "100mbit"   # pace each bundle's body (bytes/s, or "kbit", "mbit", "gbit", "kb", "mb", "gb")
+//! tag_ttl_secs = 300       # re-resolve a tag against the registry after this long (0: every request)
+//! max_held_images = 64     # distinct held images looked at per request (duplicates dropped)
+//! max_connections = 1024   # connections at once
+//! max_connections_per_address = 64
+//! max_unauthenticated = 256  # connections without an accepted token; the oldest is closed for a new one
+//! require_retry = true     # validate client addresses with a QUIC Retry first
+//! auth_timeout_secs = 5    # time to present the token
+//! max_bundles = 32         # bundles served at once (each holds up to (in_flight + 1) × max_range)
+//! max_bundles_per_connection = 8
+//! stall_timeout_secs = 30  # a bundle whose client reads nothing this long is cancelled
+//! max_traces_per_token = 120 # trace uploads per token per trace_window_secs
+//! trace_window_secs = 3600
+//! max_stored_traces = 256  # trace bodies kept per image (oldest dropped)
+//! max_refreshes_per_minute = 60 # tag refreshes (convert --notify) per token per minute
 //!
 //! [index]                  # budgets of indexing (a crafted image is refused past them)
 //! max_jobs = 2             # index jobs running at once
@@ -104,6 +119,35 @@ pub struct ServeConfig {
     pub send_window: u64,
     /// Pace each bundle's body to this rate (none: as fast as it goes).
     pub rate_limit: Option<Rate>,
+    /// Seconds after which a tag is resolved again against the registry (0: on every
+    /// request).
+    pub tag_ttl_secs: u64,
+    /// Distinct held images looked at per request.
+    pub max_held_images: usize,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one source address.
+    pub max_connections_per_address: usize,
+    /// Connections without an accepted token at once (the oldest is closed for a new one).
+    pub max_unauthenticated: usize,
+    /// Validate client addresses with a QUIC Retry before a connection counts.
+    pub require_retry: bool,
+    /// Seconds a connection has to present its token.
+    pub auth_timeout_secs: u64,
+    /// Bundles served at once.
+    pub max_bundles: usize,
+    /// Bundles served at once per connection.
+    pub max_bundles_per_connection: usize,
+    /// Seconds a bundle may wait on a client that reads nothing before it is cancelled.
+    pub stall_timeout_secs: u64,
+    /// Trace uploads accepted per token per `trace_window_secs`.
+    pub max_traces_per_token: u32,
+    /// The window of `max_traces_per_token`, seconds.
+    pub trace_window_secs: u64,
+    /// Trace bodies kept per image (the oldest is dropped; its ranks stay folded).
+    pub max_stored_traces: u64,
+    /// Tag refreshes (`starlight convert --notify`) accepted per token per minute.
+    pub max_refreshes_per_minute: u32,
 }
 
 /// A transfer rate in bytes per second. In TOML: an integer (bytes/s) or a
@@ -179,6 +223,20 @@ impl Default for ServeConfig {
             plan_cache_bytes: 256 << 20,
             send_window: 16 << 20,
             rate_limit: None,
+            tag_ttl_secs: 300,
+            max_held_images: 64,
+            max_connections: 1024,
+            max_connections_per_address: 64,
+            max_unauthenticated: 256,
+            require_retry: true,
+            auth_timeout_secs: 5,
+            max_bundles: 32,
+            max_bundles_per_connection: 8,
+            stall_timeout_secs: 30,
+            max_traces_per_token: 120,
+            trace_window_secs: 3600,
+            max_stored_traces: 256,
+            max_refreshes_per_minute: 60,
         }
     }
 }
@@ -191,6 +249,9 @@ pub struct RegistryConfig {
     pub url: Option<String>,
     /// Talk plain HTTP instead of HTTPS.
     pub plain_http: bool,
+    /// Registry hosts (`HOST[:PORT]`) the proxy may index images from on a worker's
+    /// behalf. Empty: only `url`'s host.
+    pub allow: Vec<String>,
 }
 
 impl Default for Config {
@@ -420,6 +481,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("invalid rate"), "{e}");
+    }
+
+    #[test]
+    fn abuse_bounds_parse_and_default() {
+        let c = Config::parse(
+            "[registry]\nurl = \"r:5000\"\nallow = [\"r:5000\", \"mirror:443\"]\n[serve]\ntag_ttl_secs = 0\nmax_held_images = 4\nrequire_retry = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.registry.allow,
+            vec!["r:5000".to_string(), "mirror:443".into()]
+        );
+        assert_eq!(c.serve.tag_ttl_secs, 0);
+        assert_eq!(c.serve.max_held_images, 4);
+        assert!(!c.serve.require_retry);
+        let d = ServeConfig::default();
+        assert_eq!((d.max_bundles, d.max_bundles_per_connection), (32, 8));
+        assert!(d.require_retry);
+        assert!(Config::default().registry.allow.is_empty());
     }
 
     #[test]

@@ -47,7 +47,7 @@ enum Command {
         image: String,
     },
     /// Serves delta bundles over QUIC (see the `[serve]` config section).
-    Serve(serve_cmd::ServeArgs),
+    Serve(Box<serve_cmd::ServeArgs>),
     /// Writes a self-signed certificate and key (cert.pem, key.pem) for demos.
     GenCert {
         /// Directory to write cert.pem and key.pem to (created if missing).
@@ -101,7 +101,7 @@ async fn main() -> Result<()> {
         )
         .init();
     match cli.command {
-        Command::Serve(args) => serve_cmd::run(args).await?,
+        Command::Serve(args) => serve_cmd::run(*args).await?,
         Command::GenCert { out, names } => {
             let (cert, key) = serve_cmd::write_self_signed(&out, &names)?;
             println!(

@@ -64,8 +64,11 @@ pub enum RegistryError {
         image: String,
         /// What was being done (e.g. `fetching manifest`).
         what: String,
-        /// The client's error with its causes.
+        /// The client's error with its causes (may quote the registry's answer: for
+        /// logs, never for workers; see [`RegistryError::public_message`]).
         detail: String,
+        /// The HTTP status the registry answered with, when it answered.
+        status: Option<u16>,
     },
     /// Content did not match its digest.
     #[error("{what} of {image}: digest mismatch: expected {expected}, got {actual}")]
@@ -121,6 +124,51 @@ pub enum RegistryError {
         /// The I/O error.
         error: std::io::Error,
     },
+}
+
+impl RegistryError {
+    /// The error as told to a worker: never the registry's response body or the HTTP
+    /// client's text (both can carry whatever a registry, or a host it redirects to,
+    /// answers). The full error goes to the proxy's log instead.
+    pub fn public_message(&self) -> String {
+        match self {
+            RegistryError::Request {
+                image,
+                what,
+                detail,
+                status,
+            } => {
+                let d = detail.to_ascii_lowercase();
+                let kind = if status == &Some(404)
+                    || ["manifest_unknown", "blob_unknown", "not found"]
+                        .iter()
+                        .any(|w| d.contains(w))
+                {
+                    "not found in the registry"
+                } else if matches!(status, Some(401 | 403))
+                    || ["unauthorized", "denied"].iter().any(|w| d.contains(w))
+                {
+                    "refused by the registry"
+                } else {
+                    "the registry request failed"
+                };
+                match status {
+                    Some(code) => format!(
+                        "{what} of {image}: {kind} (HTTP {code}; details in the proxy's log)"
+                    ),
+                    None => format!("{what} of {image}: {kind} (details in the proxy's log)"),
+                }
+            }
+            RegistryError::Other(_) => {
+                "the registry request failed (details in the proxy's log)".to_string()
+            }
+            RegistryError::Io { image, what, .. } => {
+                format!("{what} of {image}: local I/O error (details in the proxy's log)")
+            }
+            // Our own checks: no upstream text in them beyond digests and sizes.
+            e => e.to_string(),
+        }
+    }
 }
 
 /// One platform's image, resolved from a reference.
@@ -536,6 +584,13 @@ impl RegistryClient {
         what: impl Into<String>,
         error: oci_client::errors::OciDistributionError,
     ) -> RegistryError {
+        use oci_client::errors::OciDistributionError as E;
+        let status = match &error {
+            E::ServerError { code, .. } => Some(*code),
+            E::UnauthorizedError { .. } => Some(401),
+            E::ImageManifestNotFoundError(_) => Some(404),
+            _ => None,
+        };
         let mut detail = error_chain(&error);
         if !self.plain_http && detail.contains("InvalidContentType") {
             detail.push_str(" (the registry may speak plain HTTP: try --plain-http)");
@@ -544,6 +599,7 @@ impl RegistryClient {
             image: image.to_string(),
             what: what.into(),
             detail,
+            status,
         }
     }
 
@@ -1167,6 +1223,31 @@ impl RegistryClient {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_messages_carry_no_upstream_text() {
+        let e = RegistryError::Request {
+            image: "h/app:v1".into(),
+            what: "fetching manifest".into(),
+            detail:
+                "Server error: url http://h/v2/app/manifests/v1, code: 500, message: SECRET-BODY"
+                    .into(),
+            status: Some(500),
+        };
+        let m = e.public_message();
+        assert!(!m.contains("SECRET-BODY"), "{m}");
+        assert!(m.contains("h/app:v1") && m.contains("proxy's log"), "{m}");
+        assert!(m.contains("HTTP 500"), "{m}");
+        let e = RegistryError::Request {
+            image: "h/app:v1".into(),
+            what: "fetching manifest".into(),
+            detail: "code: 404, message: {\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\"}]} SECRET"
+                .into(),
+            status: None,
+        };
+        let m = e.public_message();
+        assert!(m.contains("not found") && !m.contains("SECRET"), "{m}");
+    }
 
     #[test]
     fn platform_parse_and_match() {

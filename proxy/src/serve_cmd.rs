@@ -7,11 +7,12 @@ use starlight_proxy::config::Config;
 use starlight_proxy::db::Db;
 use starlight_proxy::optimize::PlanCache;
 use starlight_proxy::registry::RegistryClient;
-use starlight_proxy::serve::{BundleServer, ServeOptions};
+use starlight_proxy::serve::{BundleServer, ResolvePolicy, ServeOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::info;
 use transport_quic::quic::{Server, ServerOptions, ServerTls, TransportTuning};
 
@@ -67,6 +68,14 @@ pub struct ServeArgs {
     /// Most plans in the plan cache.
     #[arg(long)]
     plan_cache_entries: Option<usize>,
+    /// Seconds after which a tag is resolved again against the registry (0: on every
+    /// request; overrides `[serve] tag_ttl_secs`, default 300).
+    #[arg(long)]
+    tag_ttl_secs: Option<u64>,
+    /// A registry host (`HOST[:PORT]`) images may be indexed from (repeatable; adds to
+    /// `[registry] allow`; with neither, only the configured registry).
+    #[arg(long = "allow-registry")]
+    allow_registries: Vec<String>,
 }
 
 /// Writes a self-signed pair for `names` to `dir/cert.pem` and `dir/key.pem`.
@@ -154,6 +163,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     starlight_proxy::index::configure(&config.index);
     let s = &config.serve;
+    let mut allowed = config.registry.allow.clone();
+    allowed.extend(args.allow_registries.iter().cloned());
+    let tag_ttl = Duration::from_secs(args.tag_ttl_secs.unwrap_or(s.tag_ttl_secs));
     let options = ServeOptions {
         registry_host: config.registry.url.clone(),
         in_flight: args.in_flight.unwrap_or(s.in_flight).max(1),
@@ -161,6 +173,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         max_gap: args.max_gap.unwrap_or(s.max_gap),
         retries: s.retries,
         rate_limit: s.rate_limit.map(|r| r.0),
+        resolve: ResolvePolicy {
+            allowed_registries: allowed.clone(),
+            max_held_images: s.max_held_images.max(1),
+            tag_ttl: Some(tag_ttl),
+        },
+        max_stored_traces: s.max_stored_traces.max(1),
         ..ServeOptions::default()
     };
     let cache = Arc::new(PlanCache::new(
@@ -179,6 +197,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             send_window: s.send_window,
             ..TransportTuning::default()
         },
+        max_connections: s.max_connections.max(1),
+        max_connections_per_address: s.max_connections_per_address.max(1),
+        max_unauthenticated: s.max_unauthenticated.max(1),
+        require_retry: s.require_retry,
+        auth_timeout: Duration::from_secs(s.auth_timeout_secs.max(1)),
+        max_bundles: s.max_bundles.max(1),
+        max_bundles_per_connection: s.max_bundles_per_connection.max(1),
+        stall_timeout: Duration::from_secs(s.stall_timeout_secs.max(1)),
+        max_traces_per_token: s.max_traces_per_token,
+        trace_window: Duration::from_secs(s.trace_window_secs.max(1)),
+        max_refreshes_per_minute: s.max_refreshes_per_minute,
         ..ServerOptions::default()
     };
     let server = Server::bind_with(
@@ -194,7 +223,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         registry = config.registry.url.as_deref().unwrap_or("-"),
         plain_http,
         payload_memory_bound = memory_bound,
+        bundles_memory_bound = memory_bound.saturating_mul(s.max_bundles.max(1) as u64),
         send_window = s.send_window,
+        allowed_registries = ?allowed,
+        tag_ttl_secs = tag_ttl.as_secs(),
         "serving bundles"
     );
     println!("listening on {}", server.local_addr());

@@ -297,6 +297,35 @@ async fn convert_notify_has_the_proxy_index_the_new_image() {
     );
     assert!(reg.has_manifest("notify/app", "v1-other"));
     assert_eq!(proxy.handler.stats().indexed, 1);
+
+    // A retag: the same destination tag converted again from new contents.
+    // The proxy's tag TTL (300 s by default) has not run out, yet --notify has
+    // it serve the new digest at once.
+    let served = |image: String| {
+        let proxy = &proxy;
+        async move {
+            fetch(&proxy.client(), proxy.addr, &request(&image, &[]))
+                .await
+                .unwrap()
+                .header
+                .manifest_digest
+        }
+    };
+    let first = served(dst.clone()).await;
+    let mut layout = common::layout::OciLayout::new();
+    let layer = common::layout::Layer::gzip(&tar_of(&files(2, true), 1_700_000_000));
+    let desc = layout.add_image("linux", "amd64", &[layer], &["/bin/app"]);
+    layout.tag("v2", &desc);
+    layout.push("v2", &format!("{}/notify/app:v2", reg.addr), false);
+    let src2 = format!("{}/notify/app:v2", reg.addr);
+    let out = convert_notify(&proxy, &ca, TOKEN, &src2, &dst).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let second = served(dst.clone()).await;
+    assert_ne!(
+        first, second,
+        "the proxy still serves the old digest of {dst}"
+    );
 }
 
 /// The token can come from a file or the environment instead of the

@@ -297,7 +297,26 @@ async fn raw_connection(addr: std::net::SocketAddr, cert_pem: &str) -> quinn::Co
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
-    endpoint.connect(addr, "localhost").unwrap().await.unwrap()
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    // The connection's first stream carries the token.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let auth = transport_quic::codec::encode_auth(
+        &transport_quic::codec::Auth {
+            token: TOKEN.into(),
+        },
+        &transport_quic::Limits::default(),
+    )
+    .unwrap();
+    send.write_all(&auth).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(4096).await.unwrap();
+    let mut dec = transport_quic::codec::AuthReplyDecoder::default();
+    dec.feed(&answer);
+    assert_eq!(
+        dec.next_frame_message().unwrap(),
+        Some(transport_quic::codec::AuthReply::Accepted)
+    );
+    conn
 }
 
 /// Sends `bytes` on a new stream (finishing it if asked) and decodes the answer.

@@ -31,7 +31,7 @@ mod keys;
 pub mod ranks;
 mod records;
 
-pub use ranks::{FoldOutcome, ImageRanks};
+pub use ranks::{FoldOutcome, ImageRanks, DEFAULT_MAX_STORED_TRACES};
 pub use records::{
     ImageRecord, LayerRecord, LayerRef, RankRecord, TocEntry, TraceOpenRecord, TraceRecord,
 };
@@ -468,6 +468,12 @@ impl Db {
             if old != digest {
                 if let Some(mut rec) = self.image(&old)? {
                     rec.references.retain(|r| r != &w.reference);
+                    // Left with no reference, it stays readable by digest from the
+                    // same repository (a worker may ask for it by digest).
+                    if rec.references.is_empty() {
+                        rec.references
+                            .push(format!("{}@{old}", ranks::repository(&w.reference)));
+                    }
                     let v = self.encode(|| format!("image record {old}"), &rec)?;
                     batch.put_cf(images_cf, old.as_bytes(), v);
                 }

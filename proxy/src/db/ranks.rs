@@ -51,6 +51,27 @@ fn count_key(manifest_digest: &str) -> Vec<u8> {
     k
 }
 
+/// Marks a trace whose body was dropped (over the per-image cap): a retried upload
+/// with its id is still a duplicate.
+fn pruned_key(id: &str) -> Vec<u8> {
+    let mut k = b"p\0".to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The id of an image's `seq`-th stored trace (in upload order).
+fn order_key(manifest_digest: &str, seq: u64) -> Vec<u8> {
+    let mut k = b"o\0".to_vec();
+    k.extend_from_slice(manifest_digest.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Trace bodies kept per image by default (older ones are dropped; their ranks stay
+/// folded).
+pub const DEFAULT_MAX_STORED_TRACES: u64 = 256;
+
 fn be_u64(v: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(v).ok().map(u64::from_be_bytes)
 }
@@ -128,9 +149,39 @@ impl Db {
     /// Idempotent per trace id. Paths the image does not have, and repeated
     /// paths (only the first open counts), are ignored.
     pub fn fold_trace(&self, trace: &TraceRecord) -> Result<FoldOutcome, DbError> {
+        self.fold_trace_keeping(trace, DEFAULT_MAX_STORED_TRACES)
+    }
+
+    /// Whether a trace with this id was folded (stored, or stored and dropped since).
+    pub fn trace_seen(&self, id: &str) -> Result<bool, DbError> {
+        if self.trace(id)?.is_some() {
+            return Ok(true);
+        }
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_TRACES)?, pruned_key(id))
+            .map_err(|e| self.rocks(e))?
+            .is_some())
+    }
+
+    /// Trace bodies stored for an image now (at most the cap it was folded with).
+    pub fn stored_traces(&self, manifest_digest: &str) -> Result<usize, DbError> {
+        let mut prefix = b"o\0".to_vec();
+        prefix.extend_from_slice(manifest_digest.as_bytes());
+        prefix.push(0);
+        Ok(self.scan_prefix(CF_TRACES, &prefix)?.len())
+    }
+
+    /// [`fold_trace`](Self::fold_trace), keeping at most `keep` trace bodies for the
+    /// image: the oldest is dropped (its id kept as a marker, its ranks stay folded).
+    pub fn fold_trace_keeping(
+        &self,
+        trace: &TraceRecord,
+        keep: u64,
+    ) -> Result<FoldOutcome, DbError> {
         let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let digest = &trace.manifest_digest;
-        if self.trace(&trace.id)?.is_some() {
+        if self.trace_seen(&trace.id)? {
             return Ok(FoldOutcome::Duplicate);
         }
         if self.image(digest)?.is_none() {
@@ -172,7 +223,24 @@ impl Db {
         let traces_cf = self.cf(CF_TRACES)?;
         let v = self.encode(|| format!("trace {}", trace.id), trace)?;
         batch.put_cf(traces_cf, trace_key(&trace.id), v);
-        let count = self.trace_count(digest)?.saturating_add(1);
+        let seq = self.trace_count(digest)?;
+        batch.put_cf(traces_cf, order_key(digest, seq), trace.id.as_bytes());
+        let keep = keep.max(1);
+        if let Some(old_seq) = (seq + 1).checked_sub(keep + 1) {
+            let old_key = order_key(digest, old_seq);
+            let old_id = self
+                .db
+                .get_pinned_cf(traces_cf, &old_key)
+                .map_err(|e| self.rocks(e))?
+                .map(|v| v.to_vec());
+            if let Some(old_id) = old_id {
+                let old_id = String::from_utf8_lossy(&old_id).into_owned();
+                batch.delete_cf(traces_cf, trace_key(&old_id));
+                batch.put_cf(traces_cf, pruned_key(&old_id), []);
+                batch.delete_cf(traces_cf, old_key);
+            }
+        }
+        let count = seq.saturating_add(1);
         batch.put_cf(traces_cf, count_key(digest), count.to_be_bytes());
         let mut sync = WriteOptions::default();
         sync.set_sync(true);

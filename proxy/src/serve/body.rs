@@ -203,9 +203,14 @@ pub async fn stream_payloads(
             HandlerError::new(ErrorCode::Internal, format!("range request task: {e}"))
         })?;
         let bytes = bytes.map_err(|e| {
+            // The full error (it may quote the registry's answer) stays in the log.
+            warn!(image = %reference, error = %e, "range request failed");
             HandlerError::new(
                 ErrorCode::Upstream,
-                format!("reading payloads from the registry: {e}"),
+                format!(
+                    "reading payloads from the registry: {}",
+                    e.error.public_message()
+                ),
             )
         })?;
         for s in &piece.slices {

@@ -17,7 +17,7 @@ mod traces;
 pub use body::{BufferPool, FetchPolicy};
 pub use header::{build_header, HeaderError};
 pub use pieces::{plan_pieces, Piece, PieceLimits, Slice};
-pub use resolve::{index_error, Resolver};
+pub use resolve::{index_error, ResolvePolicy, Resolver};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +49,10 @@ pub struct ServeOptions {
     pub retry_backoff: Duration,
     /// Pace each bundle's body to this many bytes per second (none: unpaced).
     pub rate_limit: Option<u64>,
+    /// Allowed registries, held-image cap and tag TTL.
+    pub resolve: ResolvePolicy,
+    /// Trace bodies kept per image (older ones dropped; their ranks stay folded).
+    pub max_stored_traces: u64,
 }
 
 impl Default for ServeOptions {
@@ -61,6 +65,8 @@ impl Default for ServeOptions {
             retries: 3,
             retry_backoff: Duration::from_millis(100),
             rate_limit: None,
+            resolve: ResolvePolicy::default(),
+            max_stored_traces: crate::db::DEFAULT_MAX_STORED_TRACES,
         }
     }
 }
@@ -154,7 +160,12 @@ impl BundleServer {
         cache: Arc<PlanCache>,
         options: ServeOptions,
     ) -> Self {
-        let resolver = Resolver::new(db.clone(), registry.clone(), options.registry_host.clone());
+        let resolver = Resolver::with_policy(
+            db.clone(),
+            registry.clone(),
+            options.registry_host.clone(),
+            options.resolve.clone(),
+        );
         BundleServer {
             db,
             registry,
@@ -380,7 +391,13 @@ impl BundleHandler for BundleServer {
 
     fn upload_trace(&self, trace: Trace) -> ReplyFuture<'_, TraceAck> {
         Box::pin(async move {
-            let ack = traces::fold(&self.db, &self.resolver, trace).await?;
+            let ack = traces::fold(
+                &self.db,
+                &self.resolver,
+                trace,
+                self.options.max_stored_traces,
+            )
+            .await?;
             if !ack.duplicate {
                 self.traces.fetch_add(1, Ordering::Relaxed);
                 self.ranks_version.fetch_add(1, Ordering::AcqRel);
@@ -391,5 +408,13 @@ impl BundleHandler for BundleServer {
 
     fn ranks(&self, query: RanksQuery) -> ReplyFuture<'_, RanksReply> {
         Box::pin(async move { traces::ranks(&self.db, &self.resolver, &query.image).await })
+    }
+
+    fn refresh(&self, query: RanksQuery) -> ReplyFuture<'_, RanksReply> {
+        Box::pin(async move {
+            let record = self.resolver.refresh(&query.image).await?;
+            info!(image = %query.image, manifest = %record.manifest_digest, "tag re-resolved on notice");
+            traces::ranks(&self.db, &self.resolver, &record.manifest_digest).await
+        })
     }
 }

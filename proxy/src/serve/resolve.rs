@@ -2,8 +2,9 @@
 //! wanted image first when it is not there yet (one indexing job per image,
 //! shared by concurrent requests).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
@@ -13,7 +14,54 @@ use transport_quic::ErrorCode;
 use crate::config::{Config, RegistryConfig};
 use crate::db::{Db, ImageRecord};
 use crate::index::{index_image, IndexError};
-use crate::registry::{Platform, RegistryClient, RegistryError};
+use crate::registry::{parse_reference, Platform, RegistryClient, RegistryError};
+
+/// What the resolver may do on behalf of a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvePolicy {
+    /// Registry hosts (`HOST[:PORT]`) images may be indexed from. Empty: only the
+    /// configured registry host (none configured: no host at all).
+    pub allowed_registries: Vec<String>,
+    /// Most distinct held images looked at per request (duplicates are dropped first;
+    /// names past the cap are ignored, so the bundle just carries more).
+    pub max_held_images: usize,
+    /// Tags older than this are resolved again against the registry (none: never).
+    pub tag_ttl: Option<Duration>,
+}
+
+impl Default for ResolvePolicy {
+    fn default() -> Self {
+        ResolvePolicy {
+            allowed_registries: Vec::new(),
+            max_held_images: 64,
+            tag_ttl: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// When [`Resolver::index_once`] indexes a reference already in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reindex {
+    /// Never: only a reference not indexed yet.
+    IfMissing,
+    /// When it was resolved longer than the tag TTL ago.
+    IfStale,
+    /// Always (a Refresh).
+    Now,
+}
+
+/// Most tags whose resolution time is remembered (the map is cleared when full: the
+/// tags are then simply resolved again).
+const MAX_REMEMBERED_TAGS: usize = 65_536;
+
+/// `HOST[:PORT]` of a registry setting, lowercased, without scheme or slash.
+fn normalize_host(host: &str) -> String {
+    host.trim()
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_ascii_lowercase()
+}
 
 /// The outcome of one indexing job, shared by every request waiting on it.
 type JobResult = Result<(), HandlerError>;
@@ -25,6 +73,10 @@ pub struct Resolver {
     qualifier: Config,
     jobs: Mutex<HashMap<String, Arc<OnceCell<JobResult>>>>,
     indexed: std::sync::atomic::AtomicU64,
+    allowed: Vec<String>,
+    policy: ResolvePolicy,
+    /// When each tag was last resolved against the registry by this process.
+    resolved_at: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -43,6 +95,16 @@ pub fn index_error(e: &IndexError) -> HandlerError {
         IndexError::Resolve { source, .. } => match source {
             RegistryError::InvalidReference { .. } => ErrorCode::BadRequest,
             RegistryError::NoSuchPlatform { .. } => ErrorCode::NotFound,
+            RegistryError::Request {
+                status: Some(status),
+                ..
+            } => {
+                if *status == 404 {
+                    ErrorCode::NotFound
+                } else {
+                    ErrorCode::Upstream
+                }
+            }
             RegistryError::Request { detail, .. }
                 if ["unknown", "not found", "404"]
                     .iter()
@@ -58,7 +120,13 @@ pub fn index_error(e: &IndexError) -> HandlerError {
         IndexError::Busy { .. } => ErrorCode::Unavailable,
         IndexError::TempFile { .. } | IndexError::Db { .. } => ErrorCode::Internal,
     };
-    HandlerError::new(code, format!("cannot index: {e}"))
+    let message = match e {
+        IndexError::Resolve { source, .. } | IndexError::Download { source, .. } => {
+            source.public_message()
+        }
+        e => e.to_string(),
+    };
+    HandlerError::new(code, format!("cannot index: {message}"))
 }
 
 fn db_error(e: impl std::fmt::Display) -> HandlerError {
@@ -68,13 +136,36 @@ fn db_error(e: impl std::fmt::Display) -> HandlerError {
 impl Resolver {
     /// A resolver; bare names are qualified with `registry_host` (`HOST[:PORT]`).
     pub fn new(db: Arc<Db>, registry: Arc<RegistryClient>, registry_host: Option<String>) -> Self {
+        Self::with_policy(db, registry, registry_host, ResolvePolicy::default())
+    }
+
+    /// A resolver with `policy` (allowed registries, held-image cap, tag TTL).
+    pub fn with_policy(
+        db: Arc<Db>,
+        registry: Arc<RegistryClient>,
+        registry_host: Option<String>,
+        policy: ResolvePolicy,
+    ) -> Self {
+        let allowed = if policy.allowed_registries.is_empty() {
+            registry_host.iter().map(|h| normalize_host(h)).collect()
+        } else {
+            policy
+                .allowed_registries
+                .iter()
+                .map(|h| normalize_host(h))
+                .collect()
+        };
         Resolver {
+            allowed,
+            policy,
+            resolved_at: Mutex::default(),
             db,
             registry,
             qualifier: Config {
                 registry: RegistryConfig {
                     url: registry_host,
                     plain_http: false,
+                    allow: Vec::new(),
                 },
                 ..Config::default()
             },
@@ -91,6 +182,81 @@ impl Resolver {
     /// `image` with the registry host prefixed when it names none.
     pub fn qualify(&self, image: &str) -> String {
         self.qualifier.qualify(image)
+    }
+
+    /// Refuses, before any network access, a reference whose registry is not allowed.
+    pub fn check_allowed(&self, reference: &str) -> Result<(), HandlerError> {
+        let r = parse_reference(reference)
+            .map_err(|e| HandlerError::new(ErrorCode::BadRequest, e.to_string()))?;
+        let host = normalize_host(r.registry());
+        if self.allowed.contains(&host) {
+            return Ok(());
+        }
+        warn!(image = reference, registry = %host, "registry not allowed: refused");
+        Err(HandlerError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "registry {host} is not allowed by this proxy (allowed: {})",
+                if self.allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.allowed.join(", ")
+                }
+            ),
+        ))
+    }
+
+    /// The tag `image` names, qualified, and its record, when it is indexed.
+    fn lookup_tag(&self, image: &str) -> Result<Option<(String, ImageRecord)>, HandlerError> {
+        if image.starts_with("sha256:") || image.contains('@') {
+            return Ok(None);
+        }
+        for reference in [image.to_string(), self.qualify(image)] {
+            if let Some(r) = self.db.image_by_reference(&reference).map_err(db_error)? {
+                return Ok(Some((reference, r)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `reference` was resolved against the registry less than the TTL ago.
+    fn fresh(&self, reference: &str) -> bool {
+        let Some(ttl) = self.policy.tag_ttl else {
+            return true;
+        };
+        let seen = self
+            .resolved_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        seen.get(reference).is_some_and(|t| t.elapsed() < ttl)
+    }
+
+    fn mark_resolved(&self, reference: &str) {
+        let mut seen = self
+            .resolved_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen.len() >= MAX_REMEMBERED_TAGS && !seen.contains_key(reference) {
+            seen.clear();
+        }
+        seen.insert(reference.to_string(), Instant::now());
+    }
+
+    /// Resolves the tag `image` against the registry now (re-indexing it if it moved)
+    /// and returns its record: `starlight convert --notify` after a retag.
+    pub async fn refresh(&self, image: &str) -> Result<ImageRecord, HandlerError> {
+        let reference = match self.lookup_tag(image)? {
+            Some((reference, _)) => reference,
+            None => self.qualify(image),
+        };
+        self.check_allowed(&reference)?;
+        self.index_once(&reference, None, Reindex::Now).await?;
+        self.lookup(&reference)?.ok_or_else(|| {
+            HandlerError::new(
+                ErrorCode::Internal,
+                format!("{reference} was indexed but is not in the database"),
+            )
+        })
     }
 
     /// An indexed image by digest (`sha256:...`, or `repo@sha256:...`) or by
@@ -119,6 +285,22 @@ impl Resolver {
         image: &str,
         platform: Option<&Platform>,
     ) -> Result<ImageRecord, HandlerError> {
+        let stale = match self.lookup_tag(image)? {
+            Some((reference, _)) if !self.fresh(&reference) => Some(reference),
+            _ => None,
+        };
+        if let Some(reference) = stale {
+            // The tag may have moved since it was indexed: resolve it again. On
+            // failure the indexed digest is served (and the error logged).
+            if self.check_allowed(&reference).is_ok() {
+                if let Err(e) = self
+                    .index_once(&reference, platform, Reindex::IfStale)
+                    .await
+                {
+                    warn!(image = %reference, error = %e, "re-resolving the tag failed: serving the indexed digest");
+                }
+            }
+        }
         let record = match self.lookup(image)? {
             Some(r) => r,
             None if image.starts_with("sha256:") => {
@@ -131,7 +313,9 @@ impl Resolver {
             }
             None => {
                 let reference = self.qualify(image);
-                self.index_once(&reference, platform).await?;
+                self.check_allowed(&reference)?;
+                self.index_once(&reference, platform, Reindex::IfMissing)
+                    .await?;
                 self.lookup(&reference)?.ok_or_else(|| {
                     HandlerError::new(
                         ErrorCode::Internal,
@@ -159,6 +343,7 @@ impl Resolver {
         &self,
         reference: &str,
         platform: Option<&Platform>,
+        mode: Reindex,
     ) -> Result<(), HandlerError> {
         let cell = {
             let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -167,14 +352,22 @@ impl Resolver {
         let platform = platform.map(ToString::to_string);
         let result = cell
             .get_or_init(|| async {
-                // Someone may have finished indexing since our lookup.
-                if let Ok(Some(_)) = self.db.image_by_reference(reference) {
-                    return Ok(());
+                // Someone may have finished indexing (or re-resolving) since our lookup.
+                let done = match mode {
+                    Reindex::IfMissing => true,
+                    Reindex::IfStale => self.fresh(reference),
+                    Reindex::Now => false,
+                };
+                if done {
+                    if let Ok(Some(_)) = self.db.image_by_reference(reference) {
+                        return Ok(());
+                    }
                 }
-                info!(image = reference, "not indexed yet: indexing");
+                info!(image = reference, ?mode, "indexing");
                 let started = std::time::Instant::now();
                 match index_image(&self.registry, &self.db, reference, platform.as_deref()).await {
                     Ok(report) => {
+                        self.mark_resolved(reference);
                         self.indexed
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         info!(
@@ -203,15 +396,42 @@ impl Resolver {
         result
     }
 
-    /// The held images' records; names not in the database are logged and
-    /// ignored (the bundle then carries their contents).
+    /// The held images' records: names deduplicated, at most `max_held_images`
+    /// distinct names looked at (the rest ignored, with a warning), records
+    /// deduplicated by digest. Names not in the database are logged and ignored (the
+    /// bundle then carries their contents).
     pub fn held(&self, held: &[String]) -> Result<Vec<ImageRecord>, HandlerError> {
-        let mut out = Vec::with_capacity(held.len());
+        let cap = self.policy.max_held_images;
+        let mut names = HashSet::new();
+        let mut digests = HashSet::new();
+        let mut out = Vec::new();
+        let mut ignored = 0usize;
         for h in held {
+            if !names.insert(h.as_str()) {
+                continue;
+            }
+            if names.len() > cap {
+                ignored += 1;
+                continue;
+            }
             match self.lookup(h)? {
-                Some(r) => out.push(r),
+                Some(r) => {
+                    if digests.insert(r.manifest_digest.clone()) {
+                        out.push(r);
+                    }
+                }
                 None => warn!(held = %h, "held image is not indexed: ignored"),
             }
+        }
+        if held.len() > out.len() {
+            info!(
+                named = held.len(),
+                distinct = names.len(),
+                ignored_over_cap = ignored,
+                used = out.len(),
+                cap,
+                "held list deduplicated and capped"
+            );
         }
         Ok(out)
     }

@@ -99,6 +99,7 @@ pub(super) async fn fold(
     db: &std::sync::Arc<Db>,
     resolver: &Resolver,
     trace: Trace,
+    keep: u64,
 ) -> Result<TraceAck, HandlerError> {
     let manifest_digest = if trace.manifest_digest.is_empty() {
         resolver
@@ -131,7 +132,7 @@ pub(super) async fn fold(
             .collect(),
     };
     let db = db.clone();
-    let outcome = tokio::task::spawn_blocking(move || db.fold_trace(&record))
+    let outcome = tokio::task::spawn_blocking(move || db.fold_trace_keeping(&record, keep))
         .await
         .map_err(|e| internal("trace task", e))?
         .map_err(|e| internal("directory database", e))?;

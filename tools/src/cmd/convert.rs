@@ -106,7 +106,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Has the proxy index `image`: asks it for the image's bundle and hangs up
+/// Has the proxy index `image`: first asks it to resolve the tag again now (a
+/// retagged image is served at once, not after the proxy's tag TTL), then asks
+/// it for the image's bundle and hangs up
 /// as soon as the header arrives (the proxy builds a header only from an
 /// indexed image, indexing it first when needed). Returns the number of
 /// table-of-contents entries.
@@ -118,9 +120,21 @@ async fn notify(
     image: &str,
 ) -> anyhow::Result<usize> {
     use transport_quic::quic::{Client, ClientTls};
-    use transport_quic::{Event, Request};
+    use transport_quic::{Event, RanksQuery, Request};
     let (addr, host) = super::fetch::resolve_proxy(proxy).await?;
     let client = Client::new(ClientTls::CaFile(ca.to_path_buf()))?;
+    let name = server_name.unwrap_or(&host);
+    let refreshed = client
+        .refresh(
+            addr,
+            name,
+            &RanksQuery {
+                token: token.to_string(),
+                image: image.to_string(),
+            },
+        )
+        .await?;
+    tracing::debug!(image, manifest = %refreshed.manifest_digest, "proxy re-resolved the tag");
     let request = Request {
         token: token.to_string(),
         image: image.to_string(),
@@ -129,9 +143,7 @@ async fn notify(
         held_payloads: vec![],
         unordered: false,
     };
-    let mut stream = client
-        .fetch(addr, server_name.unwrap_or(&host), &request)
-        .await?;
+    let mut stream = client.fetch(addr, name, &request).await?;
     loop {
         match stream.next_event().await? {
             Some(Event::Header(h)) => return Ok(h.toc.len()),

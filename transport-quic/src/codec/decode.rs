@@ -218,7 +218,10 @@ impl ResponseDecoder {
                 | FrameKind::TraceUpload
                 | FrameKind::TraceAck
                 | FrameKind::RanksQuery
-                | FrameKind::Ranks => {
+                | FrameKind::Ranks
+                | FrameKind::Auth
+                | FrameKind::AuthOk
+                | FrameKind::Refresh => {
                     return Err(ProtocolError::UnexpectedFrame {
                         got: kind,
                         expected: "a bundle frame",

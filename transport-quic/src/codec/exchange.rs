@@ -24,6 +24,9 @@ pub enum ClientMessage {
     Trace(TraceUpload),
     /// Ask for an image's ranks.
     Ranks(RanksQuery),
+    /// Ask the proxy to resolve a tag again now (after a retag); answered like a
+    /// ranks query, for the image the tag now names.
+    Refresh(RanksQuery),
 }
 
 impl ClientMessage {
@@ -32,7 +35,7 @@ impl ClientMessage {
         match self {
             ClientMessage::Bundle(r) => &r.token,
             ClientMessage::Trace(t) => &t.token,
-            ClientMessage::Ranks(q) => &q.token,
+            ClientMessage::Ranks(q) | ClientMessage::Refresh(q) => &q.token,
         }
     }
 
@@ -41,7 +44,7 @@ impl ClientMessage {
         match self {
             ClientMessage::Bundle(r) => &r.image,
             ClientMessage::Trace(t) => &t.trace.image,
-            ClientMessage::Ranks(q) => &q.image,
+            ClientMessage::Ranks(q) | ClientMessage::Refresh(q) => &q.image,
         }
     }
 }
@@ -63,6 +66,10 @@ pub fn encode_message(msg: &ClientMessage, limits: &Limits) -> Result<Bytes, Pro
         ClientMessage::Ranks(q) => {
             validate_ranks_query(q, limits)?;
             put_message(FrameKind::RanksQuery, q, limits, &mut out)?;
+        }
+        ClientMessage::Refresh(q) => {
+            validate_ranks_query(q, limits)?;
+            put_message(FrameKind::Refresh, q, limits, &mut out)?;
         }
     }
     Ok(out.freeze())
@@ -120,7 +127,10 @@ impl OneFrame for ClientMessage {
     fn admits(kind: FrameKind) -> bool {
         matches!(
             kind,
-            FrameKind::Request | FrameKind::TraceUpload | FrameKind::RanksQuery
+            FrameKind::Request
+                | FrameKind::TraceUpload
+                | FrameKind::RanksQuery
+                | FrameKind::Refresh
         )
     }
 
@@ -135,6 +145,11 @@ impl OneFrame for ClientMessage {
                 let q: RanksQuery = decode_message(kind, body)?;
                 validate_ranks_query(&q, limits)?;
                 ClientMessage::Ranks(q)
+            }
+            FrameKind::Refresh => {
+                let q: RanksQuery = decode_message(kind, body)?;
+                validate_ranks_query(&q, limits)?;
+                ClientMessage::Refresh(q)
             }
             _ => {
                 let r: Request = decode_message(kind, body)?;
@@ -291,9 +306,99 @@ impl ReplyDecoder {
     }
 }
 
+/// The first message of a connection: the bearer token, in one Auth frame of at most
+/// [`MAX_AUTH_FRAME`] bytes. The server reads nothing larger before accepting it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Auth {
+    /// The bearer token.
+    pub token: String,
+}
+
+impl std::fmt::Display for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        write!(f, "Auth({} bytes)", self.token.len())
+    }
+}
+
+/// The server's answer to an [`Auth`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthReply {
+    /// The token is accepted: the connection may send requests.
+    Accepted,
+    /// Refused (Unauthorized, or Unavailable when the server is full).
+    Refused(ErrorFrame),
+}
+
+/// The client's auth stream: the preamble and one Auth frame.
+pub fn encode_auth(auth: &Auth, limits: &Limits) -> Result<Bytes, ProtocolError> {
+    let mut out = BytesMut::new();
+    out.put_slice(&preamble());
+    put_message(FrameKind::Auth, auth, limits, &mut out)?;
+    Ok(out.freeze())
+}
+
+/// The server's answer on the auth stream: the preamble and one AuthOk or Error frame.
+pub fn encode_auth_reply(reply: &AuthReply, limits: &Limits) -> Result<Bytes, ProtocolError> {
+    let mut out = BytesMut::new();
+    out.put_slice(&preamble());
+    match reply {
+        AuthReply::Accepted => put_message(FrameKind::AuthOk, &(), limits, &mut out)?,
+        AuthReply::Refused(e) => {
+            validate_error(e, limits)?;
+            put_message(FrameKind::Error, e, limits, &mut out)?;
+        }
+    }
+    Ok(out.freeze())
+}
+
+impl OneFrame for Auth {
+    const EXPECTED: &'static str = "an Auth frame";
+    const FIRST: FrameKind = FrameKind::Auth;
+
+    fn admits(kind: FrameKind) -> bool {
+        kind == FrameKind::Auth
+    }
+
+    fn decode(kind: FrameKind, body: &[u8], _limits: &Limits) -> Result<Self, ProtocolError> {
+        // The frame's length (≤ MAX_AUTH_FRAME) already bounds the token.
+        decode_message(kind, body)
+    }
+}
+
+impl OneFrame for AuthReply {
+    const EXPECTED: &'static str = "an AuthOk or Error frame";
+    const FIRST: FrameKind = FrameKind::AuthOk;
+
+    fn admits(kind: FrameKind) -> bool {
+        matches!(kind, FrameKind::AuthOk | FrameKind::Error)
+    }
+
+    fn decode(kind: FrameKind, body: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
+        Ok(match kind {
+            FrameKind::AuthOk => {
+                decode_message::<()>(kind, body)?;
+                AuthReply::Accepted
+            }
+            _ => {
+                let e: ErrorFrame = decode_message(kind, body)?;
+                validate_error(&e, limits)?;
+                AuthReply::Refused(e)
+            }
+        })
+    }
+}
+
+/// Decodes the client's auth stream (server side).
+pub type AuthDecoder = OneFrameDecoder<Auth>;
+
+/// Decodes the server's answer on the auth stream (client side).
+pub type AuthReplyDecoder = OneFrameDecoder<AuthReply>;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::frame::MAX_AUTH_FRAME;
     use super::super::trace::{RankedPath, Trace, TraceOpen};
     use super::*;
 
@@ -343,6 +448,10 @@ mod tests {
         let msgs = [
             ClientMessage::Trace(upload()),
             ClientMessage::Ranks(RanksQuery {
+                token: "t".into(),
+                image: "r/app:v1".into(),
+            }),
+            ClientMessage::Refresh(RanksQuery {
                 token: "t".into(),
                 image: "r/app:v1".into(),
             }),
@@ -454,5 +563,66 @@ mod tests {
             .unwrap();
         dec.feed(&wire);
         assert!(dec.next_reply().is_err());
+    }
+    #[test]
+    fn auth_round_trips_and_is_bounded_before_buffering() {
+        let limits = Limits::default();
+        let auth = Auth {
+            token: "secret".into(),
+        };
+        let wire = encode_auth(&auth, &limits).unwrap();
+        let mut dec = AuthDecoder::new(limits);
+        dec.feed(&wire);
+        assert_eq!(dec.next_frame_message().unwrap(), Some(auth.clone()));
+        dec.finish().unwrap();
+        assert!(!auth.to_string().contains("secret"));
+
+        // A token too long for the Auth frame is refused by the encoder...
+        let big = Auth {
+            token: "x".repeat(MAX_AUTH_FRAME as usize),
+        };
+        assert!(encode_auth(&big, &limits).is_err());
+        // ...and a frame header announcing more is refused from its 5 bytes.
+        let mut wire = preamble().to_vec();
+        wire.extend_from_slice(&super::super::frame::frame_header(
+            FrameKind::Auth,
+            MAX_AUTH_FRAME + 1,
+        ));
+        let mut dec = AuthDecoder::new(limits);
+        dec.feed(&wire);
+        let err = dec.next_frame_message().unwrap_err();
+        assert!(matches!(err, ProtocolError::FrameTooLarge { .. }), "{err}");
+
+        // A Request where the Auth belongs is refused, not buffered.
+        let req = encode_message(
+            &ClientMessage::Bundle(Request {
+                token: "t".into(),
+                image: "a".into(),
+                ..Request::default()
+            }),
+            &limits,
+        )
+        .unwrap();
+        let mut dec = AuthDecoder::new(limits);
+        dec.feed(&req);
+        assert!(dec.next_frame_message().is_err());
+    }
+
+    #[test]
+    fn auth_replies_round_trip() {
+        let limits = Limits::default();
+        for reply in [
+            AuthReply::Accepted,
+            AuthReply::Refused(ErrorFrame {
+                code: super::super::ErrorCode::Unauthorized,
+                message: "no".into(),
+            }),
+        ] {
+            let wire = encode_auth_reply(&reply, &limits).unwrap();
+            let mut dec = AuthReplyDecoder::new(limits);
+            dec.feed(&wire);
+            assert_eq!(dec.next_frame_message().unwrap(), Some(reply));
+            dec.finish().unwrap();
+        }
     }
 }

@@ -58,7 +58,17 @@ pub enum FrameKind {
     RanksQuery,
     /// Server → client: an image's ranks.
     Ranks,
+    /// Client → server: the token, on the first stream of a connection (at most
+    /// [`MAX_AUTH_FRAME`] bytes, read before anything larger is accepted).
+    Auth,
+    /// Server → client: the token was accepted; the connection may now send requests.
+    AuthOk,
+    /// Client → server: resolve a tag again now (as a RanksQuery; answered with Ranks).
+    Refresh,
 }
+
+/// Largest Auth frame: the token must fit in it.
+pub const MAX_AUTH_FRAME: u32 = 4096;
 
 impl FrameKind {
     /// The type byte on the wire.
@@ -75,6 +85,9 @@ impl FrameKind {
             FrameKind::TraceAck => 9,
             FrameKind::RanksQuery => 10,
             FrameKind::Ranks => 11,
+            FrameKind::Auth => 12,
+            FrameKind::AuthOk => 13,
+            FrameKind::Refresh => 14,
         }
     }
 
@@ -92,6 +105,9 @@ impl FrameKind {
             9 => FrameKind::TraceAck,
             10 => FrameKind::RanksQuery,
             11 => FrameKind::Ranks,
+            12 => FrameKind::Auth,
+            13 => FrameKind::AuthOk,
+            14 => FrameKind::Refresh,
             other => return Err(ProtocolError::UnknownFrameType(other)),
         })
     }
@@ -99,10 +115,14 @@ impl FrameKind {
     /// Largest length a frame of this kind may announce.
     pub fn max_len(self, limits: &Limits) -> u32 {
         match self {
-            FrameKind::Request | FrameKind::TraceUpload | FrameKind::RanksQuery => {
-                limits.max_request
-            }
+            FrameKind::Request
+            | FrameKind::TraceUpload
+            | FrameKind::RanksQuery
+            | FrameKind::Refresh => limits.max_request,
             FrameKind::Ranks => limits.max_header,
+            FrameKind::Auth => MAX_AUTH_FRAME,
+            // An empty message.
+            FrameKind::AuthOk => 16,
             // Id, flag and two varints.
             FrameKind::TraceAck => limits.max_string.saturating_add(32),
             FrameKind::Header => limits.max_header,
@@ -129,6 +149,9 @@ impl std::fmt::Display for FrameKind {
             FrameKind::TraceAck => "TraceAck",
             FrameKind::RanksQuery => "RanksQuery",
             FrameKind::Ranks => "Ranks",
+            FrameKind::Auth => "Auth",
+            FrameKind::AuthOk => "AuthOk",
+            FrameKind::Refresh => "Refresh",
         };
         f.write_str(s)
     }

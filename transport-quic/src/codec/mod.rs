@@ -20,6 +20,13 @@
 //! | 9    | TraceAck     | s → c     | postcard [`TraceAck`]                     |
 //! | 10   | RanksQuery   | c → s     | postcard [`RanksQuery`]                   |
 //! | 11   | Ranks        | s → c     | postcard [`RanksReply`]                   |
+//! | 12   | Auth         | c → s     | postcard [`exchange::Auth`] (≤ 4 KiB)     |
+//! | 13   | AuthOk       | s → c     | empty                                     |
+//! | 14   | Refresh      | c → s     | postcard [`RanksQuery`]: re-resolve a tag |
+//!
+//! The first stream of a QUIC connection carries one Auth frame (the bearer token); the
+//! server answers AuthOk or Error and only then lets the connection open more streams
+//! or send more bytes (see [`crate::quic`]).
 //!
 //! Instead of a Request, a client stream may carry one TraceUpload or one RanksQuery
 //! (see [`exchange`]); the server then answers with one TraceAck, Ranks or Error frame.
@@ -74,9 +81,12 @@ pub use decode::{RequestDecoder, ResponseDecoder};
 pub use encode::{RequestEncoder, ResponseEncoder};
 pub use error::ProtocolError;
 pub use exchange::{
-    encode_message, encode_reply, ClientMessage, MessageDecoder, Reply, ReplyDecoder,
+    encode_auth, encode_auth_reply, encode_message, encode_reply, Auth, AuthDecoder, AuthReply,
+    AuthReplyDecoder, ClientMessage, MessageDecoder, Reply, ReplyDecoder,
 };
-pub use frame::{preamble, FrameKind, FRAME_HEADER_LEN, MAGIC, PREAMBLE_LEN, PROTOCOL_VERSION};
+pub use frame::{
+    preamble, FrameKind, FRAME_HEADER_LEN, MAGIC, MAX_AUTH_FRAME, PREAMBLE_LEN, PROTOCOL_VERSION,
+};
 pub use limits::Limits;
 pub use trace::{RankedPath, RanksQuery, RanksReply, Trace, TraceAck, TraceOpen, TraceUpload};
 pub use types::{

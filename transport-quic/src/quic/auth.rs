@@ -47,10 +47,20 @@ impl TokenSet {
 
     /// Whether `token` is one of the set.
     pub fn contains(&self, token: &str) -> bool {
+        self.position(token).is_some()
+    }
+
+    /// Which of the set `token` is (its index), comparing with every token.
+    pub fn position(&self, token: &str) -> Option<usize> {
         let presented = digest(token);
-        self.digests
-            .iter()
-            .fold(false, |found, d| found | ct_eq(d, &presented))
+        self.digests.iter().enumerate().fold(None, |found, (i, d)| {
+            let hit = ct_eq(d, &presented);
+            if hit && found.is_none() {
+                Some(i)
+            } else {
+                found
+            }
+        })
     }
 }
 
@@ -64,6 +74,8 @@ mod tests {
         let set = TokenSet::new(["alpha", "beta"]);
         assert!(set.contains("alpha"));
         assert!(set.contains("beta"));
+        assert_eq!(set.position("beta"), Some(1));
+        assert_eq!(set.position("gamma"), None);
         assert!(!set.contains("alph"));
         assert!(!set.contains(""));
         assert!(!set.contains("alphaa"));

@@ -14,9 +14,9 @@ use super::transport::TransportTuning;
 use super::verify::PinnedCertVerifier;
 use super::ALPN;
 use crate::codec::{
-    encode_message, ClientMessage, ErrorCode, ErrorFrame, Event, FrameKind, Limits, ProtocolError,
-    RanksQuery, RanksReply, Reply, ReplyDecoder, Request, RequestEncoder, ResponseDecoder,
-    TraceAck, TraceUpload,
+    encode_auth, encode_message, Auth, AuthReply, AuthReplyDecoder, ClientMessage, ErrorCode,
+    ErrorFrame, Event, FrameKind, Limits, ProtocolError, RanksQuery, RanksReply, Reply,
+    ReplyDecoder, Request, RequestEncoder, ResponseDecoder, TraceAck, TraceUpload,
 };
 use crate::tls::{self, TlsError};
 
@@ -159,6 +159,10 @@ fn client_crypto(tls: &ClientTls) -> Result<rustls::ClientConfig, TlsError> {
     Ok(config)
 }
 
+/// A cached connection: the proxy's address and name, and the token it authenticated
+/// with.
+type ConnKey = (SocketAddr, String, String);
+
 /// A client for one or more proxies. Connections are cached per (address, name) and
 /// shared by concurrent fetches (one stream each).
 pub struct Client {
@@ -166,7 +170,7 @@ pub struct Client {
     options: ClientOptions,
     pinned: bool,
     endpoints: Mutex<(Option<Endpoint>, Option<Endpoint>)>,
-    connections: Mutex<HashMap<(SocketAddr, String), Connection>>,
+    connections: Mutex<HashMap<ConnKey, Connection>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -251,7 +255,7 @@ impl Client {
         Ok(conn)
     }
 
-    fn cached(&self, key: &(SocketAddr, String)) -> Option<Connection> {
+    fn cached(&self, key: &ConnKey) -> Option<Connection> {
         let map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         map.get(key).filter(|c| c.close_reason().is_none()).cloned()
     }
@@ -265,7 +269,9 @@ impl Client {
         request: &Request,
     ) -> Result<BundleStream, ClientError> {
         let bytes = RequestEncoder::new(self.options.limits).encode(request)?;
-        let (recv, conn) = self.send_message(addr, server_name, &bytes).await?;
+        let (recv, conn) = self
+            .send_message(addr, server_name, &request.token, &bytes)
+            .await?;
         Ok(BundleStream {
             recv,
             decoder: ResponseDecoder::new(self.options.limits),
@@ -282,9 +288,10 @@ impl Client {
         &self,
         addr: SocketAddr,
         server_name: &str,
+        token: &str,
         bytes: &[u8],
     ) -> Result<(RecvStream, Connection), ClientError> {
-        let key = (addr, server_name.to_string());
+        let key = (addr, server_name.to_string(), token.to_string());
         let mut conn = match self.cached(&key) {
             Some(c) => c,
             None => self.new_connection(&key).await?,
@@ -313,7 +320,9 @@ impl Client {
         message: &ClientMessage,
     ) -> Result<Reply, ClientError> {
         let bytes = encode_message(message, &self.options.limits)?;
-        let (mut recv, _conn) = self.send_message(addr, server_name, &bytes).await?;
+        let (mut recv, _conn) = self
+            .send_message(addr, server_name, message.token(), &bytes)
+            .await?;
         let mut decoder = ReplyDecoder::new(self.options.limits);
         let mut reply = None;
         loop {
@@ -385,11 +394,96 @@ impl Client {
         }
     }
 
-    async fn new_connection(&self, key: &(SocketAddr, String)) -> Result<Connection, ClientError> {
+    /// Connects and authenticates (the connection's first stream carries the token).
+    /// Asks the proxy at `addr` to resolve the tag `query.image` names again now (after
+    /// a retag); answers with the ranks of the image it now names.
+    pub async fn refresh(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        query: &RanksQuery,
+    ) -> Result<RanksReply, ClientError> {
+        match self
+            .exchange(addr, server_name, &ClientMessage::Refresh(query.clone()))
+            .await?
+        {
+            Reply::Ranks(r) => Ok(r),
+            _ => Err(ClientError::Protocol(ProtocolError::UnexpectedFrame {
+                got: FrameKind::TraceAck,
+                expected: "a Ranks frame",
+            })),
+        }
+    }
+
+    async fn new_connection(&self, key: &ConnKey) -> Result<Connection, ClientError> {
         let conn = self.connect(key.0, &key.1).await?;
+        let auth = tokio::time::timeout(
+            self.options.connect_timeout,
+            self.authenticate(&conn, &key.2),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Connect {
+                addr: key.0,
+                reason: format!(
+                    "the token was not answered within {:?}",
+                    self.options.connect_timeout
+                ),
+            })
+        });
+        if let Err(e) = auth {
+            conn.close(quinn::VarInt::from_u32(0), b"authentication failed");
+            return Err(e);
+        }
         let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(key.clone(), conn.clone());
         Ok(conn)
+    }
+}
+
+impl Client {
+    /// Sends the Auth stream and reads the proxy's answer.
+    async fn authenticate(&self, conn: &Connection, token: &str) -> Result<(), ClientError> {
+        let bytes = encode_auth(
+            &Auth {
+                token: token.to_string(),
+            },
+            &self.options.limits,
+        )?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(ClientError::Connection)?;
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| ClientError::Send(e.to_string()))?;
+        send.finish()
+            .map_err(|e| ClientError::Send(e.to_string()))?;
+        let mut decoder = AuthReplyDecoder::new(self.options.limits);
+        let mut reply = None;
+        loop {
+            match recv.read_chunk(4096, true).await {
+                Ok(Some(chunk)) => {
+                    decoder.feed(&chunk.bytes);
+                    if let Some(r) = decoder.next_frame_message()? {
+                        reply = Some(r);
+                    }
+                }
+                Ok(None) => break,
+                Err(quinn::ReadError::ConnectionLost(e)) if reply.is_none() => {
+                    if let Some(reason) = certificate_failure(&e) {
+                        return Err(ClientError::CertificateNotTrusted(reason));
+                    }
+                    return Err(ClientError::Connection(e));
+                }
+                Err(e) if reply.is_none() => {
+                    return Err(ClientError::Truncated(format!("auth stream: {e}")))
+                }
+                Err(_) => break,
+            }
+        }
+        match reply {
+            Some(AuthReply::Accepted) => Ok(()),
+            Some(AuthReply::Refused(frame)) => Err(ClientError::from_error_frame(frame)),
+            None => Err(ClientError::Truncated("no answer to the token".into())),
+        }
     }
 }
 

@@ -1,18 +1,24 @@
 //! The Delta Bundle Protocol over QUIC (quinn + rustls with the ring provider).
 //!
-//! One bidirectional stream per request: the client writes the preamble and its Request
+//! A connection first proves its client's address (QUIC Retry), then sends its bearer
+//! token on its first stream in one Auth frame of at most 4 KiB; until the server
+//! accepts it, the connection may open no other stream and send only a few KiB. Then:
+//! one bidirectional stream per request: the client writes the preamble and its Request
 //! and finishes its send side; the server reads the request (bounded in size and time),
 //! checks the bearer token, and answers with a Header and the body, or an Error frame.
 //! The same stream may instead carry a trace upload or a ranks query, answered with one
 //! frame ([`crate::codec::exchange`]). ALPN is [`ALPN`]; TLS 1.3 only.
 
+mod admission;
 mod auth;
 mod client;
+mod rate;
 mod server;
 mod transport;
 mod verify;
 mod writer;
 
+pub use admission::ServerStats;
 pub use auth::TokenSet;
 pub use client::{BundleStream, Client, ClientError, ClientOptions, ClientTls};
 pub use server::{

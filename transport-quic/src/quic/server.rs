@@ -12,13 +12,16 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::admission::{Admission, Counters, ServerStats, Slot, CLOSE_UNAUTHENTICATED};
 use super::auth::TokenSet;
+use super::rate::PerTokenRate;
 use super::transport::TransportTuning;
 use super::writer::BundleWriter;
 use super::ALPN;
 use crate::codec::{
-    encode_reply, ClientMessage, ErrorCode, ErrorFrame, Limits, MessageDecoder, ProtocolError,
-    RanksQuery, RanksReply, Reply, Request, Trace, TraceAck,
+    encode_auth_reply, encode_reply, Auth, AuthDecoder, AuthReply, ClientMessage, ErrorCode,
+    ErrorFrame, Limits, MessageDecoder, ProtocolError, RanksQuery, RanksReply, Reply, Request,
+    Trace, TraceAck, FRAME_HEADER_LEN, MAX_AUTH_FRAME, PREAMBLE_LEN,
 };
 use crate::tls::{self, TlsError};
 
@@ -44,10 +47,38 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// QUIC windows and timers.
     pub transport: TransportTuning,
-    /// Most connections served at once; more are refused.
+    /// Most connections at once (handshaking, unauthenticated or authenticated); more
+    /// are refused.
     pub max_connections: usize,
+    /// Most connections at once from one source IP address; more are refused.
+    pub max_connections_per_address: usize,
+    /// Most connections that completed the handshake but sent no accepted token yet;
+    /// when a new one arrives, the oldest is closed to make room.
+    pub max_unauthenticated: usize,
+    /// Validate each client's address with a QUIC Retry before the connection counts
+    /// (one extra round trip; a spoofed source address never gets a slot).
+    pub require_retry: bool,
+    /// How long a connection may take to present its token (its first stream).
+    pub auth_timeout: Duration,
     /// How long a client may take to send its whole request.
     pub request_timeout: Duration,
+    /// Bytes of requests buffered at once per authenticated connection (over all its
+    /// streams); a stream waits for room.
+    pub max_request_bytes_per_connection: u32,
+    /// Bundles served at once per connection; more are refused with Unavailable.
+    pub max_bundles_per_connection: usize,
+    /// Bundles served at once by the whole server; more are refused with Unavailable.
+    pub max_bundles: usize,
+    /// A bundle whose client reads nothing for this long is cancelled (its buffers
+    /// freed, its stream reset).
+    pub stall_timeout: Duration,
+    /// Trace uploads accepted per token in each `trace_window`; more are refused.
+    pub max_traces_per_token: u32,
+    /// The window of `max_traces_per_token`.
+    pub trace_window: Duration,
+    /// Refreshes (tag re-resolutions against the registry) accepted per token per
+    /// minute; more are refused.
+    pub max_refreshes_per_minute: u32,
 }
 
 impl Default for ServerOptions {
@@ -56,7 +87,18 @@ impl Default for ServerOptions {
             limits: Limits::default(),
             transport: TransportTuning::default(),
             max_connections: 1024,
+            max_connections_per_address: 64,
+            max_unauthenticated: 256,
+            require_retry: true,
+            auth_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            max_request_bytes_per_connection: 32 << 20,
+            max_bundles_per_connection: 8,
+            max_bundles: 32,
+            stall_timeout: Duration::from_secs(30),
+            max_traces_per_token: 120,
+            trace_window: Duration::from_secs(3600),
+            max_refreshes_per_minute: 60,
         }
     }
 }
@@ -128,6 +170,14 @@ pub trait BundleHandler: Send + Sync + 'static {
             ))
         })
     }
+
+    /// Resolves the tag `query.image` names again now (after a retag) and answers with
+    /// the ranks of the image it names.
+    ///
+    /// The default answers like [`ranks`](Self::ranks).
+    fn refresh(&self, query: RanksQuery) -> ReplyFuture<'_, RanksReply> {
+        self.ranks(query)
+    }
 }
 
 /// The future [`BundleHandler::upload_trace`] and [`BundleHandler::ranks`] return.
@@ -159,6 +209,10 @@ struct Context {
     tokens: TokenSet,
     handler: Arc<dyn BundleHandler>,
     options: ServerOptions,
+    admission: Arc<Admission>,
+    bundles: Arc<Semaphore>,
+    traces: PerTokenRate,
+    refreshes: PerTokenRate,
 }
 
 /// A running server. Dropping it does not stop it; call [`shutdown`](Self::shutdown).
@@ -167,6 +221,7 @@ pub struct Server {
     endpoint: Endpoint,
     local_addr: SocketAddr,
     accept: JoinHandle<()>,
+    admission: Arc<Admission>,
 }
 
 fn quinn_server_config(
@@ -185,7 +240,9 @@ fn quinn_server_config(
         TlsError::Rustls(rustls::Error::General(format!("not usable for QUIC: {e}")))
     })?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(options.transport.to_quinn(true));
+    config.transport_config(options.transport.to_quinn_server_unauthenticated());
+    // Retry tokens are checked for the address they were issued to.
+    config.retry_token_lifetime(Duration::from_secs(15));
     Ok(config)
 }
 
@@ -230,9 +287,18 @@ impl Server {
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let admission = Arc::new(Admission::new(
+            options.max_connections_per_address,
+            options.max_connections,
+            options.max_unauthenticated,
+        ));
         let ctx = Arc::new(Context {
             tokens,
             handler,
+            bundles: Arc::new(Semaphore::new(options.max_bundles.max(1))),
+            traces: PerTokenRate::new(options.max_traces_per_token, options.trace_window),
+            refreshes: PerTokenRate::new(options.max_refreshes_per_minute, Duration::from_secs(60)),
+            admission: admission.clone(),
             options,
         });
         let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx));
@@ -241,12 +307,18 @@ impl Server {
             endpoint,
             local_addr,
             accept,
+            admission,
         })
     }
 
     /// The address the server listens on (with the real port if 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Admission counters (retries, refusals, evictions, authentications).
+    pub fn stats(&self) -> ServerStats {
+        self.admission.stats()
     }
 
     /// Stops accepting, closes every connection (bundles in flight are cut off) and
@@ -262,33 +334,142 @@ impl Server {
 const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(0);
 
 async fn accept_loop(endpoint: Endpoint, ctx: Arc<Context>) {
-    let slots = Arc::new(Semaphore::new(ctx.options.max_connections));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(remote = %incoming.remote_address(), "connection limit reached: refusing");
-            incoming.refuse();
+        let remote = incoming.remote_address();
+        if ctx.options.require_retry && !incoming.remote_address_validated() {
+            // Stateless: nothing is kept until the client proves it owns the address.
+            Counters::bump(&ctx.admission.counters.retries);
+            if let Err(e) = incoming.retry() {
+                debug!(%remote, error = %e, "cannot send a Retry");
+            }
             continue;
+        }
+        let slot = match ctx.admission.admit(remote.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                debug!(%remote, ?why, "connection refused");
+                incoming.refuse();
+                continue;
+            }
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => serve_connection(conn, ctx).await,
+                Ok(conn) => {
+                    Counters::bump(&ctx.admission.counters.handshakes);
+                    serve_connection(conn, slot, ctx).await;
+                }
                 Err(e) => debug!(%remote, error = %e, "handshake failed"),
             }
         });
     }
 }
 
-async fn serve_connection(conn: quinn::Connection, ctx: Arc<Context>) {
+/// Waits for the connection's Auth stream and checks the token; the token's index in
+/// the set when accepted. The connection may open one stream and send a few KiB until
+/// then.
+async fn authenticate(conn: &quinn::Connection, ctx: &Context) -> Result<usize, String> {
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| format!("no Auth stream: {e}"))?;
+    let mut dec = AuthDecoder::new(ctx.options.limits);
+    let mut auth = None;
+    let mut read = 0usize;
+    let cap = AUTH_STREAM_MAX;
+    while let Some(chunk) = recv
+        .read_chunk(cap, true)
+        .await
+        .map_err(|e| format!("the Auth stream failed: {e}"))?
+    {
+        read += chunk.bytes.len();
+        if read > cap {
+            return Err(format!("the Auth stream is longer than {cap} bytes"));
+        }
+        dec.feed(&chunk.bytes);
+        if let Some(a) = dec.next_frame_message().map_err(|e| e.to_string())? {
+            auth = Some(a);
+        }
+    }
+    dec.finish().map_err(|e| e.to_string())?;
+    let auth: Auth = auth.ok_or("no Auth frame")?;
+    let reply = match ctx.tokens.position(&auth.token) {
+        Some(i) => Ok(i),
+        None => Err("the token is not accepted by this proxy".to_string()),
+    };
+    let frame = match &reply {
+        Ok(_) => AuthReply::Accepted,
+        Err(message) => AuthReply::Refused(ErrorFrame {
+            code: ErrorCode::Unauthorized,
+            message: message.clone(),
+        }),
+    };
+    if let Ok(bytes) = encode_auth_reply(&frame, &ctx.options.limits) {
+        if send.write_all(&bytes).await.is_ok() {
+            let _ = send.finish();
+            if reply.is_err() {
+                // Let the refusal reach the client before the connection closes.
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            }
+        }
+    }
+    reply
+}
+
+/// Most bytes read from the Auth stream: the preamble and one Auth frame.
+const AUTH_STREAM_MAX: usize = PREAMBLE_LEN + FRAME_HEADER_LEN + MAX_AUTH_FRAME as usize;
+
+/// Per-connection state shared by its streams.
+struct ConnState {
+    token: usize,
+    request_bytes: Arc<Semaphore>,
+    bundles: Arc<Semaphore>,
+}
+
+async fn serve_connection(conn: quinn::Connection, mut slot: Slot, ctx: Arc<Context>) {
     let remote = conn.remote_address();
     debug!(%remote, "connection established");
+    slot.pending(&conn);
+    let token =
+        match tokio::time::timeout(ctx.options.auth_timeout, authenticate(&conn, &ctx)).await {
+            Ok(Ok(token)) => token,
+            Ok(Err(reason)) => {
+                Counters::bump(&ctx.admission.counters.auth_failed);
+                warn!(%remote, %reason, "authentication failed: closing");
+                conn.close(CLOSE_UNAUTHENTICATED, b"authentication failed");
+                return;
+            }
+            Err(_) => {
+                Counters::bump(&ctx.admission.counters.auth_failed);
+                debug!(%remote, "no token within the auth timeout: closing");
+                conn.close(CLOSE_UNAUTHENTICATED, b"no token in time");
+                return;
+            }
+        };
+    slot.authenticated();
+    Counters::bump(&ctx.admission.counters.authenticated);
+    // Now (only) the connection may open its streams and send requests.
+    let tuning = &ctx.options.transport;
+    conn.set_receive_window(
+        quinn::VarInt::from_u64(u64::from(ctx.options.max_request_bytes_per_connection))
+            .unwrap_or(quinn::VarInt::MAX),
+    );
+    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(tuning.max_concurrent_streams));
+    let state = Arc::new(ConnState {
+        token,
+        request_bytes: Arc::new(Semaphore::new(
+            ctx.options.max_request_bytes_per_connection.max(1) as usize,
+        )),
+        bundles: Arc::new(Semaphore::new(
+            ctx.options.max_bundles_per_connection.max(1),
+        )),
+    });
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let ctx = ctx.clone();
-                tokio::spawn(async move { serve_stream(send, recv, ctx, remote).await });
+                let state = state.clone();
+                tokio::spawn(async move { serve_stream(send, recv, ctx, state, remote).await });
             }
             Err(e) => {
                 debug!(%remote, reason = %e, "connection closed");
@@ -309,13 +490,21 @@ enum ReadRequestError {
     Timeout(Duration),
 }
 
+/// Reads one message, holding permits of the connection's request budget for the
+/// bytes buffered (released when the message is decoded).
 async fn read_message(
     recv: &mut RecvStream,
     limits: &Limits,
+    budget: &Arc<Semaphore>,
 ) -> Result<ClientMessage, ReadRequestError> {
     let mut dec = MessageDecoder::new(*limits);
     let mut message = None;
+    let mut held = Vec::new();
     while let Some(chunk) = recv.read_chunk(64 * 1024, true).await? {
+        let n = u32::try_from(chunk.bytes.len()).unwrap_or(u32::MAX);
+        if let Ok(p) = budget.clone().acquire_many_owned(n).await {
+            held.push(p);
+        }
         dec.feed(&chunk.bytes);
         if let Some(m) = dec.next_message()? {
             message = Some(m);
@@ -354,10 +543,15 @@ async fn serve_stream(
     send: SendStream,
     mut recv: RecvStream,
     ctx: Arc<Context>,
+    conn: Arc<ConnState>,
     remote: SocketAddr,
 ) {
     let timeout = ctx.options.request_timeout;
-    let read = tokio::time::timeout(timeout, read_message(&mut recv, &ctx.options.limits)).await;
+    let read = tokio::time::timeout(
+        timeout,
+        read_message(&mut recv, &ctx.options.limits, &conn.request_bytes),
+    )
+    .await;
     let message = match read.unwrap_or(Err(ReadRequestError::Timeout(timeout))) {
         Ok(m) => m,
         Err(ReadRequestError::Stream(e)) => {
@@ -377,38 +571,63 @@ async fn serve_stream(
         }
     };
     drop(recv);
-    if !ctx.tokens.contains(message.token()) {
+    // The connection authenticated with a token; each message still names one.
+    if ctx.tokens.position(message.token()) != Some(conn.token) {
         warn!(%remote, image = %message.image(), "token refused");
         let mut out = BundleWriter::new(send, ctx.options.limits);
         let _ = out
             .send_error(ErrorFrame {
                 code: ErrorCode::Unauthorized,
-                message: "the token is not accepted by this proxy".into(),
+                message: "the token is not the one this connection authenticated with".into(),
             })
             .await;
         return;
     }
     let limits = ctx.options.limits;
+    let refresh = matches!(message, ClientMessage::Refresh(_));
     let request = match message {
         ClientMessage::Bundle(request) => request,
         ClientMessage::Trace(upload) => {
             let id = upload.trace.id.clone();
             debug!(%remote, %id, "trace upload");
-            let reply = match ctx.handler.upload_trace(upload.trace).await {
-                Ok(ack) => Reply::TraceAck(ack),
-                Err(e) => {
-                    warn!(%remote, %id, error = %e, "trace upload failed");
-                    Reply::Error(ErrorFrame {
-                        code: e.code,
-                        message: e.message,
-                    })
+            let reply = if !ctx.traces.allow(conn.token) {
+                Counters::bump(&ctx.admission.counters.traces_refused);
+                warn!(%remote, %id, "trace upload refused: over the per-token rate");
+                Reply::Error(ErrorFrame {
+                    code: ErrorCode::Unavailable,
+                    message: format!(
+                        "too many trace uploads for this token (at most {} per {:?})",
+                        ctx.options.max_traces_per_token, ctx.options.trace_window
+                    ),
+                })
+            } else {
+                match ctx.handler.upload_trace(upload.trace).await {
+                    Ok(ack) => Reply::TraceAck(ack),
+                    Err(e) => {
+                        warn!(%remote, %id, error = %e, "trace upload failed");
+                        Reply::Error(ErrorFrame {
+                            code: e.code,
+                            message: e.message,
+                        })
+                    }
                 }
             };
             send_reply(send, reply, &limits, remote).await;
             return;
         }
-        ClientMessage::Ranks(query) => {
-            let reply = match ctx.handler.ranks(query).await {
+        ClientMessage::Ranks(query) | ClientMessage::Refresh(query) => {
+            let answer = match refresh {
+                true if !ctx.refreshes.allow(conn.token) => Err(HandlerError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "too many refreshes for this token (at most {} per minute)",
+                        ctx.options.max_refreshes_per_minute
+                    ),
+                )),
+                true => ctx.handler.refresh(query).await,
+                false => ctx.handler.ranks(query).await,
+            };
+            let reply = match answer {
                 Ok(r) => Reply::Ranks(r),
                 Err(e) => Reply::Error(ErrorFrame {
                     code: e.code,
@@ -419,7 +638,37 @@ async fn serve_stream(
             return;
         }
     };
-    let mut out = BundleWriter::new(send, ctx.options.limits);
+    let mut out =
+        BundleWriter::new(send, ctx.options.limits).with_stall_timeout(ctx.options.stall_timeout);
+    let permits = (
+        conn.bundles.clone().try_acquire_owned(),
+        ctx.bundles.clone().try_acquire_owned(),
+    );
+    let _permits = match permits {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, _) => {
+            Counters::bump(&ctx.admission.counters.bundles_refused);
+            let message = if a.is_err() {
+                format!(
+                    "too many bundles in flight on this connection (at most {})",
+                    ctx.options.max_bundles_per_connection
+                )
+            } else {
+                format!(
+                    "the proxy serves {} bundles already; retry later",
+                    ctx.options.max_bundles
+                )
+            };
+            warn!(%remote, image = %request.image, %message, "bundle refused");
+            let _ = out
+                .send_error(ErrorFrame {
+                    code: ErrorCode::Unavailable,
+                    message,
+                })
+                .await;
+            return;
+        }
+    };
     let image = request.image.clone();
     debug!(%remote, %image, "serving bundle");
     match ctx.handler.handle(request, &mut out).await {

@@ -43,7 +43,27 @@ impl Default for TransportTuning {
     }
 }
 
+/// Connection receive window of a server connection before its token is accepted.
+pub(crate) const UNAUTHENTICATED_WINDOW: u32 = 16 * 1024;
+
 impl TransportTuning {
+    /// The server's configuration until a connection authenticates: one stream, and a
+    /// connection receive window of a few KiB (the server raises both on its accepted
+    /// Auth).
+    pub(crate) fn to_quinn_server_unauthenticated(&self) -> Arc<quinn::TransportConfig> {
+        let varint = |v: u64| VarInt::from_u64(v).unwrap_or(VarInt::MAX);
+        let mut c = quinn::TransportConfig::default();
+        c.stream_receive_window(varint(self.stream_receive_window))
+            .receive_window(VarInt::from_u32(UNAUTHENTICATED_WINDOW))
+            .send_window(self.send_window)
+            .max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok())
+            .keep_alive_interval(self.keep_alive)
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .max_concurrent_bidi_streams(VarInt::from_u32(1))
+            .datagram_receive_buffer_size(None);
+        Arc::new(c)
+    }
+
     /// The quinn configuration for these settings.
     pub(crate) fn to_quinn(&self, accept_streams: bool) -> Arc<quinn::TransportConfig> {
         let varint = |v: u64| VarInt::from_u64(v).unwrap_or(VarInt::MAX);

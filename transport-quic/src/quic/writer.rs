@@ -20,6 +20,9 @@ pub enum WriteError {
     /// The stream was already finished, reset or aborted.
     #[error("the bundle stream is already closed")]
     Closed,
+    /// The client read nothing for the stall timeout: the bundle was cancelled.
+    #[error("the client read nothing for {0:?}: bundle cancelled")]
+    Stalled(std::time::Duration),
 }
 
 /// Writes one bundle to a QUIC stream, checking the frame order as it goes.
@@ -35,6 +38,7 @@ pub struct BundleWriter {
     enc: ResponseEncoder,
     buf: BytesMut,
     current: Option<u32>,
+    stall: Option<std::time::Duration>,
 }
 
 impl BundleWriter {
@@ -44,17 +48,44 @@ impl BundleWriter {
             enc: ResponseEncoder::new(limits),
             buf: BytesMut::new(),
             current: None,
+            stall: None,
         }
     }
 
-    async fn flush(&mut self) -> Result<(), WriteError> {
+    /// Cancels the bundle (resets the stream) when one write makes no progress for
+    /// `timeout`: a client that stops reading cannot pin the handler's buffers.
+    pub(crate) fn with_stall_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.stall = Some(timeout);
+        self
+    }
+
+    /// Writes `bytes`, or cancels the bundle if the client reads nothing for the
+    /// stall timeout.
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+        let stall = self.stall;
         let send = self.send.as_mut().ok_or(WriteError::Closed)?;
-        let r = send.write_all(&self.buf).await;
-        self.buf.clear();
+        let r = match stall {
+            None => send.write_all(bytes).await,
+            Some(t) => match write_with_progress(send, bytes, t).await {
+                Some(r) => r,
+                None => {
+                    self.abort();
+                    return Err(WriteError::Stalled(t));
+                }
+            },
+        };
         r.map_err(|e| match e {
             quinn::WriteError::ClosedStream => WriteError::Closed,
             e => WriteError::Stream(e),
         })
+    }
+
+    async fn flush(&mut self) -> Result<(), WriteError> {
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.write(&buf).await;
+        self.buf = buf;
+        self.buf.clear();
+        r
     }
 
     fn closed(&self) -> Result<(), WriteError> {
@@ -86,9 +117,8 @@ impl BundleWriter {
         let chunk = self.enc.limits().max_data_frame.max(1) as usize;
         for piece in data.chunks(chunk) {
             let header = self.enc.data_frame_header(piece.len() as u32)?;
-            let send = self.send.as_mut().ok_or(WriteError::Closed)?;
-            send.write_all(&header).await?;
-            send.write_all(piece).await?;
+            self.write(&header).await?;
+            self.write(piece).await?;
         }
         Ok(())
     }
@@ -152,6 +182,23 @@ impl BundleWriter {
     pub fn is_open(&self) -> bool {
         self.send.is_some()
     }
+}
+
+/// Writes all of `bytes`; `None` when a single write accepts nothing for `stall`
+/// (the client's flow-control window stayed closed).
+async fn write_with_progress(
+    send: &mut SendStream,
+    mut bytes: &[u8],
+    stall: std::time::Duration,
+) -> Option<Result<(), quinn::WriteError>> {
+    while !bytes.is_empty() {
+        match tokio::time::timeout(stall, send.write(bytes)).await {
+            Err(_) => return None,
+            Ok(Err(e)) => return Some(Err(e)),
+            Ok(Ok(n)) => bytes = &bytes[n..],
+        }
+    }
+    Some(Ok(()))
 }
 
 impl Drop for BundleWriter {
