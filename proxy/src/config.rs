@@ -38,7 +38,7 @@
 //!
 //! [index]                  # budgets of indexing (a crafted image is refused past them)
 //! max_jobs = 2             # index jobs running at once
-//! max_waiting = 16         # more jobs wait for a slot; beyond, refused at once
+//! max_waiting = 256        # more jobs wait for a slot (a waiting job holds no memory); beyond, refused at once
 //! layer_metadata_bytes = "128mib"
 //! image_metadata_bytes = "256mib"
 //! layer_uncompressed_bytes = "16gib"
@@ -332,7 +332,7 @@ impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
             max_jobs: std::num::NonZeroUsize::MIN.saturating_add(1),
-            max_waiting: 16,
+            max_waiting: 256,
             layer_metadata_bytes: ByteSize(128 << 20),
             image_metadata_bytes: ByteSize(256 << 20),
             layer_uncompressed_bytes: ByteSize(16 << 30),
