@@ -10,7 +10,9 @@
 
 use crate::db::{Db, DbError, ImageRecord, ImageWrite, LayerRecord, LayerRef, TocEntry};
 use crate::format::{self, Compression, Entry, EntryKind, FormatError};
+use crate::format::commit::{check_toc_annotation, AnnotationCheck};
 use crate::merge::merge_layers;
+use transport_quic::commit::TOC_DIGEST_ANNOTATION;
 use crate::registry::{RegistryClient, RegistryError};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -408,6 +410,18 @@ pub async fn index_image_in(
                 scanned.entries
             }
         };
+        // The manifest commits to the layer's table of contents: refuse a
+        // manifest whose annotation does not describe what was scanned.
+        let annotation = desc
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(TOC_DIGEST_ANNOTATION))
+            .map(String::as_str);
+        if check_toc_annotation(annotation, &entries).map_err(|m| layer_err(&digest, m))?
+            == AnnotationCheck::Missing
+        {
+            tracing::warn!(image = reference, layer = %digest, "the layer has no {TOC_DIGEST_ANNOTATION} annotation: workers will refuse the image; convert it again with `starlight convert`");
+        }
         seen.entry(digest).or_insert(layer_entries.len());
         layer_entries.push(entries);
     }

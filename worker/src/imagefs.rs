@@ -101,7 +101,8 @@ fn attr_of(ino: u64, e: &TocEntry) -> FileAttr {
         EntryKind::Fifo => FileKind::Fifo,
     };
     let size = match e.kind {
-        EntryKind::File => e.size,
+        // A hard link carries its own layer's content size (see `ImageFs::new`).
+        EntryKind::File | EntryKind::Hardlink => e.size,
         EntryKind::Symlink => e.link.as_ref().map_or(0, |l| l.len() as u64),
         _ => 0,
     };
@@ -163,7 +164,11 @@ impl ImageFs {
         }];
         let mut by_path: HashMap<String, u64> = HashMap::from([(String::new(), ROOT)]);
         // Hard links last: their targets may sort after them.
-        let links = header.toc.iter().filter(|e| e.kind == EntryKind::Hardlink);
+        let links = header
+            .toc
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == EntryKind::Hardlink);
         for (index, e) in header
             .toc
             .iter()
@@ -222,30 +227,61 @@ impl ImageFs {
             Self::link(&mut nodes, parent, name, ino, e.kind == EntryKind::Dir);
             by_path.insert(full, ino);
         }
-        for e in links {
+        // A hard link shares its target's inode only if the target is still
+        // the file of the link's own layer (same layer, same content); if a
+        // later layer deleted or replaced the target, the link is a file of
+        // its own with the content and metadata its layer gave it, as on
+        // overlayfs (where it stays a name of the lower layer's inode).
+        let toc_by_path: HashMap<&str, &TocEntry> =
+            header.toc.iter().map(|e| (e.path.as_str(), e)).collect();
+        for (index, e) in links {
             let parts = components(&e.path)?;
-            let target = e.link.clone().unwrap_or_default();
-            let bad = || TreeError::BadHardlink {
-                path: e.path.clone(),
-                target: target.clone(),
-            };
-            let target_ino = *by_path
-                .get(&components(&target)?.join("/"))
-                .ok_or_else(bad)?;
-            if !matches!(nodes[(target_ino - 1) as usize].data, NodeData::File(..)) {
-                return Err(bad());
-            }
             let Some(name) = parts.last() else {
-                return Err(bad());
+                return Err(TreeError::BadHardlink {
+                    path: e.path.clone(),
+                    target: e.link.clone().unwrap_or_default(),
+                });
             };
             let parent = Self::ensure_dirs(&mut nodes, &mut by_path, &parts, &e.path)?;
             let full = parts.join("/");
             if by_path.contains_key(&full) {
                 continue;
             }
-            Self::link(&mut nodes, parent, name, target_ino, false);
-            nodes[(target_ino - 1) as usize].attr.nlink += 1;
-            by_path.insert(full, target_ino);
+            let target = e
+                .link
+                .as_deref()
+                .and_then(|t| components(t).ok())
+                .map(|t| t.join("/"));
+            let shared = target.and_then(|t| {
+                let te = toc_by_path.get(t.as_str())?;
+                let ino = *by_path.get(&t)?;
+                let same = te.kind == EntryKind::File
+                    && te.layer == e.layer
+                    && te.sha256 == e.sha256
+                    && te.size == e.size
+                    && matches!(nodes[(ino - 1) as usize].data, NodeData::File(..));
+                same.then_some(ino)
+            });
+            let ino = match shared {
+                Some(ino) => {
+                    nodes[(ino - 1) as usize].attr.nlink += 1;
+                    ino
+                }
+                None => {
+                    let ino = nodes.len() as u64 + 1;
+                    nodes.push(Node {
+                        attr: attr_of(ino, e),
+                        data: NodeData::File(
+                            e.sha256.filter(|_| e.size > 0),
+                            u32::try_from(index).unwrap_or(u32::MAX),
+                        ),
+                        xattrs: e.xattrs.clone(),
+                    });
+                    ino
+                }
+            };
+            Self::link(&mut nodes, parent, name, ino, false);
+            by_path.insert(full, ino);
         }
         Ok(ImageFs {
             nodes,

@@ -20,6 +20,7 @@
 //! Everything read from a layer is bounded first (see [`limits`]).
 
 mod codec;
+pub mod commit;
 mod convert;
 pub mod entry;
 mod error;

@@ -111,7 +111,13 @@ impl OciLayout {
         let mut descs = vec![];
         for l in layers {
             let (d, s) = self.add_blob(&l.blob);
-            descs.push(json!({"mediaType": l.media_type, "digest": d, "size": s}));
+            let mut desc = json!({"mediaType": l.media_type, "digest": d, "size": s});
+            // A Starlight layer commits to its table of contents, as
+            // `starlight convert` writes it.
+            if let Some(toc) = starlight_proxy::format::commit::toc_annotation_of_blob(&l.blob) {
+                desc["annotations"] = json!({ starlight_proxy::convert::TOC_DIGEST_ANNOTATION: toc });
+            }
+            descs.push(desc);
         }
         let manifest = json!({
             "schemaVersion": 2,

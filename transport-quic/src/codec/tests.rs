@@ -218,7 +218,7 @@ fn wrong_magic_and_version_are_refused() {
     let err = decode(&bytes).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "protocol version 7 is not supported (this build speaks 1)"
+        "protocol version 7 is not supported (this build speaks 2)"
     );
 
     let mut dec = RequestDecoder::default();
