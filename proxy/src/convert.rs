@@ -842,7 +842,8 @@ async fn convert_one_layer(
             let converted = format::convert_layer(src, out, &conv_opts)?;
             // The commitment is computed from the blob as written, by the
             // same scanner the proxy's indexer runs: they cannot disagree.
-            let scanned = format::scan_layer(BufReader::with_capacity(1 << 20, File::open(&outp)?))?;
+            let scanned =
+                format::scan_layer(BufReader::with_capacity(1 << 20, File::open(&outp)?))?;
             Ok((converted, format::commit::toc_annotation(&scanned.entries)))
         })
         .await

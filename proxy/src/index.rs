@@ -9,14 +9,14 @@
 //! batch at the end; on any error nothing is written.
 
 use crate::db::{Db, DbError, ImageRecord, ImageWrite, LayerRecord, LayerRef, TocEntry};
-use crate::format::{self, Compression, Entry, EntryKind, FormatError};
 use crate::format::commit::{check_toc_annotation, AnnotationCheck};
+use crate::format::{self, Compression, Entry, EntryKind, FormatError};
 use crate::merge::merge_layers;
-use transport_quic::commit::TOC_DIGEST_ANNOTATION;
 use crate::registry::{RegistryClient, RegistryError};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use transport_quic::commit::TOC_DIGEST_ANNOTATION;
 
 /// Errors of indexing; each names the image, and the layer when one is concerned.
 #[derive(Debug, thiserror::Error)]

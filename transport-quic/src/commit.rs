@@ -301,8 +301,26 @@ mod tests {
             ("link empty", Box::new(|e| e.link = Some(String::new()))),
             ("devmajor", Box::new(|e| e.devmajor += 1)),
             ("devminor", Box::new(|e| e.devminor += 1)),
-            ("xattr value", Box::new(|e| e.xattrs[0].1.push(0))),
-            ("xattr name", Box::new(|e| e.xattrs[0].0.push('c'))),
+            (
+                "xattr value",
+                Box::new(|e| {
+                    if let Some(x) = e.xattrs.first_mut() {
+                        x.1.push(0);
+                    }
+                }),
+            ),
+            (
+                "xattr name",
+                Box::new(|e| {
+                    if let Some(x) = e.xattrs.first_mut() {
+                        x.0.push('c');
+                    }
+                }),
+            ),
+            (
+                "empty xattr added",
+                Box::new(|e| e.xattrs.push(("user.z".into(), Vec::new()))),
+            ),
             (
                 "xattr dropped",
                 Box::new(|e| {

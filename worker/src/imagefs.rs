@@ -602,8 +602,12 @@ mod tests {
         let mut dir = entry("etc", EntryKind::Dir);
         dir.mode = 0o750;
         dir.xattrs = vec![("user.k".into(), b"v".to_vec())];
-        let mut link = entry("etc/hard", EntryKind::Hardlink);
-        link.link = Some("usr/bin/tool".into());
+        // As the scanner gives it: the target's content and metadata.
+        let link = TocEntry {
+            kind: EntryKind::Hardlink,
+            link: Some("usr/bin/tool".into()),
+            ..file("etc/hard", b"tool bytes", Source::Payload(0))
+        };
         let mut sym = entry("etc/sym", EntryKind::Symlink);
         sym.link = Some("../usr/bin/tool".into());
         let mut dev = entry("dev/null", EntryKind::CharDev);
@@ -757,12 +761,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let waiters = Arc::new(ContentWaiters::new());
-        let mut link = entry("a", EntryKind::Hardlink);
-        link.link = Some("missing".into());
         let bad = [
             vec![file("f", b"x", Source::Held), entry("f/g", EntryKind::Dir)],
             vec![entry("a/../b", EntryKind::Dir)],
-            vec![link],
         ];
         for toc in bad {
             let h = Header {
@@ -771,5 +772,69 @@ mod tests {
             };
             assert!(ImageFs::new(&h, store.clone(), waiters.clone(), Duration::ZERO).is_err());
         }
+    }
+
+    /// A hard link whose target a later layer deleted or replaced keeps the
+    /// content (and metadata) of its own layer, on an inode of its own, as
+    /// on overlayfs; one whose target is intact shares the target's inode.
+    #[tokio::test]
+    async fn hard_links_keep_their_own_layer_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let old = b"old bytes".to_vec();
+        let sha: [u8; 32] = Sha256::digest(&old).into();
+        store.insert_bytes(&old, &sha).unwrap();
+        let link = |path: &str, target: &str| TocEntry {
+            kind: EntryKind::Hardlink,
+            link: Some(target.into()),
+            mode: 0o755,
+            ..file(path, &old, Source::Held)
+        };
+        let replaced = TocEntry {
+            layer: 1,
+            ..file("bin/a", b"new bytes!", Source::Payload(0))
+        };
+        let h = Header {
+            toc: vec![
+                entry("bin", EntryKind::Dir),
+                replaced,
+                link("bin/b", "bin/a"),
+                link("bin/gone", "bin/deleted"),
+                file("bin/same", &old, Source::Held),
+                link("bin/same-link", "bin/same"),
+            ],
+            ..Header::default()
+        };
+        let fs = ImageFs::new(
+            &h,
+            store,
+            Arc::new(ContentWaiters::new()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        for path in ["bin/b", "bin/gone"] {
+            let e = lookup_path(&fs, path).await;
+            assert_eq!(e.attr.kind, FileKind::File, "{path}");
+            assert_eq!(e.attr.size, old.len() as u64, "{path}");
+            assert_eq!(e.attr.perm, 0o755, "{path}");
+            assert_eq!(e.attr.nlink, 1, "{path}");
+            let fh = fs.open(&ctx(), e.attr.ino, 0).await.unwrap();
+            let ReadData::File { file, offset } =
+                fs.read(&ctx(), e.attr.ino, fh.fh, 0, 100).await.unwrap()
+            else {
+                panic!("{path}: expected a file");
+            };
+            let mut buf = vec![0u8; old.len()];
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset).unwrap();
+            assert_eq!(buf, old, "{path}");
+        }
+        let a = lookup_path(&fs, "bin/a").await;
+        let b = lookup_path(&fs, "bin/b").await;
+        assert_ne!(a.attr.ino, b.attr.ino);
+        assert_eq!(a.attr.size, 10);
+        let same = lookup_path(&fs, "bin/same").await;
+        let same_link = lookup_path(&fs, "bin/same-link").await;
+        assert_eq!(same.attr.ino, same_link.attr.ino);
+        assert_eq!(same.attr.nlink, 2);
     }
 }

@@ -106,15 +106,18 @@ fn header_of(tables: Vec<Vec<LayerEntry>>, held: &[&str]) -> Header {
                 None => Source::NoContent,
                 Some(_) if held.contains(&e.path.as_str()) => Source::Held,
                 Some(sha) => {
-                    let i = payloads.iter().position(|p| p.sha256 == sha).unwrap_or_else(|| {
-                        payloads.push(PayloadInfo {
-                            sha256: sha,
-                            compression: PayloadCompression::Zstd,
-                            compressed_len: 7,
-                            size: e.size,
+                    let i = payloads
+                        .iter()
+                        .position(|p| p.sha256 == sha)
+                        .unwrap_or_else(|| {
+                            payloads.push(PayloadInfo {
+                                sha256: sha,
+                                compression: PayloadCompression::Zstd,
+                                compressed_len: 7,
+                                size: e.size,
+                            });
+                            payloads.len() - 1
                         });
-                        payloads.len() - 1
-                    });
                     Source::Payload(i as u32)
                 }
             };
@@ -286,7 +289,9 @@ fn tampered_layer_tables_do_not_match_their_annotation() {
         ("dropped entry", |t| {
             t.remove(2);
         }),
-        ("added entry", |t| t.push(file("etc/sudoers", b"ALL ALL=(ALL) ALL"))),
+        ("added entry", |t| {
+            t.push(file("etc/sudoers", b"ALL ALL=(ALL) ALL"))
+        }),
         ("whiteout dropped", |t| {
             t.retain(|e| !e.path.contains(".wh."));
         }),
@@ -320,7 +325,9 @@ fn tampered_merged_entries_do_not_follow_from_the_tables() {
         ("size", |e| e.size = 1),
         ("sha256", |e| e.sha256 = Some([0; 32])),
         ("mtime", |e| e.mtime = 0),
-        ("xattrs", |e| e.xattrs = vec![("security.capability".into(), vec![1])]),
+        ("xattrs", |e| {
+            e.xattrs = vec![("security.capability".into(), vec![1])]
+        }),
     ];
     for (field, tamper) in cases {
         let mut h = good();
@@ -339,11 +346,17 @@ fn tampered_merged_entries_do_not_follow_from_the_tables() {
     let mut h = good();
     let i = index_of(&h, "hosts");
     h.toc[i].link = Some("/etc/shadow".into());
-    assert!(matches!(refused(&h), VerifyError::TocEntry { field: "link", .. }));
+    assert!(matches!(
+        refused(&h),
+        VerifyError::TocEntry { field: "link", .. }
+    ));
     let mut h = good();
     let i = index_of(&h, "hosts");
     h.toc[i].kind = EntryKind::CharDev;
-    assert!(matches!(refused(&h), VerifyError::TocEntry { field: "kind", .. }));
+    assert!(matches!(
+        refused(&h),
+        VerifyError::TocEntry { field: "kind", .. }
+    ));
 }
 
 #[test]
@@ -360,7 +373,10 @@ fn dropped_added_or_renamed_merged_entries_are_refused() {
     let mut h = good();
     let i = index_of(&h, "hosts");
     h.toc[i].path = "etc/hosts".into();
-    assert!(matches!(refused(&h), VerifyError::TocEntry { field: "path", .. }));
+    assert!(matches!(
+        refused(&h),
+        VerifyError::TocEntry { field: "path", .. }
+    ));
 }
 
 #[test]

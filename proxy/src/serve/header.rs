@@ -103,8 +103,8 @@ pub fn build_header(
 mod tests {
     use super::*;
     use crate::format::{ContentRef, Entry, EntryKind};
-    use transport_quic::EntryKind as WireKind;
     use crate::optimize::PlannedPayload;
+    use transport_quic::EntryKind as WireKind;
 
     fn entry(path: &str, kind: EntryKind, content: Option<ContentRef>) -> Entry {
         Entry {

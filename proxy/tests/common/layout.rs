@@ -115,7 +115,8 @@ impl OciLayout {
             // A Starlight layer commits to its table of contents, as
             // `starlight convert` writes it.
             if let Some(toc) = starlight_proxy::format::commit::toc_annotation_of_blob(&l.blob) {
-                desc["annotations"] = json!({ starlight_proxy::convert::TOC_DIGEST_ANNOTATION: toc });
+                desc["annotations"] =
+                    json!({ starlight_proxy::convert::TOC_DIGEST_ANNOTATION: toc });
             }
             descs.push(desc);
         }

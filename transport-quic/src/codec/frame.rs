@@ -183,7 +183,7 @@ mod tests {
         let err = check_preamble(&p).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "protocol version 7 is not supported (this build speaks 1)"
+            "protocol version 7 is not supported (this build speaks 2)"
         );
         let err = check_preamble(b"HTTP/1").unwrap_err();
         assert!(matches!(err, ProtocolError::BadMagic { .. }), "{err}");
