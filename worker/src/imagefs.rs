@@ -228,12 +228,15 @@ impl ImageFs {
             by_path.insert(full, ino);
         }
         // A hard link shares its target's inode only if the target is still
-        // the file of the link's own layer (same layer, same content); if a
-        // later layer deleted or replaced the target, the link is a file of
-        // its own with the content and metadata its layer gave it, as on
-        // overlayfs (where it stays a name of the lower layer's inode).
+        // the file of the link's own layer (same layer, same content). If a
+        // later layer deleted or replaced the target, the link keeps the
+        // content and metadata its own layer gave it, as on overlayfs, where
+        // it stays a name of the lower layer's inode: the links left of one
+        // such inode share one node, whose link count also counts the
+        // target's lost name (as the lower inode's does).
         let toc_by_path: HashMap<&str, &TocEntry> =
             header.toc.iter().map(|e| (e.path.as_str(), e)).collect();
+        let mut orphans: HashMap<(u32, String, Option<[u8; 32]>), u64> = HashMap::new();
         for (index, e) in links {
             let parts = components(&e.path)?;
             let Some(name) = parts.last() else {
@@ -251,10 +254,10 @@ impl ImageFs {
                 .link
                 .as_deref()
                 .and_then(|t| components(t).ok())
-                .map(|t| t.join("/"));
-            let shared = target.and_then(|t| {
-                let te = toc_by_path.get(t.as_str())?;
-                let ino = *by_path.get(&t)?;
+                .map(|t| t.join("/"))
+                .unwrap_or_default();
+            let intact = toc_by_path.get(target.as_str()).and_then(|te| {
+                let ino = *by_path.get(&target)?;
                 let same = te.kind == EntryKind::File
                     && te.layer == e.layer
                     && te.sha256 == e.sha256
@@ -262,21 +265,25 @@ impl ImageFs {
                     && matches!(nodes[(ino - 1) as usize].data, NodeData::File(..));
                 same.then_some(ino)
             });
-            let ino = match shared {
+            let key = (e.layer, target, e.sha256);
+            let ino = match intact.or_else(|| orphans.get(&key).copied()) {
                 Some(ino) => {
                     nodes[(ino - 1) as usize].attr.nlink += 1;
                     ino
                 }
                 None => {
                     let ino = nodes.len() as u64 + 1;
+                    let mut attr = attr_of(ino, e);
+                    attr.nlink = 2;
                     nodes.push(Node {
-                        attr: attr_of(ino, e),
+                        attr,
                         data: NodeData::File(
                             e.sha256.filter(|_| e.size > 0),
                             u32::try_from(index).unwrap_or(u32::MAX),
                         ),
                         xattrs: e.xattrs.clone(),
                     });
+                    orphans.insert(key, ino);
                     ino
                 }
             };
@@ -799,6 +806,7 @@ mod tests {
                 entry("bin", EntryKind::Dir),
                 replaced,
                 link("bin/b", "bin/a"),
+                link("bin/b2", "bin/a"),
                 link("bin/gone", "bin/deleted"),
                 file("bin/same", &old, Source::Held),
                 link("bin/same-link", "bin/same"),
@@ -817,7 +825,9 @@ mod tests {
             assert_eq!(e.attr.kind, FileKind::File, "{path}");
             assert_eq!(e.attr.size, old.len() as u64, "{path}");
             assert_eq!(e.attr.perm, 0o755, "{path}");
-            assert_eq!(e.attr.nlink, 1, "{path}");
+            // The lower inode's names: the lost target's and the links'.
+            let nlink = if path == "bin/b" { 3 } else { 2 };
+            assert_eq!(e.attr.nlink, nlink, "{path}");
             let fh = fs.open(&ctx(), e.attr.ino, 0).await.unwrap();
             let ReadData::File { file, offset } =
                 fs.read(&ctx(), e.attr.ino, fh.fh, 0, 100).await.unwrap()
@@ -832,6 +842,10 @@ mod tests {
         let b = lookup_path(&fs, "bin/b").await;
         assert_ne!(a.attr.ino, b.attr.ino);
         assert_eq!(a.attr.size, 10);
+        assert_eq!(a.attr.nlink, 1);
+        // Two links left of one lower inode stay one inode.
+        assert_eq!(lookup_path(&fs, "bin/b2").await.attr.ino, b.attr.ino);
+        assert_ne!(lookup_path(&fs, "bin/gone").await.attr.ino, b.attr.ino);
         let same = lookup_path(&fs, "bin/same").await;
         let same_link = lookup_path(&fs, "bin/same-link").await;
         assert_eq!(same.attr.ino, same_link.attr.ino);
