@@ -597,7 +597,7 @@ async fn a_wrong_toc_annotation_is_refused() {
         reference
     };
     // New layer, another layer's table claimed.
-    let reference = push_annotated("swapped", &[l0.clone()], &[Some(toc1.clone())]);
+    let reference = push_annotated("swapped", std::slice::from_ref(&l0), &[Some(toc1.clone())]);
     let err = refused(&client, &db, &reference).await;
     println!("{err}");
     let text = err.to_string();
@@ -606,12 +606,16 @@ async fn a_wrong_toc_annotation_is_refused() {
         "{text}"
     );
     // Not a digest at all.
-    let reference = push_annotated("garbage", &[l0.clone()], &[Some("sha256:xyz".into())]);
+    let reference = push_annotated(
+        "garbage",
+        std::slice::from_ref(&l0),
+        &[Some("sha256:xyz".into())],
+    );
     let err = refused(&client, &db, &reference).await;
     assert!(err.to_string().contains("not a sha256 digest"), "{err}");
 
     // Once l0 is indexed by an honest image, a reuse of it is checked too.
-    let ok = push_annotated("ok", &[l0.clone()], &[Some(toc0.clone())]);
+    let ok = push_annotated("ok", std::slice::from_ref(&l0), &[Some(toc0.clone())]);
     index_image(&client, &db, &ok, None).await.unwrap();
     let reference = push_annotated(
         "reused",

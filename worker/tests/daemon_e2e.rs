@@ -1564,11 +1564,13 @@ fn hard_links_to_replaced_or_deleted_targets_match_overlayfs() {
     assert!(daemon.stop(), "starlightd did not stop cleanly");
 }
 
+/// A bundle as relayed: its header and each payload's compressed bytes.
+type Bundle = (transport_quic::Header, Vec<Vec<u8>>);
+
 /// A bundle server that relays an honest bundle (fetched once from the
 /// real proxy) with its header changed by the current tamper function.
 struct TamperingServer {
-    bundles:
-        std::sync::Mutex<std::collections::HashMap<String, (transport_quic::Header, Vec<Vec<u8>>)>>,
+    bundles: std::sync::Mutex<std::collections::HashMap<String, Bundle>>,
     tamper: std::sync::Mutex<fn(&mut transport_quic::Header)>,
 }
 
@@ -1610,11 +1612,7 @@ impl transport_quic::quic::BundleHandler for TamperingServer {
 }
 
 /// The honest bundle of `image` from the real proxy: header and payloads.
-fn honest_bundle(
-    rt: &tokio::runtime::Runtime,
-    proxy: &Proxy,
-    image: &str,
-) -> (transport_quic::Header, Vec<Vec<u8>>) {
+fn honest_bundle(rt: &tokio::runtime::Runtime, proxy: &Proxy, image: &str) -> Bundle {
     rt.block_on(async {
         let client = proxy.client();
         let req = serve_support::request(image, &[]);
