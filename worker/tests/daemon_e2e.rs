@@ -1698,6 +1698,13 @@ fn starlightd_refuses_headers_that_do_not_follow_from_the_manifest() {
     let (h1, b1) = honest_bundle(&rt, &proxy, &v1);
     let (h2, b2) = honest_bundle(&rt, &proxy, &v2);
     let by_digest = format!("{}@{}", v1.rsplit_once(':').unwrap().0, h1.manifest_digest);
+    let header_bytes = postcard::to_stdvec(&h1).unwrap().len();
+    let tables_bytes = postcard::to_stdvec(&h1.layer_tocs).unwrap().len();
+    println!(
+        "honest header of v1: {header_bytes} bytes, {} merged entries; the per-layer tables take {tables_bytes} bytes ({} entries)",
+        h1.toc.len(),
+        h1.layer_tocs.iter().map(Vec::len).sum::<usize>()
+    );
 
     let server = std::sync::Arc::new(TamperingServer {
         bundles: std::sync::Mutex::new(
