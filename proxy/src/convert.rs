@@ -2,6 +2,14 @@
 //! an index) from a registry, converts each layer to the Starlight format
 //! and pushes the converted image to another reference.
 //!
+//! Every converted layer descriptor carries two annotations:
+//! `org.starlight.layer.format` = `v1`, and `io.starlight.toc.digest` =
+//! `sha256:<hex>`, the digest of the layer's canonical table of contents
+//! ([`transport_quic::commit`]) computed by scanning the converted blob as
+//! the proxy's indexer will. Since the manifest digest covers them, the
+//! image commits to its file tables, and workers check every bundle header
+//! against them.
+//!
 //! Layers go through temporary files (download → convert → push), so memory
 //! stays bounded whatever the layer size. Everything is pushed by digest
 //! first; the destination tag is pushed last, only once everything else

@@ -7,6 +7,12 @@
 //! already in the database (shared with another image) is neither
 //! downloaded nor scanned again. Everything for one image is written in one
 //! batch at the end; on any error nothing is written.
+//!
+//! A layer descriptor's `io.starlight.toc.digest` annotation (written by
+//! `starlight convert`, see [`transport_quic::commit`]) must be the digest
+//! of the table scanned from the blob (or stored for it): a manifest that
+//! commits to another table is refused. A layer without the annotation is
+//! indexed with a warning; workers refuse to pull such an image.
 
 use crate::db::{Db, DbError, ImageRecord, ImageWrite, LayerRecord, LayerRef, TocEntry};
 use crate::format::commit::{check_toc_annotation, AnnotationCheck};

@@ -56,7 +56,7 @@ pub fn layer_tables(db: &Db, wanted: &ImageRecord) -> Result<Vec<Vec<LayerEntry>
 }
 
 /// The header of the bundle that carries `plan` for the image `wanted`,
-/// whose per-layer tables are `layer_tocs` (see [`layer_tables`]).
+/// whose per-layer tables are `layer_tocs` (as `layer_tables` reads them).
 pub fn build_header(
     wanted: &ImageRecord,
     plan: &BundlePlan,
