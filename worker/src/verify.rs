@@ -6,7 +6,8 @@
 //!
 //! 1. the manifest bytes hash to the header's manifest digest, and a pull by
 //!    digest (`repo@sha256:…` or a bare `sha256:…`) gets exactly that digest;
-//! 2. the config bytes hash to the manifest's config digest;
+//! 2. the manifest's declared media type is the header's, and the config
+//!    bytes hash to the manifest's config digest;
 //! 3. the header's image layers are the manifest's layers, in order;
 //! 4. each layer's [`TOC_DIGEST_ANNOTATION`] equals the digest of the
 //!    per-layer table the header carries (no annotation: refused);
@@ -58,6 +59,14 @@ pub enum VerifyError {
     /// The manifest is not an image manifest this worker can read.
     #[error("the manifest is not a valid image manifest: {0}")]
     Manifest(String),
+    /// The header's manifest media type is not the one the manifest declares.
+    #[error("the header says the manifest is {header}, the manifest declares {manifest}")]
+    MediaType {
+        /// The manifest's `mediaType`.
+        manifest: String,
+        /// The header's.
+        header: String,
+    },
     /// The config bytes do not hash to the manifest's config digest.
     #[error("the config bytes hash to {actual}, but the manifest names config {manifest}")]
     ConfigDigest {
@@ -158,6 +167,8 @@ pub enum VerifyError {
 
 #[derive(Deserialize)]
 struct ManifestDoc {
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
     config: Descriptor,
     layers: Vec<Descriptor>,
 }
@@ -220,6 +231,14 @@ fn verify_documents(header: &Header, image: &str) -> Result<ManifestDoc, VerifyE
     }
     let manifest: ManifestDoc = serde_json::from_slice(&header.manifest)
         .map_err(|e| VerifyError::Manifest(e.to_string()))?;
+    if let Some(declared) = &manifest.media_type {
+        if *declared != header.manifest_media_type {
+            return Err(VerifyError::MediaType {
+                manifest: declared.clone(),
+                header: header.manifest_media_type.clone(),
+            });
+        }
+    }
     if parse_sha256_digest(&manifest.config.digest).is_none() {
         return Err(VerifyError::BadDigest {
             what: "config digest",

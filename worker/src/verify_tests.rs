@@ -224,6 +224,13 @@ fn config_must_match_the_manifest() {
 }
 
 #[test]
+fn media_type_must_be_the_manifests() {
+    let mut h = good();
+    h.manifest_media_type = "application/vnd.docker.distribution.manifest.v2+json".into();
+    assert!(matches!(refused(&h), VerifyError::MediaType { .. }));
+}
+
+#[test]
 fn manifest_must_be_an_image_manifest() {
     let h = with_manifest(good(), b"{\"layers\": 5}".to_vec());
     assert!(matches!(refused(&h), VerifyError::Manifest(_)));
