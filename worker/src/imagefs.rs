@@ -3,7 +3,9 @@
 //!
 //! The tree is built from the TOC alone, so lookup, getattr, readdir,
 //! readlink and the xattr calls answer at once. Inode numbers follow the
-//! TOC (root = 1); hard links share the inode of their target. An open of a
+//! TOC (root = 1); hard links share the inode of their target, unless a
+//! later layer deleted or replaced it: then the link keeps its own layer's
+//! content on an inode of its own, as on overlayfs. An open of a
 //! regular file whose content is in the store succeeds at once; otherwise
 //! it parks on that content's waiter ([`ContentWaiters`]) until the
 //! receiver settles it: ready → served from the store, failed → `EIO`.
@@ -45,8 +47,8 @@ pub enum TreeError {
         /// The entry's path.
         path: String,
     },
-    /// A hard link's target is missing or not a regular file.
-    #[error("{path}: hard link to {target:?}, which is not a file of the image")]
+    /// A hard link names no file (its path is the root).
+    #[error("{path:?}: hard link to {target:?} without a name of its own")]
     BadHardlink {
         /// The link's path.
         path: String,
