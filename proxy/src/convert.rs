@@ -2,6 +2,14 @@
 //! an index) from a registry, converts each layer to the Starlight format
 //! and pushes the converted image to another reference.
 //!
+//! Every converted layer descriptor carries two annotations:
+//! `org.starlight.layer.format` = `v1`, and `io.starlight.toc.digest` =
+//! `sha256:<hex>`, the digest of the layer's canonical table of contents
+//! ([`transport_quic::commit`]) computed by scanning the converted blob as
+//! the proxy's indexer will. Since the manifest digest covers them, the
+//! image commits to its file tables, and workers check every bundle header
+//! against them.
+//!
 //! Layers go through temporary files (download → convert → push), so memory
 //! stays bounded whatever the layer size. Everything is pushed by digest
 //! first; the destination tag is pushed last, only once everything else
@@ -28,6 +36,7 @@ use crate::registry::{
 pub const LAYER_FORMAT_ANNOTATION: &str = "org.starlight.layer.format";
 /// Value of [`LAYER_FORMAT_ANNOTATION`] for this version of the format.
 pub const LAYER_FORMAT_VERSION: &str = "v1";
+pub use transport_quic::commit::TOC_DIGEST_ANNOTATION;
 /// Media type of the converted image config.
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Media type of a converted gzip layer.
@@ -169,6 +178,9 @@ pub struct LayerReport {
     pub files: u64,
     /// Whether the blob was uploaded (false: the registry already had it).
     pub uploaded: bool,
+    /// Digest of the layer's canonical table of contents, written as the
+    /// layer's [`TOC_DIGEST_ANNOTATION`] (`sha256:<hex>`).
+    pub toc_digest: String,
 }
 
 /// One converted platform image.
@@ -697,7 +709,10 @@ async fn convert_platform(
                 "mediaType": layer_type,
                 "digest": l.digest,
                 "size": l.size,
-                "annotations": { LAYER_FORMAT_ANNOTATION: LAYER_FORMAT_VERSION },
+                "annotations": {
+                    LAYER_FORMAT_ANNOTATION: LAYER_FORMAT_VERSION,
+                    TOC_DIGEST_ANNOTATION: l.toc_digest,
+                },
             })
         })
         .collect();
@@ -828,11 +843,16 @@ async fn convert_one_layer(
         level: opts.level,
     };
     let (inp, outp, conv_bar) = (src_path.clone(), out_path.clone(), bar.clone());
-    let converted: ConvertedLayer =
-        tokio::task::spawn_blocking(move || -> Result<ConvertedLayer, FormatError> {
+    let (converted, toc_digest): (ConvertedLayer, String) =
+        tokio::task::spawn_blocking(move || -> Result<_, FormatError> {
             let src = BufReader::with_capacity(1 << 20, conv_bar.wrap_read(File::open(&inp)?));
             let out = BufWriter::with_capacity(1 << 20, File::create(&outp)?);
-            format::convert_layer(src, out, &conv_opts)
+            let converted = format::convert_layer(src, out, &conv_opts)?;
+            // The commitment is computed from the blob as written, by the
+            // same scanner the proxy's indexer runs: they cannot disagree.
+            let scanned =
+                format::scan_layer(BufReader::with_capacity(1 << 20, File::open(&outp)?))?;
+            Ok((converted, format::commit::toc_annotation(&scanned.entries)))
         })
         .await
         .map_err(|e| ConvertError::Invalid {
@@ -893,6 +913,7 @@ async fn convert_one_layer(
         entries: converted.entries,
         files: converted.files,
         uploaded,
+        toc_digest,
     };
     Ok((report, converted.source_diff_id))
 }
@@ -943,6 +964,7 @@ mod tests {
             entries: 10,
             files: 7,
             uploaded: true,
+            toc_digest: format!("sha256:{}", "4".repeat(64)),
         };
         ConvertReport {
             source: "r/src:1".into(),

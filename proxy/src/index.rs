@@ -7,10 +7,17 @@
 //! already in the database (shared with another image) is neither
 //! downloaded nor scanned again. Everything for one image is written in one
 //! batch at the end; on any error nothing is written.
+//!
+//! A layer descriptor's `io.starlight.toc.digest` annotation (written by
+//! `starlight convert`, see [`transport_quic::commit`]) must be the digest
+//! of the table scanned from the blob (or stored for it): a manifest that
+//! commits to another table is refused. A layer without the annotation is
+//! indexed with a warning; workers refuse to pull such an image.
 
 use crate::config::IndexConfig;
 use crate::db::{Db, DbError, ImageRecord, ImageWrite, LayerRecord, LayerRef, TocEntry};
 use crate::format::budget::{layer_cost, BudgetExceeded, BudgetKind, Budgets, LayerMeter};
+use crate::format::commit::{check_toc_annotation, AnnotationCheck};
 use crate::format::{self, Compression, Entry, EntryKind, FormatError};
 use crate::merge::merge_layers;
 use crate::registry::{RegistryClient, RegistryError};
@@ -21,6 +28,7 @@ use std::sync::OnceLock;
 
 mod gate;
 pub use gate::{GateFull, JobGate};
+use transport_quic::commit::TOC_DIGEST_ANNOTATION;
 
 /// Errors of indexing; each names the image, and the layer when one is concerned.
 #[derive(Debug, thiserror::Error)]
@@ -566,6 +574,18 @@ async fn index_within(
                 scanned.entries
             }
         };
+        // The manifest commits to the layer's table of contents: refuse a
+        // manifest whose annotation does not describe what was scanned.
+        let annotation = desc
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(TOC_DIGEST_ANNOTATION))
+            .map(String::as_str);
+        if check_toc_annotation(annotation, &entries).map_err(|m| layer_err(&digest, m))?
+            == AnnotationCheck::Missing
+        {
+            tracing::warn!(image = reference, layer = %digest, "the layer has no {TOC_DIGEST_ANNOTATION} annotation: workers will refuse the image; convert it again with `starlight convert`");
+        }
         seen.entry(digest).or_insert(layer_entries.len());
         layer_entries.push(entries);
     }

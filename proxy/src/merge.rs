@@ -1,5 +1,8 @@
 //! Merges the layers of an image into one table of contents, the way an
-//! overlay of the extracted layers looks to a container.
+//! overlay of the extracted layers looks to a container. The rules live in
+//! [`transport_quic::merge`], shared with the worker (which recomputes the
+//! merge to check a bundle header); this module applies them to the
+//! indexer's entries.
 //!
 //! Rules, applied bottom to top:
 //! - `dir/.wh.name` removes `dir/name` and everything below it from the
@@ -20,129 +23,32 @@
 //! The output is sorted by path (bytewise, as [`String`]'s order).
 
 use crate::db::TocEntry;
-use crate::format::{Entry, EntryKind, Whiteout};
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use crate::format::{Entry, EntryKind};
+use transport_quic::merge::{self, MergeEntry};
+
+impl MergeEntry for Entry {
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+    fn synthesized_dir(path: &str) -> Self {
+        synthesized_dir(path)
+    }
+}
 
 /// Merges `layers` (bottom first, each in tar order) into a table of
-/// contents sorted by path.
+/// contents sorted by path, with the shared merge the worker recomputes
+/// ([`transport_quic::merge::merge_layers`]).
 pub fn merge_layers(layers: &[Vec<Entry>]) -> Vec<TocEntry> {
-    let mut tree: BTreeMap<String, TocEntry> = BTreeMap::new();
-    for (index, entries) in layers.iter().enumerate() {
-        let layer = u32::try_from(index).unwrap_or(u32::MAX);
-        // Whiteouts first: they only act on the layers below.
-        for e in entries {
-            match e.whiteout() {
-                // `.wh.` alone names nothing.
-                Some(Whiteout::Remove(path))
-                    if e.name() != crate::format::entry::WHITEOUT_PREFIX =>
-                {
-                    tree.remove(&path);
-                    remove_subtree(&mut tree, &path);
-                }
-                Some(Whiteout::Opaque(dir)) => remove_subtree(&mut tree, &dir),
-                _ => {}
-            }
-        }
-        for e in entries {
-            if e.whiteout().is_some() {
-                // The directory holding a whiteout exists in this layer.
-                ensure_parents(&mut tree, e.parent(), layer, false);
-                continue;
-            }
-            let replaced_dir = tree
-                .get(&e.path)
-                .is_some_and(|t| t.entry.kind == EntryKind::Dir);
-            if replaced_dir && e.kind != EntryKind::Dir {
-                remove_subtree(&mut tree, &e.path);
-            }
-            if !e.path.is_empty() {
-                ensure_parents(&mut tree, e.parent(), layer, true);
-            }
-            tree.insert(
-                e.path.clone(),
-                TocEntry {
-                    entry: e.clone(),
-                    layer,
-                },
-            );
-        }
-    }
-    if !tree.contains_key("") {
-        tree.insert(
-            String::new(),
-            TocEntry {
-                entry: synthesized_dir(""),
-                layer: 0,
-            },
-        );
-    }
-    tree.into_values().collect()
-}
-
-/// Removes every entry strictly below directory `dir` (`""`: everything but
-/// the root).
-fn remove_subtree(tree: &mut BTreeMap<String, TocEntry>, dir: &str) {
-    let below: Vec<String> = if dir.is_empty() {
-        tree.range::<str, _>((Bound::Excluded(""), Bound::Unbounded))
-            .map(|(k, _)| k.clone())
-            .collect()
-    } else {
-        // Paths under `dir/` sort between `dir/` and `dir0` ('0' follows '/').
-        let start = format!("{dir}/");
-        let end = format!("{dir}0");
-        tree.range::<str, _>((
-            Bound::Included(start.as_str()),
-            Bound::Excluded(end.as_str()),
-        ))
-        .map(|(k, _)| k.clone())
+    merge::merge_layers(layers)
+        .into_iter()
+        .map(|m| TocEntry {
+            entry: m.entry,
+            layer: m.layer,
+        })
         .collect()
-    };
-    for k in below {
-        tree.remove(&k);
-    }
-}
-
-/// Makes `dir` and its ancestors directories. With `replace_non_dirs`, a
-/// non-directory in the way is replaced by a synthesized directory (as an
-/// overlay shows an upper directory over a lower file).
-fn ensure_parents(
-    tree: &mut BTreeMap<String, TocEntry>,
-    dir: &str,
-    layer: u32,
-    replace_non_dirs: bool,
-) {
-    let mut end = 0;
-    loop {
-        let next = dir[end..].find('/').map(|i| end + i).unwrap_or(dir.len());
-        let ancestor = &dir[..next];
-        match tree.get(ancestor) {
-            Some(t) if t.entry.kind == EntryKind::Dir => {}
-            Some(_) if !replace_non_dirs => return,
-            _ => {
-                tree.insert(
-                    ancestor.to_string(),
-                    TocEntry {
-                        entry: synthesized_dir(ancestor),
-                        layer,
-                    },
-                );
-            }
-        }
-        if next >= dir.len() {
-            break;
-        }
-        end = next + 1;
-    }
-    if !tree.contains_key("") {
-        tree.insert(
-            String::new(),
-            TocEntry {
-                entry: synthesized_dir(""),
-                layer,
-            },
-        );
-    }
 }
 
 /// A directory entry for a parent missing from the layers.

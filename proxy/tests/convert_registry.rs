@@ -230,8 +230,20 @@ async fn verify_image(
             sha256(&tar),
             "diff_id of layer {i}"
         );
-        scan_layer(std::fs::File::open(&path).unwrap())
+        let scanned = scan_layer(std::fs::File::open(&path).unwrap())
             .unwrap_or_else(|e| panic!("layer {i} is not Starlight: {e}"));
+        // The manifest commits to the layer's table of contents.
+        assert_eq!(
+            layer
+                .annotations()
+                .as_ref()
+                .unwrap()
+                .get(starlight_proxy::convert::TOC_DIGEST_ANNOTATION),
+            Some(&starlight_proxy::format::commit::toc_annotation(
+                &scanned.entries
+            )),
+            "toc digest annotation of layer {i}"
+        );
         assert_eq!(tree_of(&tar), tree_of(&tars[i]), "content of layer {i}");
     }
 }

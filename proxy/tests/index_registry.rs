@@ -574,6 +574,65 @@ async fn bad_images_are_refused_and_write_nothing() {
     assert!(err.to_string().contains("diff ID"), "{err}");
 }
 
+/// A manifest whose table-of-contents annotation does not describe the
+/// layer's blob is refused, for a new layer and for one already indexed,
+/// and nothing is written.
+#[tokio::test]
+async fn a_wrong_toc_annotation_is_refused() {
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let client = RegistryClient::new(true);
+    let l0 = convert(&layer0(), Compression::Gzip);
+    let l1 = convert(&layer1(), Compression::Gzip);
+    let toc0 = starlight_proxy::format::commit::toc_annotation_of_blob(&l0.blob).unwrap();
+    let toc1 = starlight_proxy::format::commit::toc_annotation_of_blob(&l1.blob).unwrap();
+    assert_ne!(toc0, toc1);
+    let push_annotated = |name: &str, layers: &[Layer], tocs: &[Option<String>]| {
+        let mut layout = OciLayout::new();
+        let desc = layout.add_image_annotated("linux", "amd64", layers, &["/bin/sh"], tocs);
+        layout.tag("v1", &desc);
+        let reference = format!("{}/{name}:v1", reg.addr);
+        layout.push("v1", &reference, false);
+        reference
+    };
+    // New layer, another layer's table claimed.
+    let reference = push_annotated("swapped", std::slice::from_ref(&l0), &[Some(toc1.clone())]);
+    let err = refused(&client, &db, &reference).await;
+    println!("{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("does not describe this layer") && text.contains(&digest_of(&l0.blob)),
+        "{text}"
+    );
+    // Not a digest at all.
+    let reference = push_annotated(
+        "garbage",
+        std::slice::from_ref(&l0),
+        &[Some("sha256:xyz".into())],
+    );
+    let err = refused(&client, &db, &reference).await;
+    assert!(err.to_string().contains("not a sha256 digest"), "{err}");
+
+    // Once l0 is indexed by an honest image, a reuse of it is checked too.
+    let ok = push_annotated("ok", std::slice::from_ref(&l0), &[Some(toc0.clone())]);
+    index_image(&client, &db, &ok, None).await.unwrap();
+    let reference = push_annotated(
+        "reused",
+        &[l0.clone(), l1.clone()],
+        &[Some(toc1.clone()), Some(toc1.clone())],
+    );
+    let err = refused(&client, &db, &reference).await;
+    assert!(
+        err.to_string().contains("does not describe this layer"),
+        "{err}"
+    );
+    // Without annotations the proxy still indexes (the worker refuses to
+    // pull it: unverifiable).
+    let bare = push_annotated("bare", &[l0.clone(), l1.clone()], &[None, None]);
+    index_image(&client, &db, &bare, None).await.unwrap();
+}
+
 #[test]
 fn binary_indexes_and_prints_the_toc() {
     let reg = TestRegistry::start();

@@ -193,6 +193,39 @@ async fn fetch_failures_exit_non_zero_with_clear_messages() {
     assert_eq!(out.status.code(), Some(7), "{stderr}");
     assert!(stderr.contains("not found"), "{stderr}");
 
+    // An image whose manifest does not commit to its file tables (no
+    // table-of-contents annotation): the header cannot be verified, exit 6,
+    // nothing written.
+    let bare = {
+        let layer = starlight_layer(&tar_of(&files(9, false), 1_700_000_000), Compression::Gzip);
+        let mut layout = common::layout::OciLayout::new();
+        let desc = layout.add_image_annotated("linux", "amd64", &[layer], &["/bin/app"], &[None]);
+        layout.tag("bare", &desc);
+        let reference = format!("{}/cli/bare:bare", reg.addr);
+        layout.push("bare", &reference, false);
+        reference
+    };
+    let out = fetch_cli(&proxy, &ca, TOKEN, &[&bare, "-o", o]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{stdout}
+{stderr}"
+    );
+    assert!(
+        stderr.contains("header verification failed")
+            && stderr.contains("has no io.starlight.toc.digest annotation"),
+        "{stderr}"
+    );
+    assert!(!Path::new(o).exists());
+    assert!(!Path::new(&format!("{o}.partial")).exists());
+    // A pull by digest of a committed image verifies.
+    let pinned = format!("{}/cli/app@{digest}", reg.addr);
+    let ok = fetch_cli(&proxy, &ca, TOKEN, &[&pinned, "-o", o]).await;
+    assert!(ok.status.success(), "{:?}", text(&ok));
+    std::fs::remove_file(o).unwrap();
+
     // Corrupted member in the registry: exit 6, naming the path.
     let ok = fetch_cli(&proxy, &ca, TOKEN, &["cli/app:v1", "-o", o]).await;
     assert!(ok.status.success(), "{:?}", text(&ok));

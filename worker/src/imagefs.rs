@@ -3,7 +3,9 @@
 //!
 //! The tree is built from the TOC alone, so lookup, getattr, readdir,
 //! readlink and the xattr calls answer at once. Inode numbers follow the
-//! TOC (root = 1); hard links share the inode of their target. An open of a
+//! TOC (root = 1); hard links share the inode of their target, unless a
+//! later layer deleted or replaced it: then the link keeps its own layer's
+//! content on an inode of its own, as on overlayfs. An open of a
 //! regular file whose content is in the store succeeds at once; otherwise
 //! it parks on that content's waiter ([`ContentWaiters`]) until the
 //! receiver settles it: ready → served from the store, failed → `EIO`.
@@ -45,8 +47,8 @@ pub enum TreeError {
         /// The entry's path.
         path: String,
     },
-    /// A hard link's target is missing or not a regular file.
-    #[error("{path}: hard link to {target:?}, which is not a file of the image")]
+    /// A hard link names no file (its path is the root).
+    #[error("{path:?}: hard link to {target:?} without a name of its own")]
     BadHardlink {
         /// The link's path.
         path: String,
@@ -144,7 +146,8 @@ fn attr_of(ino: u64, e: &TocEntry) -> FileAttr {
         EntryKind::Fifo => FileKind::Fifo,
     };
     let size = match e.kind {
-        EntryKind::File => e.size,
+        // A hard link carries its own layer's content size (see `ImageFs::new`).
+        EntryKind::File | EntryKind::Hardlink => e.size,
         EntryKind::Symlink => e.link.as_ref().map_or(0, |l| l.len() as u64),
         _ => 0,
     };
@@ -206,7 +209,11 @@ impl ImageFs {
         }];
         let mut by_path: HashMap<String, u64> = HashMap::from([(String::new(), ROOT)]);
         // Hard links last: their targets may sort after them.
-        let links = header.toc.iter().filter(|e| e.kind == EntryKind::Hardlink);
+        let links = header
+            .toc
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == EntryKind::Hardlink);
         for (index, e) in header
             .toc
             .iter()
@@ -265,30 +272,68 @@ impl ImageFs {
             Self::link(&mut nodes, parent, name, ino, e.kind == EntryKind::Dir);
             by_path.insert(full, ino);
         }
-        for e in links {
+        // A hard link shares its target's inode only if the target is still
+        // the file of the link's own layer (same layer, same content). If a
+        // later layer deleted or replaced the target, the link keeps the
+        // content and metadata its own layer gave it, as on overlayfs, where
+        // it stays a name of the lower layer's inode: the links left of one
+        // such inode share one node, whose link count also counts the
+        // target's lost name (as the lower inode's does).
+        let toc_by_path: HashMap<&str, &TocEntry> =
+            header.toc.iter().map(|e| (e.path.as_str(), e)).collect();
+        let mut orphans: HashMap<(u32, String, Option<[u8; 32]>), u64> = HashMap::new();
+        for (index, e) in links {
             let parts = components(&e.path)?;
-            let target = e.link.clone().unwrap_or_default();
-            let bad = || TreeError::BadHardlink {
-                path: e.path.clone(),
-                target: target.clone(),
-            };
-            let target_ino = *by_path
-                .get(&components(&target)?.join("/"))
-                .ok_or_else(bad)?;
-            if !matches!(nodes[(target_ino - 1) as usize].data, NodeData::File(..)) {
-                return Err(bad());
-            }
             let Some(name) = parts.last() else {
-                return Err(bad());
+                return Err(TreeError::BadHardlink {
+                    path: e.path.clone(),
+                    target: e.link.clone().unwrap_or_default(),
+                });
             };
             let parent = Self::ensure_dirs(&mut nodes, &mut by_path, &parts, &e.path)?;
             let full = parts.join("/");
             if by_path.contains_key(&full) {
                 continue;
             }
-            Self::link(&mut nodes, parent, name, target_ino, false);
-            nodes[(target_ino - 1) as usize].attr.nlink += 1;
-            by_path.insert(full, target_ino);
+            let target = e
+                .link
+                .as_deref()
+                .and_then(|t| components(t).ok())
+                .map(|t| t.join("/"))
+                .unwrap_or_default();
+            let intact = toc_by_path.get(target.as_str()).and_then(|te| {
+                let ino = *by_path.get(&target)?;
+                let same = te.kind == EntryKind::File
+                    && te.layer == e.layer
+                    && te.sha256 == e.sha256
+                    && te.size == e.size
+                    && matches!(nodes[(ino - 1) as usize].data, NodeData::File(..));
+                same.then_some(ino)
+            });
+            let key = (e.layer, target, e.sha256);
+            let ino = match intact.or_else(|| orphans.get(&key).copied()) {
+                Some(ino) => {
+                    nodes[(ino - 1) as usize].attr.nlink += 1;
+                    ino
+                }
+                None => {
+                    let ino = nodes.len() as u64 + 1;
+                    let mut attr = attr_of(ino, e);
+                    attr.nlink = 2;
+                    nodes.push(Node {
+                        attr,
+                        data: NodeData::File(
+                            e.sha256.filter(|_| e.size > 0),
+                            u32::try_from(index).unwrap_or(u32::MAX),
+                        ),
+                        xattrs: e.xattrs.clone(),
+                    });
+                    orphans.insert(key, ino);
+                    ino
+                }
+            };
+            Self::link(&mut nodes, parent, name, ino, false);
+            by_path.insert(full, ino);
         }
         for node in &mut nodes {
             if let NodeData::Dir { children, .. } = &mut node.data {
@@ -619,8 +664,12 @@ mod tests {
         let mut dir = entry("etc", EntryKind::Dir);
         dir.mode = 0o750;
         dir.xattrs = vec![("user.k".into(), b"v".to_vec())];
-        let mut link = entry("etc/hard", EntryKind::Hardlink);
-        link.link = Some("usr/bin/tool".into());
+        // As the scanner gives it: the target's content and metadata.
+        let link = TocEntry {
+            kind: EntryKind::Hardlink,
+            link: Some("usr/bin/tool".into()),
+            ..file("etc/hard", b"tool bytes", Source::Payload(0))
+        };
         let mut sym = entry("etc/sym", EntryKind::Symlink);
         sym.link = Some("../usr/bin/tool".into());
         let mut dev = entry("dev/null", EntryKind::CharDev);
@@ -820,12 +869,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let waiters = Arc::new(ContentWaiters::new());
-        let mut link = entry("a", EntryKind::Hardlink);
-        link.link = Some("missing".into());
         let bad = [
             vec![file("f", b"x", Source::Held), entry("f/g", EntryKind::Dir)],
             vec![entry("a/../b", EntryKind::Dir)],
-            vec![link],
         ];
         for toc in bad {
             let h = Header {
@@ -834,5 +880,76 @@ mod tests {
             };
             assert!(ImageFs::new(&h, store.clone(), waiters.clone(), Duration::ZERO).is_err());
         }
+    }
+
+    /// A hard link whose target a later layer deleted or replaced keeps the
+    /// content (and metadata) of its own layer, on an inode of its own, as
+    /// on overlayfs; one whose target is intact shares the target's inode.
+    #[tokio::test]
+    async fn hard_links_keep_their_own_layer_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let old = b"old bytes".to_vec();
+        let sha: [u8; 32] = Sha256::digest(&old).into();
+        store.insert_bytes(&old, &sha).unwrap();
+        let link = |path: &str, target: &str| TocEntry {
+            kind: EntryKind::Hardlink,
+            link: Some(target.into()),
+            mode: 0o755,
+            ..file(path, &old, Source::Held)
+        };
+        let replaced = TocEntry {
+            layer: 1,
+            ..file("bin/a", b"new bytes!", Source::Payload(0))
+        };
+        let h = Header {
+            toc: vec![
+                entry("bin", EntryKind::Dir),
+                replaced,
+                link("bin/b", "bin/a"),
+                link("bin/b2", "bin/a"),
+                link("bin/gone", "bin/deleted"),
+                file("bin/same", &old, Source::Held),
+                link("bin/same-link", "bin/same"),
+            ],
+            ..Header::default()
+        };
+        let fs = ImageFs::new(
+            &h,
+            store,
+            Arc::new(ContentWaiters::new()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        for path in ["bin/b", "bin/gone"] {
+            let e = lookup_path(&fs, path).await;
+            assert_eq!(e.attr.kind, FileKind::File, "{path}");
+            assert_eq!(e.attr.size, old.len() as u64, "{path}");
+            assert_eq!(e.attr.perm, 0o755, "{path}");
+            // The lower inode's names: the lost target's and the links'.
+            let nlink = if path == "bin/b" { 3 } else { 2 };
+            assert_eq!(e.attr.nlink, nlink, "{path}");
+            let fh = fs.open(&ctx(), e.attr.ino, 0).await.unwrap();
+            let ReadData::File { file, offset } =
+                fs.read(&ctx(), e.attr.ino, fh.fh, 0, 100).await.unwrap()
+            else {
+                panic!("{path}: expected a file");
+            };
+            let mut buf = vec![0u8; old.len()];
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset).unwrap();
+            assert_eq!(buf, old, "{path}");
+        }
+        let a = lookup_path(&fs, "bin/a").await;
+        let b = lookup_path(&fs, "bin/b").await;
+        assert_ne!(a.attr.ino, b.attr.ino);
+        assert_eq!(a.attr.size, 10);
+        assert_eq!(a.attr.nlink, 1);
+        // Two links left of one lower inode stay one inode.
+        assert_eq!(lookup_path(&fs, "bin/b2").await.attr.ino, b.attr.ino);
+        assert_ne!(lookup_path(&fs, "bin/gone").await.attr.ino, b.attr.ino);
+        let same = lookup_path(&fs, "bin/same").await;
+        let same_link = lookup_path(&fs, "bin/same-link").await;
+        assert_eq!(same.attr.ino, same_link.attr.ino);
+        assert_eq!(same.attr.nlink, 2);
     }
 }

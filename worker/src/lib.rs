@@ -25,4 +25,5 @@ pub mod registration;
 pub mod snapshotter;
 pub mod store;
 pub mod trace;
+pub mod verify;
 pub mod waiters;

@@ -1379,3 +1379,480 @@ fn provisioning_numbers_for_a_larger_image() {
     assert!(daemon.stop());
     drop(ctrd);
 }
+
+// ---------------------------------------------------------------------------
+// Issue 12: the image commits to its file tables; hard links.
+
+/// A layer entry with hard links and whiteouts: path, content (none: a
+/// directory), hard-link target, mode.
+type LinkEntry<'a> = (&'a str, Option<&'a [u8]>, Option<&'a str>, u32);
+
+/// An uncompressed tar with directories, files and hard links.
+fn link_tar(entries: &[LinkEntry<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data, link, mode) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(*mode);
+        h.set_mtime(1_700_000_000);
+        match (data, link) {
+            (_, Some(target)) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_size(0);
+                b.append_link(&mut h, path, target).unwrap();
+            }
+            (Some(d), None) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(d.len() as u64);
+                b.append_data(&mut h, path, *d).unwrap();
+            }
+            (None, None) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, format!("{path}/"), &[][..]).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// What the hard-link image's container prints: each path's size, mode,
+/// owner, link count and content, and which names share an inode.
+const LINK_SCRIPT: &str = r#"cd /data
+for f in a b b2 c d e f; do
+  if [ -e $f ]; then echo "$f $(stat -c '%s %a %u %g %h' $f) $(cat $f)"; else echo "$f missing"; fi
+done
+for p in "a b" "b b2" "e f" "b d"; do
+  set -- $p
+  if [ "$(stat -c %i $1)" = "$(stat -c %i $2)" ]; then echo "$1=$2 same inode"; else echo "$1,$2 distinct"; fi
+done
+"#;
+
+/// Issue 12 (MEDIUM): a hard link whose target a later layer replaces
+/// (`b`, `b2` → `a`) or deletes (`d` → `c`) keeps its own layer's content,
+/// exactly as overlayfs on containerd shows it. The image is converted by
+/// `convert_image` (so its manifest carries the table-of-contents
+/// annotations), served by a real proxy, pulled by starlightd (which
+/// verifies the header against the manifest) and run with the starlight
+/// snapshotter; the output must equal the original's and the converted
+/// image's under containerd's own overlayfs snapshotter.
+#[test]
+#[ignore = "needs root: containerd, runc, FUSE (starlightd)"]
+fn hard_links_to_replaced_or_deleted_targets_match_overlayfs() {
+    if let Some(reason) = skip_reason() {
+        panic!("cannot run: {reason}");
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let reg = TestRegistry::start();
+    let lower = link_tar(&[
+        ("data", None, None, 0o755),
+        ("data/a", Some(b"original A\n"), None, 0o640),
+        ("data/b", None, Some("data/a"), 0o640),
+        ("data/b2", None, Some("data/a"), 0o640),
+        ("data/c", Some(b"original C\n"), None, 0o600),
+        ("data/d", None, Some("data/c"), 0o600),
+        ("data/e", Some(b"intact E\n"), None, 0o644),
+        ("data/f", None, Some("data/e"), 0o644),
+    ]);
+    let upper = link_tar(&[
+        ("data", None, None, 0o755),
+        ("data/a", Some(b"replaced A, longer\n"), None, 0o644),
+        ("data/.wh.c", Some(b""), None, 0o644),
+    ]);
+    let mut layout = OciLayout::new();
+    let layers = [base_layer(), lower, upper].map(|t| common::layout::Layer::gzip(&t));
+    let desc = layout.add_image("linux", "amd64", &layers, &["/bin/sh"]);
+    layout.tag("orig", &desc);
+    let original = format!("{}/e2e/links:orig", reg.addr);
+    let converted = format!("{}/e2e/links:conv", reg.addr);
+    layout.push("orig", &original, false);
+    let client = starlight_proxy::registry::RegistryClient::new(true);
+    let report = rt
+        .block_on(starlight_proxy::convert::convert_image(
+            &client,
+            &original,
+            &converted,
+            &starlight_proxy::convert::ConvertImageOptions::default(),
+        ))
+        .unwrap();
+    println!("converted: {}", report.tagged_digest);
+
+    let proxy = Proxy::start(&reg, ServeOptions::default());
+    let dir = tempfile::Builder::new()
+        .prefix("starlight-links-e2e.")
+        .tempdir()
+        .unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &proxy.cert_pem).unwrap();
+    let namespace = unique_name("links-starlight");
+    let plain_ns = unique_name("links-plain");
+    let _runc_dirs = RuncNamespaces(vec![namespace.clone(), plain_ns.clone()]);
+    let snapshotter_socket = dir.path().join("run/snapshotter.sock");
+    let mut ctrd = Containerd::start_with(&format!(
+        "\n[proxy_plugins.starlight]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+        snapshotter_socket.display()
+    ));
+    ctrd.namespace = namespace.clone();
+    let setup = DaemonSetup {
+        dir: dir.path().to_path_buf(),
+        ca,
+        namespace: namespace.clone(),
+        containerd_socket: ctrd.socket.clone(),
+    };
+    let daemon = setup.start(proxy.addr, serve_support::TOKEN);
+
+    let run = |ns: &str, image: &str, snapshotter: &str| {
+        let id = unique_name("c");
+        ctr(
+            &ctrd,
+            ns,
+            &[
+                "run",
+                "--rm",
+                "--snapshotter",
+                snapshotter,
+                image,
+                &id,
+                "sh",
+                "-c",
+                LINK_SCRIPT,
+            ],
+        )
+    };
+    ctr(
+        &ctrd,
+        &plain_ns,
+        &["images", "pull", "--plain-http", &original],
+    );
+    let overlay_original = run(&plain_ns, &original, "overlayfs");
+    ctr(
+        &ctrd,
+        &plain_ns,
+        &["images", "pull", "--plain-http", &converted],
+    );
+    let overlay_converted = run(&plain_ns, &converted, "overlayfs");
+    let pulled = daemon.pull(&rt, &converted, true);
+    assert_eq!(pulled.complete, Some(true), "{pulled:?}");
+    let starlight = run(&namespace, &converted, "starlight");
+    println!("overlayfs (original image):\n{overlay_original}");
+    println!("starlight snapshotter (converted image):\n{starlight}");
+    assert_eq!(overlay_original, overlay_converted);
+    assert_eq!(
+        starlight, overlay_original,
+        "the starlight snapshotter differs from overlayfs"
+    );
+    // And what overlayfs shows is what the issue demands: the links keep
+    // their own layer's content.
+    for want in [
+        "a 19 644 0 0 1 replaced A, longer",
+        "b 11 640 0 0 3 original A",
+        "b2 11 640 0 0 3 original A",
+        "c missing",
+        "d 11 600 0 0 2 original C",
+        "f 9 644 0 0 2 intact E",
+        "a,b distinct",
+        "b=b2 same inode",
+        "e=f same inode",
+        "b,d distinct",
+    ] {
+        assert!(
+            starlight.lines().any(|l| l == want),
+            "missing {want:?} in:\n{starlight}"
+        );
+    }
+    assert!(daemon.stop(), "starlightd did not stop cleanly");
+}
+
+/// A bundle as relayed: its header and each payload's compressed bytes.
+type Bundle = (transport_quic::Header, Vec<Vec<u8>>);
+
+/// A bundle server that relays an honest bundle (fetched once from the
+/// real proxy) with its header changed by the current tamper function.
+struct TamperingServer {
+    bundles: std::sync::Mutex<std::collections::HashMap<String, Bundle>>,
+    tamper: std::sync::Mutex<fn(&mut transport_quic::Header)>,
+}
+
+impl TamperingServer {
+    async fn serve(
+        &self,
+        request: transport_quic::Request,
+        out: &mut transport_quic::quic::BundleWriter,
+    ) -> Result<(), transport_quic::quic::HandlerError> {
+        let bundle = self.bundles.lock().unwrap().get(&request.image).cloned();
+        let Some((mut header, bodies)) = bundle else {
+            return Err(transport_quic::quic::HandlerError::new(
+                transport_quic::ErrorCode::NotFound,
+                "no such image",
+            ));
+        };
+        let tamper = *self.tamper.lock().unwrap();
+        tamper(&mut header);
+        out.send_header(&header).await?;
+        for (i, body) in bodies.iter().enumerate() {
+            out.begin_payload(i as u32).await?;
+            out.send_data(body).await?;
+            out.end_payload().await?;
+        }
+        let totals = out.totals();
+        out.finish(totals).await?;
+        Ok(())
+    }
+}
+
+impl transport_quic::quic::BundleHandler for TamperingServer {
+    fn handle<'a>(
+        &'a self,
+        request: transport_quic::Request,
+        out: &'a mut transport_quic::quic::BundleWriter,
+    ) -> transport_quic::quic::HandlerFuture<'a> {
+        Box::pin(self.serve(request, out))
+    }
+}
+
+/// The honest bundle of `image` from the real proxy: header and payloads.
+fn honest_bundle(rt: &tokio::runtime::Runtime, proxy: &Proxy, image: &str) -> Bundle {
+    rt.block_on(async {
+        let client = proxy.client();
+        let req = serve_support::request(image, &[]);
+        let mut stream = client.fetch(proxy.addr, "127.0.0.1", &req).await.unwrap();
+        let mut header = None;
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        while let Some(event) = stream.next_event().await.unwrap() {
+            match event {
+                transport_quic::Event::Header(h) => header = Some(h),
+                transport_quic::Event::PayloadBegin { .. } => bodies.push(Vec::new()),
+                transport_quic::Event::PayloadData { data, .. } => {
+                    bodies.last_mut().unwrap().extend_from_slice(&data)
+                }
+                transport_quic::Event::Error(e) => panic!("{image}: {e}"),
+                _ => {}
+            }
+        }
+        (header.unwrap(), bodies)
+    })
+}
+
+/// Files below `dir` (recursively).
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Mount points below `dir`.
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let base = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&base))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 12 (HIGH): a server with a valid certificate sends the real
+/// starlightd a header whose table of contents, layer tables or manifest do
+/// not follow from the image: each pull is refused with a clear error, and
+/// nothing is recorded, stored or mounted. The same server relaying the
+/// honest header is accepted (the control).
+#[test]
+#[ignore = "needs root: containerd, FUSE (starlightd)"]
+fn starlightd_refuses_headers_that_do_not_follow_from_the_manifest() {
+    if let Some(reason) = skip_reason() {
+        panic!("cannot run: {reason}");
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let reg = TestRegistry::start();
+    let (app1, _) = app_layer(1);
+    let (app2, _) = app_layer(2);
+    let v1 = push(
+        &reg,
+        "e2e/tamper",
+        "v1",
+        &[base_layer(), app1],
+        &["/app/main"],
+    );
+    let v2 = push(
+        &reg,
+        "e2e/tamper",
+        "v2",
+        &[base_layer(), app2],
+        &["/app/main"],
+    );
+    let proxy = Proxy::start(&reg, ServeOptions::default());
+    let (h1, b1) = honest_bundle(&rt, &proxy, &v1);
+    let (h2, b2) = honest_bundle(&rt, &proxy, &v2);
+    let by_digest = format!("{}@{}", v1.rsplit_once(':').unwrap().0, h1.manifest_digest);
+    let header_bytes = postcard::to_stdvec(&h1).unwrap().len();
+    let tables_bytes = postcard::to_stdvec(&h1.layer_tocs).unwrap().len();
+    println!(
+        "honest header of v1: {header_bytes} bytes, {} merged entries; the per-layer tables take {tables_bytes} bytes ({} entries)",
+        h1.toc.len(),
+        h1.layer_tocs.iter().map(Vec::len).sum::<usize>()
+    );
+
+    let server = std::sync::Arc::new(TamperingServer {
+        bundles: std::sync::Mutex::new(
+            [
+                (v1.clone(), (h1.clone(), b1.clone())),
+                (by_digest.clone(), (h2.clone(), b2.clone())),
+            ]
+            .into_iter()
+            .collect(),
+        ),
+        tamper: std::sync::Mutex::new(|_| {}),
+    });
+    let (cert, key) = transport_quic::tls::self_signed(&["127.0.0.1", "localhost"]).unwrap();
+    let quic = transport_quic::quic::Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        transport_quic::quic::ServerTls {
+            cert_chain_pem: cert.clone().into_bytes(),
+            key_pem: key.into_bytes(),
+        },
+        [serve_support::TOKEN],
+        server.clone(),
+    )
+    .unwrap();
+
+    let dir = tempfile::Builder::new()
+        .prefix("starlight-tamper-e2e.")
+        .tempdir()
+        .unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &cert).unwrap();
+    let namespace = unique_name("tamper");
+    let _runc_dirs = RuncNamespaces(vec![namespace.clone()]);
+    let snapshotter_socket = dir.path().join("run/snapshotter.sock");
+    let mut ctrd = Containerd::start_with(&format!(
+        "\n[proxy_plugins.starlight]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+        snapshotter_socket.display()
+    ));
+    ctrd.namespace = namespace.clone();
+    let setup = DaemonSetup {
+        dir: dir.path().to_path_buf(),
+        ca,
+        namespace: namespace.clone(),
+        containerd_socket: ctrd.socket.clone(),
+    };
+    let daemon = setup.start(quic.local_addr(), serve_support::TOKEN);
+    let state = dir.path().join("state");
+
+    fn index(h: &transport_quic::Header, path: &str) -> usize {
+        h.toc.iter().position(|e| e.path == path).unwrap()
+    }
+    type Tamper = fn(&mut transport_quic::Header);
+    let cases: [(&str, &str, Tamper); 6] = [
+        ("setuid on a merged entry", "mode does not follow", |h| {
+            let i = index(h, "app/main");
+            h.toc[i].mode |= 0o4000;
+        }),
+        ("a file owned by another uid", "uid does not follow", |h| {
+            let i = index(h, "app/version");
+            h.toc[i].uid = 4242;
+        }),
+        (
+            "an entry added to the merged table and its layer table",
+            "commits to",
+            |h| {
+                let mut e = h.layer_tocs[1][0].clone();
+                e.path = "app/evil".into();
+                h.layer_tocs[1].push(e);
+                let i = index(h, "app");
+                let mut t = h.toc[i].clone();
+                t.path = "app/evil".into();
+                h.toc.insert(i + 1, t);
+            },
+        ),
+        ("the layer tables swapped", "commits to", |h| {
+            h.layer_tocs.swap(0, 1)
+        }),
+        ("a payload's hash", "payload", |h| {
+            h.payloads[0].sha256[0] ^= 1
+        }),
+        (
+            "the manifest's annotations dropped",
+            "has no io.starlight.toc.digest",
+            |h| {
+                let text = String::from_utf8(h.manifest.clone()).unwrap();
+                let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+                for l in m["layers"].as_array_mut().unwrap() {
+                    l.as_object_mut().unwrap().remove("annotations");
+                }
+                h.manifest = serde_json::to_vec(&m).unwrap();
+                h.manifest_digest =
+                    format!("sha256:{}", hex::encode(serve_support::sha(&h.manifest)));
+            },
+        ),
+    ];
+    let refused = |image: &str, what: &str, want: &str| {
+        let req = Request::Pull {
+            image: image.into(),
+            from: vec![],
+            wait: true,
+            trace: false,
+            unordered: false,
+        };
+        match daemon.call(&rt, req) {
+            Response::Error(e) => {
+                println!("{what}: refused: {e}");
+                assert!(
+                    e.contains("does not follow from the image's manifest"),
+                    "{what}: {e}"
+                );
+                assert!(e.contains(want), "{what}: {e}");
+            }
+            other => panic!("{what}: not refused: {other:?}"),
+        }
+        assert!(
+            daemon.images(&rt).is_empty(),
+            "{what}: an image was recorded"
+        );
+        assert_eq!(
+            mounts_below(&state),
+            Vec::<String>::new(),
+            "{what}: mounted"
+        );
+        let stored: Vec<_> = files_below(&state.join("content"));
+        assert!(stored.is_empty(), "{what}: contents stored: {stored:?}");
+        assert!(!state.join("mnt").exists() || files_below(&state.join("mnt")).is_empty());
+    };
+    for (what, want, tamper) in cases {
+        *server.tamper.lock().unwrap() = tamper;
+        refused(&v1, what, want);
+    }
+    // A pull by digest answered with another (genuine) manifest.
+    *server.tamper.lock().unwrap() = |_| {};
+    refused(
+        &by_digest,
+        "a pull by digest answered with v2",
+        "but the proxy sent",
+    );
+
+    // The control: the same server relaying the honest header is accepted.
+    let report = daemon.pull(&rt, &v1, true);
+    assert_eq!(report.complete, Some(true), "{report:?}");
+    assert_eq!(daemon.images(&rt).len(), 1);
+    assert!(
+        !mounts_below(&state).is_empty(),
+        "the honest image is mounted"
+    );
+    let (line, _) = run_to_ready(&ctrd, &namespace, &v1, "starlight");
+    assert_eq!(line, "READY v1");
+    assert!(daemon.stop(), "starlightd did not stop cleanly");
+    rt.block_on(quic.shutdown());
+}

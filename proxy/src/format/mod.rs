@@ -21,6 +21,7 @@
 
 pub mod budget;
 mod codec;
+pub mod commit;
 mod convert;
 pub mod entry;
 mod error;

@@ -1,11 +1,11 @@
 //! Maps an optimizer plan and the wanted image's record to the wire header.
 
-use crate::db::ImageRecord;
-use crate::format::{Compression, EntryKind};
+use crate::db::{Db, DbError, ImageRecord};
+use crate::format::commit::{layer_toc, wire_kind};
+use crate::format::Compression;
 use crate::optimize::{BundlePlan, PlannedEntry, PlannedSource};
-use transport_quic::codec::{
-    EntryKind as WireKind, Header, PayloadCompression, PayloadInfo, Source, TocEntry,
-};
+use transport_quic::codec::{Header, PayloadCompression, PayloadInfo, Source, TocEntry};
+use transport_quic::commit::LayerEntry;
 
 /// Why a plan cannot be put on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,18 +18,6 @@ pub enum HeaderError {
         /// Blob digest.
         layer: String,
     },
-}
-
-fn wire_kind(kind: EntryKind) -> WireKind {
-    match kind {
-        EntryKind::Dir => WireKind::Dir,
-        EntryKind::File => WireKind::File,
-        EntryKind::Symlink => WireKind::Symlink,
-        EntryKind::Hardlink => WireKind::Hardlink,
-        EntryKind::CharDev => WireKind::CharDev,
-        EntryKind::BlockDev => WireKind::BlockDev,
-        EntryKind::Fifo => WireKind::Fifo,
-    }
 }
 
 fn wire_entry(p: &PlannedEntry) -> TocEntry {
@@ -57,8 +45,23 @@ fn wire_entry(p: &PlannedEntry) -> TocEntry {
     }
 }
 
-/// The header of the bundle that carries `plan` for the image `wanted`.
-pub fn build_header(wanted: &ImageRecord, plan: &BundlePlan) -> Result<Header, HeaderError> {
+/// The per-layer tables of `wanted` (bottom first) in canonical form, as the
+/// header carries them for the worker to check against the manifest.
+pub fn layer_tables(db: &Db, wanted: &ImageRecord) -> Result<Vec<Vec<LayerEntry>>, DbError> {
+    wanted
+        .layers
+        .iter()
+        .map(|l| db.layer_entries(&l.digest).map(|e| layer_toc(&e)))
+        .collect()
+}
+
+/// The header of the bundle that carries `plan` for the image `wanted`,
+/// whose per-layer tables are `layer_tocs` (as `layer_tables` reads them).
+pub fn build_header(
+    wanted: &ImageRecord,
+    plan: &BundlePlan,
+    layer_tocs: Vec<Vec<LayerEntry>>,
+) -> Result<Header, HeaderError> {
     let payloads = plan
         .payloads
         .iter()
@@ -91,6 +94,7 @@ pub fn build_header(wanted: &ImageRecord, plan: &BundlePlan) -> Result<Header, H
         image_layers: plan.image_layers.clone(),
         toc: plan.toc.iter().map(wire_entry).collect(),
         payloads,
+        layer_tocs,
     })
 }
 
@@ -98,8 +102,9 @@ pub fn build_header(wanted: &ImageRecord, plan: &BundlePlan) -> Result<Header, H
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::format::{ContentRef, Entry};
+    use crate::format::{ContentRef, Entry, EntryKind};
     use crate::optimize::PlannedPayload;
+    use transport_quic::EntryKind as WireKind;
 
     fn entry(path: &str, kind: EntryKind, content: Option<ContentRef>) -> Entry {
         Entry {
@@ -162,7 +167,8 @@ mod tests {
                 rank: None,
             }],
         };
-        let h = build_header(&record, &plan).unwrap();
+        let h = build_header(&record, &plan, vec![vec![]]).unwrap();
+        assert_eq!(h.layer_tocs, vec![vec![]]);
         transport_quic::codec::validate_header(&h, &Default::default()).unwrap();
         assert_eq!(h.manifest, b"{m}");
         assert_eq!(h.toc[1].source, Source::Payload(0));
@@ -174,6 +180,6 @@ mod tests {
 
         let mut bad = plan.clone();
         bad.payloads[0].compression = Compression::None;
-        assert!(build_header(&record, &bad).is_err());
+        assert!(build_header(&record, &bad, vec![]).is_err());
     }
 }

@@ -314,7 +314,9 @@ impl BundleServer {
                     startup: &startup,
                 },
             )?;
-            let header = build_header(&wanted, &planned.plan)
+            let layer_tocs = header::layer_tables(&db, &wanted)
+                .map_err(|e| internal("reading the layer tables", e))?;
+            let header = build_header(&wanted, &planned.plan, layer_tocs)
                 .map_err(|e| internal("building the header", e))?;
             let pieces = plan_pieces(&planned.plan.payloads, limits);
             Ok::<_, HandlerError>((

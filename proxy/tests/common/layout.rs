@@ -99,6 +99,25 @@ impl OciLayout {
     /// Adds an image manifest for `os/arch` running `cmd`; returns its
     /// descriptor (with platform). Not tagged: see [`OciLayout::tag`].
     pub fn add_image(&self, os: &str, arch: &str, layers: &[Layer], cmd: &[&str]) -> Value {
+        // A Starlight layer commits to its table of contents, as
+        // `starlight convert` writes it.
+        let tocs: Vec<Option<String>> = layers
+            .iter()
+            .map(|l| starlight_proxy::format::commit::toc_annotation_of_blob(&l.blob))
+            .collect();
+        self.add_image_annotated(os, arch, layers, cmd, &tocs)
+    }
+
+    /// [`OciLayout::add_image`] with the given table-of-contents annotation
+    /// on each layer (`None`: no annotation).
+    pub fn add_image_annotated(
+        &self,
+        os: &str,
+        arch: &str,
+        layers: &[Layer],
+        cmd: &[&str],
+        tocs: &[Option<String>],
+    ) -> Value {
         let config = json!({
             "architecture": arch,
             "os": os,
@@ -109,9 +128,14 @@ impl OciLayout {
         let config_raw = serde_json::to_vec(&config).expect("json");
         let (cd, cs) = self.add_blob(&config_raw);
         let mut descs = vec![];
-        for l in layers {
+        for (l, toc) in layers.iter().zip(tocs) {
             let (d, s) = self.add_blob(&l.blob);
-            descs.push(json!({"mediaType": l.media_type, "digest": d, "size": s}));
+            let mut desc = json!({"mediaType": l.media_type, "digest": d, "size": s});
+            if let Some(toc) = toc {
+                desc["annotations"] =
+                    json!({ starlight_proxy::convert::TOC_DIGEST_ANNOTATION: toc });
+            }
+            descs.push(desc);
         }
         let manifest = json!({
             "schemaVersion": 2,

@@ -9,8 +9,9 @@
 //!
 //! Exit codes: 0 success; 1 other failures (connection, I/O, usage of the
 //! output); 3 token refused; 4 certificate not trusted; 5 truncated or
-//! malformed stream; 6 payload verification failed (digest, size, corrupt
-//! member); 7 the proxy answered another error (not found, not a Starlight
+//! malformed stream; 6 verification failed (a header that does not follow
+//! from the image's manifest, see `starlight_worker::verify`; a payload's
+//! digest, size or a corrupt member); 7 the proxy answered another error (not found, not a Starlight
 //! image...).
 
 mod verify;
@@ -59,7 +60,7 @@ pub struct Args {
     /// Platform wanted (`os/arch[/variant]`; default: the proxy's).
     #[arg(long)]
     pub platform: Option<String>,
-    /// Skip payload verification (transport measurements only).
+    /// Skip header and payload verification (transport measurements only).
     #[arg(long)]
     pub no_verify: bool,
     /// Where to write the bundle.
@@ -289,6 +290,16 @@ async fn receive(
             Ok(None) => break,
             Err(e) => return Err((FetchFailure::client(e), header)),
         };
+        if let (Event::Header(h), Some(_)) = (&event, verifier) {
+            // The header must follow from the image's manifest (the worker's
+            // own check) before anything of it is written.
+            if let Err(e) = starlight_worker::verify::verify_header(h, &args.image) {
+                return Err((
+                    FetchFailure::new(6, format!("header verification failed: {e}")),
+                    None,
+                ));
+            }
+        }
         let written = out.event(&event).map_err(|e| (e, header.clone()))?;
         match event {
             Event::Header(h) => {

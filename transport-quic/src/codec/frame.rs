@@ -4,8 +4,9 @@ use super::{Limits, ProtocolError};
 
 /// The four bytes every stream (in both directions) starts with.
 pub const MAGIC: [u8; 4] = *b"SLDB";
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks (2: the header carries the
+/// per-layer tables the image commits to, [`super::Header::layer_tocs`]).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Length of the preamble: magic + u16 LE version.
 pub const PREAMBLE_LEN: usize = 6;
 /// Length of a frame header: u8 type + u32 LE length.
@@ -205,7 +206,7 @@ mod tests {
         let err = check_preamble(&p).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "protocol version 7 is not supported (this build speaks 1)"
+            "protocol version 7 is not supported (this build speaks 2)"
         );
         let err = check_preamble(b"HTTP/1").unwrap_err();
         assert!(matches!(err, ProtocolError::BadMagic { .. }), "{err}");

@@ -94,8 +94,8 @@ pub use types::{
     Source, TocEntry,
 };
 pub use validate::{
-    validate_ack, validate_error, validate_header, validate_ranks_query, validate_ranks_reply,
-    validate_request, validate_trace_upload,
+    validate_ack, validate_error, validate_header, validate_layer_tables, validate_ranks_query,
+    validate_ranks_reply, validate_request, validate_trace_upload,
 };
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ fn header_with(lens: &[u64]) -> Header {
             entry("b", 0, Source::NoContent),
         ],
         payloads: lens.iter().map(|&l| payload(l)).collect(),
+        layer_tocs: Vec::new(),
     }
 }
 
@@ -137,6 +138,7 @@ fn zero_values_and_empty_vectors_survive() {
         image_layers: vec![0],
         toc: vec![entry("", 0, Source::Payload(0))],
         payloads: vec![payload(0)],
+        layer_tocs: vec![vec![crate::commit::LayerEntry::new("", EntryKind::Dir, 0)]],
     };
     let bytes = bundle(&header, &[Vec::new()], Limits::default());
     let events = decode(&bytes).unwrap();
@@ -218,7 +220,7 @@ fn wrong_magic_and_version_are_refused() {
     let err = decode(&bytes).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "protocol version 7 is not supported (this build speaks 1)"
+        "protocol version 7 is not supported (this build speaks 2)"
     );
 
     let mut dec = RequestDecoder::default();
@@ -886,6 +888,7 @@ fn arb_bundle() -> impl Strategy<Value = (Header, Vec<Vec<u8>>)> {
                         image_layers,
                         toc,
                         payloads,
+                        layer_tocs: Vec::new(),
                     },
                     bodies,
                 )

@@ -43,6 +43,12 @@ pub struct Header {
     pub toc: Vec<TocEntry>,
     /// The body's payloads, in send order.
     pub payloads: Vec<PayloadInfo>,
+    /// The wanted image's per-layer tables of contents, bottom first (one per
+    /// entry of `image_layers`), each in the canonical form whose digest the
+    /// layer's manifest annotation commits to (see [`crate::commit`]). The
+    /// worker recomputes `toc` from them and refuses a header that does not
+    /// follow.
+    pub layer_tocs: Vec<Vec<crate::commit::LayerEntry>>,
 }
 
 /// The kind of a filesystem entry.

@@ -103,6 +103,42 @@ pub fn validate_header(h: &Header, limits: &Limits) -> Result<(), ProtocolError>
             }
         }
     }
+    validate_layer_tables(h, limits)
+}
+
+// ---- Per-layer tables (the image's commitment; see `crate::commit`). ----
+
+/// Bounds the header's per-layer tables: at most `max_layers` tables and
+/// `max_toc_entries` entries in all (counted without overflow), every string
+/// and extended attribute within the same bounds as the merged table. That
+/// they match the image (one per wanted layer, each as its annotation
+/// commits) is the worker's check, not the codec's.
+pub fn validate_layer_tables(h: &Header, limits: &Limits) -> Result<(), ProtocolError> {
+    count("per-layer tables", h.layer_tocs.len(), limits.max_layers)?;
+    let total = h
+        .layer_tocs
+        .iter()
+        .fold(0usize, |n, t| n.saturating_add(t.len()));
+    count("per-layer table entries", total, limits.max_toc_entries)?;
+    for e in h.layer_tocs.iter().flatten() {
+        string("layer entry path length", &e.path, limits)?;
+        if let Some(link) = &e.link {
+            string("layer entry link target length", link, limits)?;
+        }
+        count(
+            "extended attributes on one layer entry",
+            e.xattrs.len(),
+            limits.max_xattrs,
+        )?;
+        for (name, value) in &e.xattrs {
+            string("extended attribute name length", name, limits)?;
+            count(
+                "extended attribute value size",
+                value.len(),
+                limits.max_xattr_value,
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -111,6 +111,7 @@ pub fn synthetic(seed: u64, sizes: &[usize]) -> Synthetic {
             image_layers: vec![0],
             toc,
             payloads,
+            layer_tocs: Vec::new(),
         },
         bodies,
     }

@@ -171,6 +171,7 @@ mod tests {
             image_layers: vec![],
             toc: vec![],
             payloads: vec![],
+            layer_tocs: vec![],
         }
     }
 

@@ -54,6 +54,9 @@ pub enum ReceiveError {
     /// The stream ended without a header.
     #[error("the bundle ended without a header")]
     NoHeader,
+    /// The header does not follow from the image's manifest.
+    #[error("the bundle header does not follow from the image's manifest: {0}")]
+    Verify(crate::verify::VerifyError),
     /// The writer thread died.
     #[error("the payload writer failed: {0}")]
     Writer(String),
@@ -216,6 +219,13 @@ async fn run(
         Err(e) => return Err(ReceiveError::Fetch(e)),
     };
     let time_to_header = t0.elapsed();
+    // Nothing of a header that does not follow from its image's manifest is
+    // used: no content announced or written, no header handed on (so the
+    // caller records and mounts nothing).
+    if let Err(e) = crate::verify::verify_header(&header, &request.image) {
+        error!(image = %request.image, manifest = %header.manifest_digest, "bundle header refused: {e}");
+        return Err(ReceiveError::Verify(e));
+    }
     announce(&header, &store, &waiters);
     info!(
         image = %request.image,
