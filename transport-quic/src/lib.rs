@@ -6,6 +6,7 @@
 //! - [`tls`]: certificate helpers (a self-signed pair for demos and tests, PEM parsing).
 
 pub mod codec;
+pub mod digest;
 pub mod payload;
 pub mod quic;
 pub mod tls;
@@ -15,3 +16,4 @@ pub use codec::{
     ProtocolError, RankedPath, RanksQuery, RanksReply, Request, Source, TocEntry, Trace, TraceAck,
     TraceOpen, TraceUpload,
 };
+pub use digest::{Digest, DigestError, ImageReference};

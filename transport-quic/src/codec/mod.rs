@@ -59,6 +59,7 @@
 //! # Ok::<(), ProtocolError>(())
 //! ```
 
+mod bounded;
 mod decode;
 mod encode;
 mod error;
@@ -72,7 +73,7 @@ mod validate;
 
 pub use decode::{RequestDecoder, ResponseDecoder};
 pub use encode::{RequestEncoder, ResponseEncoder};
-pub use error::ProtocolError;
+pub use error::{EntryProblem, ProtocolError};
 pub use exchange::{
     encode_message, encode_reply, ClientMessage, MessageDecoder, Reply, ReplyDecoder,
 };
