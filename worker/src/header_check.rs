@@ -67,8 +67,7 @@ impl CheckedHeader {
     /// Checks `header` against `limits`.
     pub fn with_limits(header: Header, limits: &Limits) -> Result<CheckedHeader, HeaderError> {
         validate_header(&header, limits)?;
-        let digest =
-            Digest::parse(&header.manifest_digest).map_err(HeaderError::ManifestDigest)?;
+        let digest = Digest::parse(&header.manifest_digest).map_err(HeaderError::ManifestDigest)?;
         let actual = Digest::of(&header.manifest);
         if actual != digest {
             return Err(HeaderError::ManifestMismatch {

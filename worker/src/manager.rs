@@ -699,10 +699,7 @@ impl ImageManager {
                 contents: contents.len(),
                 contents_held: held,
                 bytes,
-                mountpoint: self
-                    .mountpoint(&r.digest())?
-                    .display()
-                    .to_string(),
+                mountpoint: self.mountpoint(&r.digest())?.display().to_string(),
             });
         }
         Ok(out)
@@ -782,10 +779,22 @@ mod tests {
         let hex = Digest::of(b"x").hex();
         assert_eq!(state_child(dir, &hex).unwrap(), dir.join(&hex));
         for bad in [
-            "", ".", "..", "../etc", "/root/.ssh", "a/b", "sha256:00", "A", "a\0", "a b",
+            "",
+            ".",
+            "..",
+            "../etc",
+            "/root/.ssh",
+            "a/b",
+            "sha256:00",
+            "A",
+            "a\0",
+            "a b",
         ] {
             assert!(
-                matches!(state_child(dir, bad), Err(ManagerError::OutsideState { .. })),
+                matches!(
+                    state_child(dir, bad),
+                    Err(ManagerError::OutsideState { .. })
+                ),
                 "{bad:?} accepted"
             );
         }
