@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod commit;
 pub mod merge;
+pub mod digest;
 pub mod payload;
 pub mod quic;
 pub mod tls;
@@ -19,3 +20,4 @@ pub use codec::{
     ProtocolError, RankedPath, RanksQuery, RanksReply, Request, Source, TocEntry, Trace, TraceAck,
     TraceOpen, TraceUpload,
 };
+pub use digest::{Digest, DigestError, ImageReference};

@@ -11,11 +11,13 @@
 //! - [`notify`]: systemd readiness notification.
 //! - [`containerd`]: a containerd client that registers images from bundle headers.
 //! - [`registration`]: the image manager's link to [`containerd`].
+//! - [`header_check`]: the checks every bundle header passes before any use.
 //! - [`config`]: starlightd's TOML configuration and flag overrides.
 
 pub mod api;
 pub mod config;
 pub mod containerd;
+pub mod header_check;
 pub mod imagefs;
 pub mod manager;
 pub mod meta;

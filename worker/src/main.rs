@@ -266,11 +266,12 @@ async fn mount(
 ) -> anyhow::Result<()> {
     config.prepare_state_dir()?;
     let store = Arc::new(Store::open(config.store_dir())?);
+    let reference = transport_quic::ImageReference::parse(&image)?;
     let meta = MetaDb::open(&config.images_db())?;
     let waiters = Arc::new(ContentWaiters::new());
     let t0 = Instant::now();
     if !refresh {
-        if let Some(record) = meta.by_reference(&image)? {
+        if let Some(record) = meta.by_reference(&reference)? {
             if record.complete && record.contents_present(&store) {
                 let header = Arc::new(record.header);
                 let session = mount_header(&image, &header, store, waiters, &mountpoint).await?;
@@ -289,7 +290,7 @@ async fn mount(
         meta.images()?
             .into_iter()
             .filter(|r| r.complete && r.contents_present(&store))
-            .map(|r| r.header.manifest_digest)
+            .map(|r| r.digest().to_string())
             .collect()
     } else {
         from
@@ -327,11 +328,11 @@ async fn mount(
         }
     };
     let record = ImageRecord {
-        reference: image.clone(),
-        header: Header::clone(&header),
+        reference,
+        header: starlight_worker::header_check::CheckedHeader::clone(&header),
         complete: false,
     };
-    meta.put(&record)?;
+    meta.put_new_or_same(&record)?;
     let session = mount_header(&image, &header, store.clone(), waiters, &mountpoint).await?;
     println!(
         "mounted {image} ({}) at {} after {:?}: {} entries, {} payloads to receive",

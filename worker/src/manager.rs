@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use transport_quic::quic::{Client, ClientError, ClientOptions, ClientTls, TransportTuning};
-use transport_quic::{Header, Source};
+use transport_quic::{Digest, Header, ImageReference, Source};
 use uring_fs::{MountOptions, Session};
 
 use crate::api::{ImageInfo, PullReport, Response};
 use crate::config::Config;
+use crate::header_check::CheckedHeader;
 use crate::imagefs::ImageFs;
 use crate::meta::{ImageRecord, MetaDb, MetaError};
 use crate::receiver::{self, ReceiveError, ReceiveOptions, ReceiveReport};
@@ -73,6 +74,18 @@ pub enum ManagerError {
     /// No such image.
     #[error("no image {0} (see `starlight images`)")]
     Unknown(String),
+    /// An image name or digest that is not a plain reference or a
+    /// `sha256:` digest.
+    #[error(transparent)]
+    Name(#[from] transport_quic::DigestError),
+    /// A path the daemon was about to create outside its state directory.
+    #[error("refusing to create {path:?}: not a plain name inside {dir}")]
+    OutsideState {
+        /// The directory it should be in.
+        dir: PathBuf,
+        /// The name refused.
+        path: String,
+    },
     /// The bundle could not be fetched.
     #[error("pulling {image}: {reason}")]
     Pull {
@@ -111,20 +124,21 @@ impl ImageMounts for ImageManager {
     /// Called on a blocking thread of the runtime: an image recorded but not
     /// mounted (its mount failed at start) is mounted here.
     fn lower_dir(&self, manifest_digest: &str) -> Result<PathBuf, String> {
-        if let Some(dir) = self.mounted_at(manifest_digest) {
+        let digest = Digest::parse(manifest_digest).map_err(|e| e.to_string())?;
+        if let Some(dir) = self.mounted_at(&digest) {
             return Ok(dir);
         }
         let record = self
             .meta
-            .get(manifest_digest)
+            .get(&digest)
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("starlightd holds no image {manifest_digest}"))?;
+            .ok_or_else(|| format!("starlightd holds no image {digest}"))?;
         let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
         handle
             .block_on(self.ensure_mounted(&record))
             .map_err(|e| e.to_string())?;
-        self.mounted_at(manifest_digest)
-            .ok_or_else(|| format!("{manifest_digest} was unmounted meanwhile"))
+        self.mounted_at(&digest)
+            .ok_or_else(|| format!("{digest} was unmounted meanwhile"))
     }
 }
 
@@ -156,9 +170,9 @@ pub struct ImageManager {
     registry: Arc<dyn ImageRegistry>,
     client: Mutex<Option<Arc<Client>>>,
     /// Manifest digest → mount (changed under this lock only).
-    mounts: tokio::sync::Mutex<HashMap<String, Mounted>>,
+    mounts: tokio::sync::Mutex<HashMap<Digest, Mounted>>,
     /// Manifest digest → mount point, for [`ImageManager::lower_dir`].
-    mountpoints: Mutex<HashMap<String, PathBuf>>,
+    mountpoints: Mutex<HashMap<Digest, PathBuf>>,
 }
 
 impl std::fmt::Debug for ImageManager {
@@ -174,6 +188,29 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ManagerError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// `dir/name`, for a `name` that is one plain component of lowercase
+/// letters, digits, `.`, `_` or `-` (not `.` or `..`): the only way the
+/// manager builds a path below its state directory, so that nothing it
+/// creates can land outside it.
+pub fn state_child(dir: &Path, name: &str) -> Result<PathBuf, ManagerError> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && matches!(
+            Path::new(name).components().collect::<Vec<_>>().as_slice(),
+            [Component::Normal(_)]
+        );
+    if !plain {
+        return Err(ManagerError::OutsideState {
+            dir: dir.to_path_buf(),
+            path: name.chars().take(100).collect(),
+        });
+    }
+    Ok(dir.join(name))
 }
 
 /// The distinct contents an image needs, with their sizes.
@@ -219,13 +256,13 @@ impl ImageManager {
         &self.store
     }
 
-    fn mountpoint(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        self.config.mounts_dir().join(hex)
+    /// `<state>/mnt/<64 hex digits>`: built from the typed digest only.
+    fn mountpoint(&self, digest: &Digest) -> Result<PathBuf, ManagerError> {
+        state_child(&self.config.mounts_dir(), &digest.hex())
     }
 
     /// Where the image with manifest `digest` is mounted, if it is.
-    pub fn mounted_at(&self, digest: &str) -> Option<PathBuf> {
+    pub fn mounted_at(&self, digest: &Digest) -> Option<PathBuf> {
         self.mountpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -298,12 +335,12 @@ impl ImageManager {
 
     /// Mounts `record`'s image unless it is mounted; returns its trace.
     async fn ensure_mounted(&self, record: &ImageRecord) -> Result<Arc<OpenTrace>, ManagerError> {
-        let digest = record.digest().to_string();
+        let digest = record.digest();
         let mut mounts = self.mounts.lock().await;
         if let Some(m) = mounts.get(&digest) {
             return Ok(m.trace.clone());
         }
-        let mountpoint = self.mountpoint(&digest);
+        let mountpoint = self.mountpoint(&digest)?;
         std::fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;
         // A mount left by an earlier run that died is dead: detach it.
         if uring_fs::mounts::is_fuse_mounted(&mountpoint).unwrap_or(false) {
@@ -312,7 +349,7 @@ impl ImageManager {
         }
         let trace = Arc::new(OpenTrace::new(&record.header));
         let mount_err = |reason: String| ManagerError::Mount {
-            image: record.reference.clone(),
+            image: record.reference.to_string(),
             reason,
         };
         let fs = ImageFs::new(
@@ -337,7 +374,7 @@ impl ImageManager {
         self.mountpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.clone(), session.mountpoint().to_path_buf());
+            .insert(digest, session.mountpoint().to_path_buf());
         mounts.insert(
             digest,
             Mounted {
@@ -373,13 +410,16 @@ impl ImageManager {
 
     /// The record named by `image`: a reference or a manifest digest.
     fn find(&self, image: &str) -> Result<ImageRecord, ManagerError> {
-        if let Some(r) = self.meta.by_reference(image)? {
+        let reference = ImageReference::parse(image)?;
+        if let Some(r) = self.meta.by_reference(&reference)? {
             return Ok(r);
         }
-        if let Some(r) = self.meta.get(image)? {
-            return Ok(r);
+        if let Some(digest) = reference.as_digest() {
+            if let Some(r) = self.meta.get(&digest)? {
+                return Ok(r);
+            }
         }
-        Err(ManagerError::Unknown(image.to_string()))
+        Err(ManagerError::Unknown(reference.to_string()))
     }
 
     /// Pulls `image`: answers once it is registered (sending nothing to
@@ -392,6 +432,8 @@ impl ImageManager {
         progress: mpsc::UnboundedSender<Response>,
     ) -> Result<PullReport, ManagerError> {
         let t0 = Instant::now();
+        let reference = ImageReference::parse(image)?;
+        let image = reference.as_str();
         let pull_err = |reason: String| ManagerError::Pull {
             image: image.to_string(),
             reason,
@@ -401,20 +443,21 @@ impl ImageManager {
                 .images()?
                 .into_iter()
                 .filter(|r| r.complete && r.contents_present(&self.store))
-                .map(|r| r.header.manifest_digest)
+                .map(|r| r.digest().to_string())
                 .collect()
         } else {
             let mut held = Vec::new();
             for f in &options.from {
-                held.push(match self.meta.by_reference(f)? {
-                    Some(r) => r.header.manifest_digest,
-                    None => f.clone(),
+                let from = ImageReference::parse(f)?;
+                held.push(match self.meta.by_reference(&from)? {
+                    Some(r) => r.digest().to_string(),
+                    None => from.to_string(),
                 });
             }
             held
         };
         let client = self.client().map_err(pull_err)?;
-        let receiving = receiver::start(
+        let receiving = receiver::start_gated(
             client,
             self.config.proxy,
             transport_quic::Request {
@@ -433,7 +476,7 @@ impl ImageManager {
             },
         );
         let done = receiving.done;
-        let header = match receiving.header.await {
+        let (header, admit) = match receiving.header.await {
             Ok(h) => h,
             Err(_) => {
                 let (reason, unreachable) = match done.await {
@@ -454,7 +497,7 @@ impl ImageManager {
                 // The proxy is out of reach: an image held complete still
                 // provisions, from local state only (paper §4.5).
                 if unreachable {
-                    if let Some(record) = self.meta.by_reference(image)? {
+                    if let Some(record) = self.meta.by_reference(&reference)? {
                         if record.complete && record.contents_present(&self.store) {
                             warn!(image, "the proxy is unreachable ({reason}); using the complete local image");
                             return self.pull_local(record, options.trace, t0).await;
@@ -465,17 +508,28 @@ impl ImageManager {
             }
         };
         let header_secs = secs(t0.elapsed());
-        let digest = header.manifest_digest.clone();
+        // The header passed CheckedHeader (in the receiver) before it came
+        // here: its digest is typed, nothing of it was stored yet.
+        let digest = header.digest();
         let already_complete = self
             .meta
             .get(&digest)?
             .is_some_and(|r| r.complete && r.contents_present(&self.store));
         let record = ImageRecord {
-            reference: image.to_string(),
-            header: Header::clone(&header),
+            reference: reference.clone(),
+            header: CheckedHeader::clone(&header),
             complete: already_complete,
         };
-        self.meta.put(&record)?;
+        // An image already held under this digest keeps its record: a
+        // differing header is refused (and the receive stops, never admitted).
+        if let Err(e) = self.meta.put_new_or_same(&record) {
+            done.abort();
+            return Err(match e {
+                MetaError::Conflict { .. } => pull_err(e.to_string()),
+                other => other.into(),
+            });
+        }
+        admit.admit();
         let trace = self.ensure_mounted(&record).await?;
         if options.trace {
             trace.enable();
@@ -489,7 +543,7 @@ impl ImageManager {
             })?;
         let mut report = PullReport {
             image: image.to_string(),
-            digest: digest.clone(),
+            digest: digest.to_string(),
             entries: header.toc.len(),
             payloads: header.payloads.len(),
             payload_bytes: header.payloads.iter().map(|p| p.compressed_len).sum(),
@@ -525,7 +579,7 @@ impl ImageManager {
             let complete = match r.clone() {
                 Some(rep) => {
                     let this = this.clone();
-                    let (image, digest) = (image_owned.clone(), digest_owned.clone());
+                    let (image, digest) = (image_owned.clone(), digest_owned);
                     tokio::task::spawn_blocking(move || this.finish(&image, &digest, &rep))
                         .await
                         .unwrap_or(false)
@@ -557,15 +611,15 @@ impl ImageManager {
             tracer.enable();
         }
         self.registry
-            .register(&record.reference, &record.header)
+            .register(record.reference.as_str(), &record.header)
             .await
             .map_err(|reason| ManagerError::Register {
-                image: record.reference.clone(),
+                image: record.reference.to_string(),
                 reason,
             })?;
         let elapsed = secs(t0.elapsed());
         Ok(PullReport {
-            image: record.reference.clone(),
+            image: record.reference.to_string(),
             digest: record.digest().to_string(),
             entries: record.header.toc.len(),
             payloads: 0,
@@ -581,7 +635,7 @@ impl ImageManager {
 
     /// Records the end of a receive; returns whether the image is complete.
     /// Blocking (syncs the store).
-    fn finish(&self, image: &str, digest: &str, report: &ReceiveReport) -> bool {
+    fn finish(&self, image: &str, digest: &Digest, report: &ReceiveReport) -> bool {
         let mut record = match self.meta.get(digest) {
             Ok(Some(r)) => r,
             Ok(None) => return false, // removed meanwhile
@@ -638,14 +692,14 @@ impl ImageManager {
                 }
             }
             out.push(ImageInfo {
-                name: r.reference.clone(),
+                name: r.reference.to_string(),
                 digest: r.digest().to_string(),
                 complete: r.complete && held == contents.len(),
                 files: r.header.toc.len(),
                 contents: contents.len(),
                 contents_held: held,
                 bytes,
-                mountpoint: self.mountpoint(r.digest()).display().to_string(),
+                mountpoint: self.mountpoint(&r.digest())?.display().to_string(),
             });
         }
         Ok(out)
@@ -655,7 +709,7 @@ impl ImageManager {
     /// number and bytes of the contents freed.
     pub async fn remove(&self, image: &str) -> Result<(String, usize, u64), ManagerError> {
         let record = self.find(image)?;
-        let digest = record.digest().to_string();
+        let digest = record.digest();
         {
             let mut mounts = self.mounts.lock().await;
             self.mountpoints
@@ -666,8 +720,10 @@ impl ImageManager {
                 m.session.shutdown().await;
             }
         }
-        let _ = std::fs::remove_dir(self.mountpoint(&digest));
-        if let Err(reason) = self.registry.remove(&record.reference).await {
+        if let Ok(dir) = self.mountpoint(&digest) {
+            let _ = std::fs::remove_dir(dir);
+        }
+        if let Err(reason) = self.registry.remove(record.reference.as_str()).await {
             warn!(image = %record.reference, "containerd: {reason}");
         }
         self.meta.remove(&digest)?;
@@ -686,12 +742,12 @@ impl ImageManager {
             }
         }
         info!(image = %record.reference, %digest, freed, bytes, "image removed");
-        Ok((digest, freed, bytes))
+        Ok((digest.to_string(), freed, bytes))
     }
 
     /// Returns and clears the trace of `image`.
     pub async fn take_trace(&self, image: &str) -> Result<Vec<TraceRecord>, ManagerError> {
-        let digest = self.find(image)?.digest().to_string();
+        let digest = self.find(image)?.digest();
         let mounts = self.mounts.lock().await;
         let m = mounts
             .get(&digest)
@@ -709,5 +765,39 @@ impl ImageManager {
         for (_, m) in mounts.drain() {
             m.session.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_children_are_plain_names_only() {
+        let dir = Path::new("/var/lib/starlight/mnt");
+        let hex = Digest::of(b"x").hex();
+        assert_eq!(state_child(dir, &hex).unwrap(), dir.join(&hex));
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc",
+            "/root/.ssh",
+            "a/b",
+            "sha256:00",
+            "A",
+            "a\0",
+            "a b",
+        ] {
+            assert!(
+                matches!(
+                    state_child(dir, bad),
+                    Err(ManagerError::OutsideState { .. })
+                ),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(state_child(dir, &"a".repeat(256)).is_err());
     }
 }

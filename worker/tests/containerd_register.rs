@@ -206,7 +206,7 @@ fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// An image pulled by the test's worker: its header and its FUSE mount.
 struct Pulled {
-    header: Arc<Header>,
+    header: Arc<starlight_worker::header_check::CheckedHeader>,
     dir: PathBuf,
     session: Session,
     done: tokio::task::JoinHandle<Result<ReceiveReport, receiver::ReceiveError>>,

@@ -154,7 +154,7 @@ impl Worker {
 struct Pulled {
     session: Session,
     dir: PathBuf,
-    header: Arc<Header>,
+    header: Arc<starlight_worker::header_check::CheckedHeader>,
     t0: Instant,
     to_header: Duration,
     done: tokio::task::JoinHandle<Result<ReceiveReport, receiver::ReceiveError>>,

@@ -3,6 +3,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 
+use super::bounded::with_limits;
 use super::frame::{check_preamble, parse_frame_header, FrameKind, FRAME_HEADER_LEN, PREAMBLE_LEN};
 use super::sequence::Sequence;
 use super::types::{End, ErrorFrame, Event, Header, Request};
@@ -72,11 +73,24 @@ pub(crate) fn decode_message<T: DeserializeOwned>(
     kind: FrameKind,
     bytes: &[u8],
 ) -> Result<T, ProtocolError> {
-    let (value, rest) =
-        postcard::take_from_bytes::<T>(bytes).map_err(|e| ProtocolError::Malformed {
-            kind,
-            reason: e.to_string(),
-        })?;
+    decode_bounded(kind, bytes, &Limits::default())
+}
+
+/// Decodes one message with `limits` bounding its vectors as they are read: a declared
+/// count over a limit is refused before any element is decoded (see [`super::bounded`]).
+pub(crate) fn decode_bounded<T: DeserializeOwned>(
+    kind: FrameKind,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<T, ProtocolError> {
+    let (decoded, exceeded) = with_limits(limits, || postcard::take_from_bytes::<T>(bytes));
+    if let Some(limit) = exceeded {
+        return Err(limit);
+    }
+    let (value, rest) = decoded.map_err(|e| ProtocolError::Malformed {
+        kind,
+        reason: e.to_string(),
+    })?;
     if !rest.is_empty() {
         return Err(ProtocolError::Malformed {
             kind,
@@ -179,7 +193,7 @@ impl ResponseDecoder {
             };
             let event = match kind {
                 FrameKind::Header => {
-                    let header: Header = decode_message(kind, &body)?;
+                    let header: Header = decode_bounded(kind, &body, &self.limits)?;
                     validate_header(&header, &self.limits)?;
                     self.seq.on_header(&header)?;
                     Event::Header(header)
@@ -333,7 +347,7 @@ impl RequestDecoder {
         let Some((kind, body)) = self.frames.next_frame(&self.limits, admit)? else {
             return Ok(None);
         };
-        let req: Request = decode_message(kind, &body)?;
+        let req: Request = decode_bounded(kind, &body, &self.limits)?;
         validate_request(&req, &self.limits)?;
         self.done = true;
         Ok(Some(req))

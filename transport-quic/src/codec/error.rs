@@ -51,6 +51,22 @@ pub enum ProtocolError {
     /// A header whose internal references do not hold.
     #[error("invalid header: {0}")]
     InvalidHeader(String),
+    /// A table-of-contents entry the worker must never turn into a file.
+    #[error("invalid header: entry {index} ({path:?}): {problem}")]
+    BadEntry {
+        /// The entry's index in the table of contents.
+        index: usize,
+        /// Its path, cut to a printable length.
+        path: String,
+        /// What is wrong with it.
+        problem: EntryProblem,
+    },
+    /// Sizes whose sum does not fit in 64 bits.
+    #[error("invalid header: the sum of the {what} overflows 64 bits")]
+    SizeOverflow {
+        /// Which sizes.
+        what: &'static str,
+    },
     /// A frame that is not allowed at this point of the stream.
     #[error("unexpected {got} frame: expected {expected}")]
     UnexpectedFrame {
@@ -116,4 +132,32 @@ pub enum ProtocolError {
     /// An earlier error already poisoned this decoder.
     #[error("the decoder already failed: {0}")]
     Failed(Box<ProtocolError>),
+}
+
+/// What is wrong with one table-of-contents entry (see [`ProtocolError::BadEntry`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryProblem {
+    /// A name (path, link target or extended attribute name) holds a NUL byte.
+    #[error("its {0} holds a NUL byte")]
+    Nul(&'static str),
+    /// A path component (or an extended attribute name) longer than 255 bytes.
+    #[error("its {what} has a component of {len} bytes (the limit is 255)")]
+    ComponentTooLong {
+        /// Which name.
+        what: &'static str,
+        /// The component's length.
+        len: usize,
+    },
+    /// An empty, `.` or `..` component, or a leading `/`.
+    #[error("its {0} is not a plain relative path (empty, '.' or '..' component, or absolute)")]
+    NotRelative(&'static str),
+    /// Two entries with the same path.
+    #[error("its path appears twice in the table of contents")]
+    Duplicate,
+    /// A regular file with content but no SHA-256.
+    #[error("a regular file of {0} bytes has no SHA-256")]
+    MissingHash(u64),
+    /// A link without a target, or a target that is empty or too long.
+    #[error("its link target is missing, empty or longer than 4095 bytes")]
+    BadLink,
 }

@@ -3,9 +3,11 @@
 /// Bounds the decoders check before allocating anything.
 ///
 /// Frame lengths are checked from the 5-byte frame header, before the frame's bytes are
-/// buffered; counts and string lengths are checked once a frame is decoded (their memory
-/// is already bounded by the frame's length, since postcard never pre-allocates more than
-/// the input can hold).
+/// buffered. Vector counts (layers, entries, payloads, extended attributes, held
+/// images and payloads) are checked while decoding, from the length postcard reads
+/// before the elements, so a header that declares too many is refused before one is
+/// decoded. String lengths, and the name, duplicate and size rules of a header, are
+/// checked once the frame is decoded (a string's memory is its bytes in the frame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest Request frame, in bytes.

@@ -66,6 +66,7 @@
 //! # Ok::<(), ProtocolError>(())
 //! ```
 
+mod bounded;
 mod decode;
 mod encode;
 mod error;
@@ -79,7 +80,7 @@ mod validate;
 
 pub use decode::{RequestDecoder, ResponseDecoder};
 pub use encode::{RequestEncoder, ResponseEncoder};
-pub use error::ProtocolError;
+pub use error::{EntryProblem, ProtocolError};
 pub use exchange::{
     encode_auth, encode_auth_reply, encode_message, encode_reply, Auth, AuthDecoder, AuthReply,
     AuthReplyDecoder, ClientMessage, MessageDecoder, Reply, ReplyDecoder,

@@ -780,7 +780,8 @@ fn arb_entry(n_layers: u32, n_payloads: u32) -> impl Strategy<Value = TocEntry> 
     };
     (
         (
-            "[a-z/.]{0,12}",
+            // Plain relative paths (the header's rules); the root is "".
+            "([a-z.]{0,3}[a-z]/){0,2}[a-z.]{0,3}[a-z]|",
             arb_kind(),
             any::<u32>(),
             any::<u64>(),
@@ -789,12 +790,12 @@ fn arb_entry(n_layers: u32, n_payloads: u32) -> impl Strategy<Value = TocEntry> 
         (
             any::<i64>(),
             any::<u32>(),
-            any::<u64>(),
-            proptest::option::of("[ -~]{0,8}"),
+            0u64..1 << 40,
+            proptest::option::of("[a-z]{1,8}"),
         ),
         (any::<u32>(), any::<u32>()),
         proptest::collection::vec(
-            ("[a-z.]{0,6}", proptest::collection::vec(any::<u8>(), 0..4)),
+            ("[a-z.]{1,6}", proptest::collection::vec(any::<u8>(), 0..4)),
             0..3,
         ),
         proptest::option::of(any::<[u8; 32]>()),
@@ -819,11 +820,20 @@ fn arb_entry(n_layers: u32, n_payloads: u32) -> impl Strategy<Value = TocEntry> 
                 mtime,
                 mtime_nsec,
                 size,
-                link,
+                // Links have a target, files with content a hash.
+                link: match kind {
+                    EntryKind::Symlink | EntryKind::Hardlink => {
+                        Some(link.unwrap_or_else(|| "t".into()))
+                    }
+                    _ => link,
+                },
                 devmajor,
                 devminor,
                 xattrs,
-                sha256,
+                sha256: match kind {
+                    EntryKind::File if size > 0 => Some(sha256.unwrap_or_default()),
+                    _ => sha256,
+                },
                 layer,
                 source,
             },
@@ -840,7 +850,7 @@ fn arb_bundle() -> impl Strategy<Value = (Header, Vec<Vec<u8>>)> {
             let payloads: Vec<_> = bodies
                 .iter()
                 .map(|b| {
-                    (any::<[u8; 32]>(), any::<bool>(), any::<u64>()).prop_map({
+                    (any::<[u8; 32]>(), any::<bool>(), 0u64..1 << 40).prop_map({
                         let len = b.len() as u64;
                         move |(sha256, zstd, size)| PayloadInfo {
                             sha256,
@@ -864,7 +874,14 @@ fn arb_bundle() -> impl Strategy<Value = (Header, Vec<Vec<u8>>)> {
                 ),
                 proptest::collection::vec("sha256:[0-9a-f]{0,8}", n_layers as usize),
                 proptest::collection::vec(0..n_layers, 0..4),
-                proptest::collection::vec(arb_entry(n_layers, n_payloads), 0..6),
+                // Each path once.
+                proptest::collection::vec(arb_entry(n_layers, n_payloads), 0..6).prop_map(
+                    |mut toc| {
+                        toc.sort_by(|a, b| a.path.cmp(&b.path));
+                        toc.dedup_by(|a, b| a.path == b.path);
+                        toc
+                    },
+                ),
                 payloads,
                 Just(bodies),
             )

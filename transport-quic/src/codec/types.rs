@@ -16,8 +16,10 @@ pub struct Request {
     /// The platform wanted (`os/arch[/variant]`), or the proxy's default.
     pub platform: Option<String>,
     /// Manifest digests of the images the worker already holds.
+    #[serde(deserialize_with = "super::bounded::held_images")]
     pub held_images: Vec<String>,
     /// SHA-256 of contents the worker already received (a resumed bundle).
+    #[serde(deserialize_with = "super::bounded::held_payloads")]
     pub held_payloads: Vec<[u8; 32]>,
     /// Send the payloads in layer order, ignoring access ranks (trace
     /// collection wants a bundle whose order does not favour any file).
@@ -36,12 +38,16 @@ pub struct Header {
     /// The OCI image configuration, byte for byte.
     pub config: Vec<u8>,
     /// Layer digest table: the wanted image's layers, then the held images' layers.
+    #[serde(deserialize_with = "super::bounded::layers")]
     pub layers: Vec<String>,
     /// Indices into `layers` of the wanted image's layers, bottom first.
+    #[serde(deserialize_with = "super::bounded::image_layers")]
     pub image_layers: Vec<u32>,
     /// The merged table of contents, sorted by path.
+    #[serde(deserialize_with = "super::bounded::toc")]
     pub toc: Vec<TocEntry>,
     /// The body's payloads, in send order.
+    #[serde(deserialize_with = "super::bounded::payloads")]
     pub payloads: Vec<PayloadInfo>,
     /// The wanted image's per-layer tables of contents, bottom first (one per
     /// entry of `image_layers`), each in the canonical form whose digest the
@@ -107,6 +113,7 @@ pub struct TocEntry {
     /// Device minor number.
     pub devminor: u32,
     /// Extended attributes (name, value).
+    #[serde(deserialize_with = "super::bounded::xattrs")]
     pub xattrs: Vec<(String, Vec<u8>)>,
     /// SHA-256 of the uncompressed content, for regular files.
     pub sha256: Option<[u8; 32]>,

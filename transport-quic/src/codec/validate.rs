@@ -1,8 +1,17 @@
 //! Checks decoded messages against the [`Limits`] and their internal references.
 
 use super::trace::{RanksQuery, RanksReply, TraceAck, TraceUpload};
-use super::types::{ErrorFrame, Header, Request, Source};
+use std::collections::HashSet;
+
+use super::error::EntryProblem;
+use super::types::{EntryKind, ErrorFrame, Header, Request, Source, TocEntry};
 use super::{Limits, ProtocolError};
+
+/// Longest path component (and extended attribute name) a header may carry, as
+/// Linux's `NAME_MAX` and `XATTR_NAME_MAX`.
+pub const MAX_NAME: usize = 255;
+/// Longest symbolic link target a header may carry (Linux's `PATH_MAX` less the NUL).
+pub const MAX_LINK_TARGET: usize = 4095;
 
 fn count(what: &'static str, n: usize, limit: u32) -> Result<(), ProtocolError> {
     if n as u64 > u64::from(limit) {
@@ -70,7 +79,7 @@ pub fn validate_header(h: &Header, limits: &Limits) -> Result<(), ProtocolError>
         limits.max_toc_entries,
     )?;
     let n_payloads = h.payloads.len();
-    for e in &h.toc {
+    for (index, e) in h.toc.iter().enumerate() {
         string("path length", &e.path, limits)?;
         if let Some(link) = &e.link {
             string("link target length", link, limits)?;
@@ -88,6 +97,7 @@ pub fn validate_header(h: &Header, limits: &Limits) -> Result<(), ProtocolError>
                 limits.max_xattr_value,
             )?;
         }
+        check_entry_names(e).map_err(|problem| bad_entry(index, e, problem))?;
         if e.layer as usize >= n_layers {
             return Err(ProtocolError::InvalidHeader(format!(
                 "entry {:?} names layer {} outside the layer table ({n_layers} layers)",
@@ -102,8 +112,56 @@ pub fn validate_header(h: &Header, limits: &Limits) -> Result<(), ProtocolError>
                 )));
             }
         }
+        if e.kind == EntryKind::File && e.size > 0 && e.sha256.is_none() {
+            return Err(bad_entry(index, e, EntryProblem::MissingHash(e.size)));
+        }
     }
+    check_unique_paths(&h.toc)?;
+    check_sums(h)?;
     validate_layer_tables(h, limits)
+}
+
+fn bad_entry(index: usize, e: &TocEntry, problem: EntryProblem) -> ProtocolError {
+    const SHOWN: usize = 200;
+    let mut path = e.path.clone();
+    if path.len() > SHOWN {
+        let mut end = SHOWN;
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        path.truncate(end);
+        path.push('…');
+    }
+    ProtocolError::BadEntry {
+        index,
+        path,
+        problem,
+    }
+}
+
+/// Checks a relative path: components separated by single `/`, none empty, `.` or
+/// `..`, none longer than [`MAX_NAME`], no NUL, no leading `/`. The empty path is the
+/// root (allowed only where `root_ok`).
+fn check_relative_path(what: &'static str, path: &str, root_ok: bool) -> Result<(), EntryProblem> {
+    if path.as_bytes().contains(&0) {
+        return Err(EntryProblem::Nul(what));
+    }
+    if path.is_empty() {
+        return if root_ok {
+            Ok(())
+        } else {
+            Err(EntryProblem::NotRelative(what))
+        };
+    }
+    for c in path.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(EntryProblem::NotRelative(what));
+        }
+        if c.len() > MAX_NAME {
+            return Err(EntryProblem::ComponentTooLong { what, len: c.len() });
+        }
+    }
+    Ok(())
 }
 
 // ---- Per-layer tables (the image's commitment; see `crate::commit`). ----
@@ -140,6 +198,78 @@ pub fn validate_layer_tables(h: &Header, limits: &Limits) -> Result<(), Protocol
         }
     }
     Ok(())
+}
+
+/// The per-entry name rules: path, link target, extended attribute names.
+fn check_entry_names(e: &TocEntry) -> Result<(), EntryProblem> {
+    check_relative_path("path", &e.path, true)?;
+    match (e.kind, &e.link) {
+        (EntryKind::Hardlink, Some(target)) => {
+            check_relative_path("hard link target", target, false)?
+        }
+        (EntryKind::Symlink, Some(target)) => {
+            if target.as_bytes().contains(&0) {
+                return Err(EntryProblem::Nul("symbolic link target"));
+            }
+            if target.is_empty() || target.len() > MAX_LINK_TARGET {
+                return Err(EntryProblem::BadLink);
+            }
+        }
+        (EntryKind::Hardlink | EntryKind::Symlink, None) => return Err(EntryProblem::BadLink),
+        (_, Some(target)) if target.as_bytes().contains(&0) => {
+            return Err(EntryProblem::Nul("link target"))
+        }
+        _ => {}
+    }
+    for (name, _) in &e.xattrs {
+        if name.as_bytes().contains(&0) {
+            return Err(EntryProblem::Nul("extended attribute name"));
+        }
+        if name.is_empty() {
+            return Err(EntryProblem::NotRelative("extended attribute name"));
+        }
+        if name.len() > MAX_NAME {
+            return Err(EntryProblem::ComponentTooLong {
+                what: "extended attribute name",
+                len: name.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// No two entries share a path. A table sorted by path (as the proxy sends it) is
+/// checked in one pass without memory; any other order through a set.
+fn check_unique_paths(toc: &[TocEntry]) -> Result<(), ProtocolError> {
+    let sorted = toc.windows(2).all(|w| w[0].path < w[1].path);
+    if sorted {
+        return Ok(());
+    }
+    let mut seen: HashSet<&str> = HashSet::with_capacity(toc.len());
+    for (index, e) in toc.iter().enumerate() {
+        if !seen.insert(e.path.as_str()) {
+            return Err(bad_entry(index, e, EntryProblem::Duplicate));
+        }
+    }
+    Ok(())
+}
+
+/// The file sizes, payload sizes and compressed lengths each add up within `u64`.
+fn check_sums(h: &Header) -> Result<(), ProtocolError> {
+    fn sum(what: &'static str, sizes: impl Iterator<Item = u64>) -> Result<(), ProtocolError> {
+        let mut sizes = sizes;
+        sizes
+            .try_fold(0u64, u64::checked_add)
+            .map(|_| ())
+            .ok_or(ProtocolError::SizeOverflow { what })
+    }
+    let files = h.toc.iter().filter(|e| e.kind == EntryKind::File);
+    sum("file sizes", files.map(|e| e.size))?;
+    sum("payload sizes", h.payloads.iter().map(|p| p.size))?;
+    sum(
+        "payload compressed lengths",
+        h.payloads.iter().map(|p| p.compressed_len),
+    )
 }
 
 /// Checks a trace upload's counts and string lengths.
@@ -181,4 +311,201 @@ pub fn validate_ranks_reply(r: &RanksReply, limits: &Limits) -> Result<(), Proto
         string("path length", &p.path, limits)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::codec::{PayloadCompression, PayloadInfo};
+
+    fn file(path: &str, size: u64) -> TocEntry {
+        TocEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size,
+            link: None,
+            devmajor: 0,
+            devminor: 0,
+            xattrs: vec![],
+            sha256: (size > 0).then_some([7; 32]),
+            layer: 0,
+            source: Source::Held,
+        }
+    }
+
+    fn header(toc: Vec<TocEntry>) -> Header {
+        Header {
+            layers: vec!["l".into()],
+            image_layers: vec![0],
+            toc,
+            ..Header::default()
+        }
+    }
+
+    fn problem(h: &Header) -> EntryProblem {
+        match validate_header(h, &Limits::default()) {
+            Err(ProtocolError::BadEntry { problem, .. }) => problem,
+            other => panic!("expected a bad entry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_paths_pass() {
+        let mut root = file("", 0);
+        root.kind = EntryKind::Dir;
+        let h = header(vec![
+            root,
+            file("a", 1),
+            file("a.b/c d/é", 0),
+            file(&"n".repeat(255), 3),
+        ]);
+        validate_header(&h, &Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_in_every_name() {
+        assert_eq!(
+            problem(&header(vec![file("a\0b", 0)])),
+            EntryProblem::Nul("path")
+        );
+        let mut link = file("l", 0);
+        link.kind = EntryKind::Symlink;
+        link.link = Some("x\0".into());
+        assert_eq!(
+            problem(&header(vec![link])),
+            EntryProblem::Nul("symbolic link target")
+        );
+        let mut x = file("x", 0);
+        x.xattrs = vec![("user.\0".into(), vec![])];
+        assert_eq!(
+            problem(&header(vec![x])),
+            EntryProblem::Nul("extended attribute name")
+        );
+    }
+
+    #[test]
+    fn long_components_are_refused() {
+        let long = format!("a/{}/b", "n".repeat(256));
+        assert_eq!(
+            problem(&header(vec![file(&long, 0)])),
+            EntryProblem::ComponentTooLong {
+                what: "path",
+                len: 256
+            }
+        );
+        let mut x = file("x", 0);
+        x.xattrs = vec![("u".repeat(256), vec![])];
+        assert!(matches!(
+            problem(&header(vec![x])),
+            EntryProblem::ComponentTooLong { len: 256, .. }
+        ));
+    }
+
+    #[test]
+    fn dot_empty_and_absolute_components_are_refused() {
+        for bad in [
+            "..", "a/..", "../etc", ".", "./a", "a/./b", "a//b", "a/", "/etc", "/",
+        ] {
+            assert_eq!(
+                problem(&header(vec![file(bad, 0)])),
+                EntryProblem::NotRelative("path"),
+                "{bad:?}"
+            );
+        }
+        for bad in ["../../etc/shadow", "/etc/shadow", ""] {
+            let mut l = file("l", 0);
+            l.kind = EntryKind::Hardlink;
+            l.link = Some(bad.into());
+            assert_eq!(
+                problem(&header(vec![l])),
+                EntryProblem::NotRelative("hard link target"),
+                "{bad:?}"
+            );
+        }
+        let mut l = file("l", 0);
+        l.kind = EntryKind::Symlink;
+        assert_eq!(problem(&header(vec![l])), EntryProblem::BadLink);
+    }
+
+    #[test]
+    fn duplicate_paths_are_refused_sorted_or_not() {
+        let h = header(vec![file("a", 0), file("b", 0), file("b", 0)]);
+        assert_eq!(problem(&h), EntryProblem::Duplicate);
+        let h = header(vec![file("b", 0), file("a", 0), file("b", 0)]);
+        match validate_header(&h, &Limits::default()) {
+            Err(ProtocolError::BadEntry { index, problem, .. }) => {
+                assert_eq!((index, problem), (2, EntryProblem::Duplicate));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn files_with_content_need_a_hash() {
+        let mut f = file("f", 10);
+        f.sha256 = None;
+        assert_eq!(problem(&header(vec![f])), EntryProblem::MissingHash(10));
+        // An empty file needs none.
+        validate_header(&header(vec![file("e", 0)]), &Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_refused() {
+        let h = header(vec![
+            file("a", u64::MAX / 2 + 1),
+            file("b", u64::MAX / 2 + 1),
+        ]);
+        assert_eq!(
+            validate_header(&h, &Limits::default()),
+            Err(ProtocolError::SizeOverflow { what: "file sizes" })
+        );
+        let p = PayloadInfo {
+            sha256: [0; 32],
+            compression: PayloadCompression::Zstd,
+            compressed_len: 1,
+            size: u64::MAX,
+        };
+        let mut h = header(vec![]);
+        h.payloads = vec![p.clone(), p.clone()];
+        assert_eq!(
+            validate_header(&h, &Limits::default()),
+            Err(ProtocolError::SizeOverflow {
+                what: "payload sizes"
+            })
+        );
+        h.payloads = vec![
+            PayloadInfo {
+                compressed_len: u64::MAX,
+                size: 1,
+                ..p.clone()
+            },
+            PayloadInfo {
+                compressed_len: 1,
+                size: 1,
+                ..p
+            },
+        ];
+        assert_eq!(
+            validate_header(&h, &Limits::default()),
+            Err(ProtocolError::SizeOverflow {
+                what: "payload compressed lengths"
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_entry_without_echoing_megabytes() {
+        let long = format!("{}\0", "p/".repeat(20_000));
+        let err = validate_header(&header(vec![file(&long, 0)]), &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NUL"), "{err}");
+        assert!(err.len() < 500, "{} bytes", err.len());
+    }
 }

@@ -23,6 +23,7 @@ use transport_quic::{Event, Header, PayloadInfo, Request, Source};
 
 pub use payload::{PayloadError, PayloadWriter};
 
+use crate::header_check::{CheckedHeader, HeaderError};
 use crate::store::Store;
 use crate::waiters::{ContentState, ContentWaiters};
 
@@ -57,6 +58,12 @@ pub enum ReceiveError {
     /// The header does not follow from the image's manifest.
     #[error("the bundle header does not follow from the image's manifest: {0}")]
     Verify(crate::verify::VerifyError),
+    /// The header failed the worker's checks: nothing was stored.
+    #[error("the bundle's header is refused: {0}")]
+    Refused(HeaderError),
+    /// The caller did not admit the header ([`start_gated`]): nothing was stored.
+    #[error("the bundle's header was not admitted")]
+    NotAdmitted,
     /// The writer thread died.
     #[error("the payload writer failed: {0}")]
     Writer(String),
@@ -66,7 +73,7 @@ pub enum ReceiveError {
 #[derive(Debug, Clone)]
 pub struct ReceiveReport {
     /// The header of the bundle.
-    pub header: Arc<Header>,
+    pub header: Arc<CheckedHeader>,
     /// From the request to the header.
     pub time_to_header: Duration,
     /// From the request to the end of the stream (complete or broken).
@@ -84,8 +91,9 @@ pub struct ReceiveReport {
 /// A bundle being received.
 pub struct Receiving {
     /// Resolves with the header as soon as it arrived (and its contents were
-    /// announced to the waiters); dropped if the fetch failed before.
-    pub header: oneshot::Receiver<Arc<Header>>,
+    /// announced to the waiters); dropped if the fetch failed before or the
+    /// header was refused.
+    pub header: oneshot::Receiver<Arc<CheckedHeader>>,
     /// Resolves when the bundle is over and every content is settled.
     pub done: JoinHandle<Result<ReceiveReport, ReceiveError>>,
 }
@@ -101,12 +109,71 @@ pub fn start(
 ) -> Receiving {
     let (header_tx, header_rx) = oneshot::channel();
     let done = tokio::spawn(run(
-        client, addr, request, store, waiters, options, header_tx,
+        client,
+        addr,
+        request,
+        store,
+        waiters,
+        options,
+        HeaderTx::Plain(header_tx),
     ));
     Receiving {
         header: header_rx,
         done,
     }
+}
+
+/// Lets a gated receive ([`start_gated`]) go on past its header.
+#[derive(Debug)]
+pub struct Admit(oneshot::Sender<()>);
+
+impl Admit {
+    /// The header is accepted: announce and store its contents. Dropping the
+    /// `Admit` instead ends the receive with [`ReceiveError::NotAdmitted`].
+    pub fn admit(self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// A bundle being received that waits, after its (checked) header, for the
+/// caller's [`Admit`] before it announces or stores anything.
+pub struct GatedReceiving {
+    /// Resolves with the checked header and its gate.
+    pub header: oneshot::Receiver<(Arc<CheckedHeader>, Admit)>,
+    /// Resolves when the bundle is over.
+    pub done: JoinHandle<Result<ReceiveReport, ReceiveError>>,
+}
+
+/// Like [`start`], but nothing is announced or stored until the caller
+/// admits the header (after checking it against what it holds).
+pub fn start_gated(
+    client: Arc<Client>,
+    addr: SocketAddr,
+    request: Request,
+    store: Arc<Store>,
+    waiters: Arc<ContentWaiters>,
+    options: ReceiveOptions,
+) -> GatedReceiving {
+    let (header_tx, header_rx) = oneshot::channel();
+    let done = tokio::spawn(run(
+        client,
+        addr,
+        request,
+        store,
+        waiters,
+        options,
+        HeaderTx::Gated(header_tx),
+    ));
+    GatedReceiving {
+        header: header_rx,
+        done,
+    }
+}
+
+/// Where the checked header goes.
+enum HeaderTx {
+    Plain(oneshot::Sender<Arc<CheckedHeader>>),
+    Gated(oneshot::Sender<(Arc<CheckedHeader>, Admit)>),
 }
 
 enum Msg {
@@ -206,7 +273,7 @@ async fn run(
     store: Arc<Store>,
     waiters: Arc<ContentWaiters>,
     options: ReceiveOptions,
-    header_tx: oneshot::Sender<Arc<Header>>,
+    header_tx: HeaderTx,
 ) -> Result<ReceiveReport, ReceiveError> {
     let t0 = Instant::now();
     let mut stream = client
@@ -214,7 +281,9 @@ async fn run(
         .await
         .map_err(ReceiveError::Fetch)?;
     let header = match stream.next_event().await {
-        Ok(Some(Event::Header(h))) => Arc::new(h),
+        Ok(Some(Event::Header(h))) => {
+            Arc::new(CheckedHeader::new(h).map_err(ReceiveError::Refused)?)
+        }
         Ok(_) => return Err(ReceiveError::NoHeader),
         Err(e) => return Err(ReceiveError::Fetch(e)),
     };
@@ -226,6 +295,17 @@ async fn run(
         error!(image = %request.image, manifest = %header.manifest_digest, "bundle header refused: {e}");
         return Err(ReceiveError::Verify(e));
     }
+    let header_tx = match header_tx {
+        HeaderTx::Gated(tx) => {
+            let (admit_tx, admit_rx) = oneshot::channel();
+            if tx.send((header.clone(), Admit(admit_tx))).is_err() {
+                return Err(ReceiveError::NotAdmitted);
+            }
+            admit_rx.await.map_err(|_| ReceiveError::NotAdmitted)?;
+            None
+        }
+        HeaderTx::Plain(tx) => Some(tx),
+    };
     announce(&header, &store, &waiters);
     info!(
         image = %request.image,
@@ -236,7 +316,9 @@ async fn run(
         "bundle header received"
     );
     // The caller may have stopped listening: receiving goes on regardless.
-    let _ = header_tx.send(header.clone());
+    if let Some(tx) = header_tx {
+        let _ = tx.send(header.clone());
+    }
 
     let (tx, rx) = mpsc::channel(64);
     let writer = {

@@ -7,6 +7,7 @@ mod service;
 pub mod store;
 
 pub use service::{InfoStream, OverlaySnapshotter, SnapshotError};
+use transport_quic::Digest;
 
 /// Label of a committed snapshot that belongs to a Starlight image: its
 /// value is the image's manifest digest. Such a snapshot has no files of its
@@ -34,7 +35,8 @@ pub fn top_of_label(manifest_digest: &str) -> String {
 /// The images a snapshot with these labels can be mounted as, best first:
 /// those it is the top layer of (by [`LABEL_TOP_OF_PREFIX`], in label
 /// order), then the image that created it ([`LABEL_IMAGE`]). Empty for a
-/// snapshot that is not a Starlight one.
+/// snapshot that is not a Starlight one. Labels are parsed as typed digests
+/// ([`Digest`]); one that is not a `sha256:` digest names no image.
 pub fn image_candidates<'a>(
     labels: impl IntoIterator<Item = (&'a String, &'a String)>,
 ) -> Vec<String> {
@@ -44,16 +46,19 @@ pub fn image_candidates<'a>(
         if let Some(hex) = k.strip_prefix(LABEL_TOP_OF_PREFIX) {
             // containerd clears a label by field path to an empty value.
             if !v.is_empty() {
-                tops.push(format!("sha256:{hex}"));
+                if let Ok(d) = Digest::parse_hex(hex) {
+                    tops.push(d.to_string());
+                }
             }
         } else if k == LABEL_IMAGE {
-            creator = Some(v.clone());
+            creator = Some(Digest::parse(v).ok().map(|d| d.to_string()));
         }
     }
-    if creator.is_none() {
+    let Some(creator) = creator else {
         // Not a Starlight image snapshot (a stray top label is ignored).
         return vec![];
-    }
+    };
+    let creator = creator.into_iter().next();
     tops.sort();
     if let Some(c) = creator {
         if !tops.contains(&c) {
@@ -190,9 +195,14 @@ mod tests {
 
     #[test]
     fn image_candidates_put_the_images_a_snapshot_tops_first() {
-        let a = "sha256:aaaa";
-        let b = "sha256:bbbb";
-        assert_eq!(top_of_label(b), "containerd.io/snapshot/starlight.top.bbbb");
+        let a = format!("sha256:{}", "a".repeat(64));
+        let a = a.as_str();
+        let b = format!("sha256:{}", "b".repeat(64));
+        let b = b.as_str();
+        assert_eq!(
+            top_of_label(b),
+            format!("containerd.io/snapshot/starlight.top.{}", "b".repeat(64))
+        );
         // Created by image b as its bottom layer, the top of image a.
         let l = labels(&[
             (LABEL_IMAGE, b),
@@ -209,5 +219,17 @@ mod tests {
         // A cleared top label does not count.
         let l = labels(&[(LABEL_IMAGE, b), (&top_of_label(a), "")]);
         assert_eq!(image_candidates(&l), [b]);
+    }
+
+    #[test]
+    fn labels_that_are_not_digests_name_no_image() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let a = a.as_str();
+        for bad in ["sha256:../../../etc", "/root/.ssh", "sha256:AAAA"] {
+            let l = labels(&[(LABEL_IMAGE, bad)]);
+            assert!(image_candidates(&l).is_empty(), "{bad}");
+            let l = labels(&[(LABEL_IMAGE, a), (&top_of_label(bad), "1")]);
+            assert_eq!(image_candidates(&l), [a], "{bad}");
+        }
     }
 }

@@ -641,7 +641,7 @@ mod tests {
     impl ImageMounts for Views {
         fn lower_dir(&self, digest: &str) -> Result<PathBuf, String> {
             self.calls.lock().unwrap().push(digest.to_string());
-            if digest.starts_with("sha256:broken") {
+            if digest.starts_with("sha256:000") {
                 return Err("cannot mount".into());
             }
             Ok(self.root.join(digest.replace(':', "-")))
@@ -663,7 +663,14 @@ mod tests {
         // Registration: prepare with the labels, commit without (as
         // containerd may); the labels stay on the committed record.
         let m = sn
-            .prepare("ns/1/tmp0".into(), String::new(), starlight("sha256:a", 0))
+            .prepare(
+                "ns/1/tmp0".into(),
+                String::new(),
+                starlight(
+                    "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                    0,
+                ),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -675,7 +682,12 @@ mod tests {
             .unwrap();
         assert_eq!(
             sn.record("ns/2/c0").unwrap().labels,
-            starlight("sha256:a", 0).into_iter().collect()
+            starlight(
+                "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                0
+            )
+            .into_iter()
+            .collect()
         );
         // A Starlight layer being registered above one: its own dir only,
         // and no image is mounted for it.
@@ -683,7 +695,10 @@ mod tests {
             .prepare(
                 "ns/3/tmp1".into(),
                 "ns/2/c0".into(),
-                starlight("sha256:a", 1),
+                starlight(
+                    "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                    1,
+                ),
             )
             .await
             .unwrap();
@@ -691,7 +706,10 @@ mod tests {
         sn.commit(
             "ns/4/c1".into(),
             "ns/3/tmp1".into(),
-            starlight("sha256:a", 1),
+            starlight(
+                "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                1,
+            ),
         )
         .await
         .unwrap();
@@ -710,7 +728,11 @@ mod tests {
             calls: Mutex::new(vec![]),
         });
         sn.set_image_mounts(views.clone());
-        let view_a = views.root.join("sha256-a").display().to_string();
+        let view_a = views
+            .root
+            .join("sha256-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+            .display()
+            .to_string();
         // A container: overlay, its upper dir over the image view alone (the
         // empty Starlight layers are skipped).
         let m = sn
@@ -762,7 +784,10 @@ mod tests {
         sn.prepare(
             "ns/11/tmp".into(),
             "ns/2/c0".into(),
-            starlight("sha256:b", 1),
+            starlight(
+                "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+                1,
+            ),
         )
         .await
         .unwrap();
@@ -775,13 +800,22 @@ mod tests {
             .unwrap();
         assert_eq!(
             opts(&m[0])[2],
-            format!("lowerdir={}", views.root.join("sha256-b").display())
+            format!(
+                "lowerdir={}",
+                views
+                    .root
+                    .join("sha256-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")
+                    .display()
+            )
         );
         // A view that cannot be mounted fails the call.
         sn.prepare(
             "ns/14/tmp".into(),
             String::new(),
-            starlight("sha256:broken", 0),
+            starlight(
+                "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                0,
+            ),
         )
         .await
         .unwrap();
@@ -803,12 +837,32 @@ mod tests {
         asked.dedup();
         asked.sort();
         asked.dedup();
-        assert_eq!(asked, ["sha256:a", "sha256:b", "sha256:broken"]);
+        assert_eq!(
+            asked,
+            [
+                "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+            ]
+        );
         // A snapshot that is the top of several images mounts the first of
         // them that can be mounted.
-        let mut labels = starlight("sha256:c", 0);
-        labels.insert(super::super::top_of_label("sha256:broken1"), "1".into());
-        labels.insert(super::super::top_of_label("sha256:c"), "1".into());
+        let mut labels = starlight(
+            "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc",
+            0,
+        );
+        labels.insert(
+            super::super::top_of_label(
+                "sha256:0000000000000000000000000000000000000000000000000000000000000001",
+            ),
+            "1".into(),
+        );
+        labels.insert(
+            super::super::top_of_label(
+                "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc",
+            ),
+            "1".into(),
+        );
         sn.prepare("ns/18/tmp".into(), String::new(), labels)
             .await
             .unwrap();
@@ -822,9 +876,21 @@ mod tests {
             .unwrap();
         assert_eq!(
             opts(&m[0])[2],
-            format!("lowerdir={}", views.root.join("sha256-c").display())
+            format!(
+                "lowerdir={}",
+                views
+                    .root
+                    .join("sha256-cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc")
+                    .display()
+            )
         );
-        assert_eq!(*views.calls.lock().unwrap(), ["sha256:broken1", "sha256:c"]);
+        assert_eq!(
+            *views.calls.lock().unwrap(),
+            [
+                "sha256:0000000000000000000000000000000000000000000000000000000000000001",
+                "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+            ]
+        );
         // Ordinary snapshots never ask for an image view.
         let before = views.calls.lock().unwrap().len();
         sn.prepare("ns/17/plain".into(), String::new(), none())
