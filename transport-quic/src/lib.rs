@@ -9,8 +9,8 @@
 
 pub mod codec;
 pub mod commit;
-pub mod merge;
 pub mod digest;
+pub mod merge;
 pub mod payload;
 pub mod quic;
 pub mod tls;
