@@ -38,7 +38,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::codec::EntryKind;
+use crate::codec::{EntryKind, Source, TocEntry};
 
 /// Layer annotation holding the digest of the layer's canonical table of
 /// contents (`sha256:<64 hex>`).
@@ -98,6 +98,31 @@ impl LayerEntry {
             devminor: 0,
             xattrs: Vec::new(),
             sha256: None,
+        }
+    }
+}
+
+impl TocEntry {
+    /// The merged-table entry for layer entry `e`, supplied by layer `layer`
+    /// (an index into the header's layer table) with its content from
+    /// `source`.
+    pub fn from_layer_entry(e: LayerEntry, layer: u32, source: Source) -> TocEntry {
+        TocEntry {
+            path: e.path,
+            kind: e.kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+            size: e.size,
+            link: e.link,
+            devmajor: e.devmajor,
+            devminor: e.devminor,
+            xattrs: e.xattrs,
+            sha256: e.sha256,
+            layer,
+            source,
         }
     }
 }

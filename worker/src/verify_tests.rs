@@ -121,23 +121,8 @@ fn header_of(tables: Vec<Vec<LayerEntry>>, held: &[&str]) -> Header {
                     Source::Payload(i as u32)
                 }
             };
-            TocEntry {
-                layer: if source == Source::Held { 2 } else { m.layer },
-                path: e.path,
-                kind: e.kind,
-                mode: e.mode,
-                uid: e.uid,
-                gid: e.gid,
-                mtime: e.mtime,
-                mtime_nsec: e.mtime_nsec,
-                size: e.size,
-                link: e.link,
-                devmajor: e.devmajor,
-                devminor: e.devminor,
-                xattrs: e.xattrs,
-                sha256: e.sha256,
-                source,
-            }
+            let layer = if source == Source::Held { 2 } else { m.layer };
+            TocEntry::from_layer_entry(e, layer, source)
         })
         .collect();
     Header {

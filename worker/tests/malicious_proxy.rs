@@ -199,23 +199,7 @@ fn sound(tag: &str) -> Header {
     .unwrap();
     let toc = merge_layers(std::slice::from_ref(&table))
         .into_iter()
-        .map(|m| TocEntry {
-            layer: m.layer,
-            path: m.entry.path,
-            kind: m.entry.kind,
-            mode: m.entry.mode,
-            uid: m.entry.uid,
-            gid: m.entry.gid,
-            mtime: m.entry.mtime,
-            mtime_nsec: m.entry.mtime_nsec,
-            size: m.entry.size,
-            link: m.entry.link,
-            devmajor: m.entry.devmajor,
-            devminor: m.entry.devminor,
-            xattrs: m.entry.xattrs,
-            sha256: m.entry.sha256,
-            source: Source::NoContent,
-        })
+        .map(|m| TocEntry::from_layer_entry(m.entry, m.layer, Source::NoContent))
         .collect();
     Header {
         manifest_digest: Digest::of(&manifest).to_string(),

@@ -1,7 +1,7 @@
 //! Maps an optimizer plan and the wanted image's record to the wire header.
 
 use crate::db::{Db, DbError, ImageRecord};
-use crate::format::commit::{layer_toc, wire_kind};
+use crate::format::commit::{layer_entry, layer_toc};
 use crate::format::Compression;
 use crate::optimize::{BundlePlan, PlannedEntry, PlannedSource};
 use transport_quic::codec::{Header, PayloadCompression, PayloadInfo, Source, TocEntry};
@@ -21,28 +21,12 @@ pub enum HeaderError {
 }
 
 fn wire_entry(p: &PlannedEntry) -> TocEntry {
-    let e = &p.entry;
-    TocEntry {
-        path: e.path.clone(),
-        kind: wire_kind(e.kind),
-        mode: e.mode,
-        uid: e.uid,
-        gid: e.gid,
-        mtime: e.mtime,
-        mtime_nsec: e.mtime_nsec,
-        size: e.size,
-        link: e.link.clone(),
-        devmajor: e.devmajor,
-        devminor: e.devminor,
-        xattrs: e.xattrs.clone(),
-        sha256: e.content.map(|c| c.sha256),
-        layer: p.layer,
-        source: match p.source {
-            PlannedSource::NoContent => Source::NoContent,
-            PlannedSource::Payload(i) => Source::Payload(i),
-            PlannedSource::Held => Source::Held,
-        },
-    }
+    let source = match p.source {
+        PlannedSource::NoContent => Source::NoContent,
+        PlannedSource::Payload(i) => Source::Payload(i),
+        PlannedSource::Held => Source::Held,
+    };
+    TocEntry::from_layer_entry(layer_entry(&p.entry), p.layer, source)
 }
 
 /// The per-layer tables of `wanted` (bottom first) in canonical form, as the

@@ -80,23 +80,7 @@ pub fn validate_header(h: &Header, limits: &Limits) -> Result<(), ProtocolError>
     )?;
     let n_payloads = h.payloads.len();
     for (index, e) in h.toc.iter().enumerate() {
-        string("path length", &e.path, limits)?;
-        if let Some(link) = &e.link {
-            string("link target length", link, limits)?;
-        }
-        count(
-            "extended attributes on one entry",
-            e.xattrs.len(),
-            limits.max_xattrs,
-        )?;
-        for (name, value) in &e.xattrs {
-            string("extended attribute name length", name, limits)?;
-            count(
-                "extended attribute value size",
-                value.len(),
-                limits.max_xattr_value,
-            )?;
-        }
+        entry_strings(&e.path, e.link.as_deref(), &e.xattrs, limits)?;
         check_entry_names(e).map_err(|problem| bad_entry(index, e, problem))?;
         if e.layer as usize >= n_layers {
             return Err(ProtocolError::InvalidHeader(format!(
@@ -119,6 +103,34 @@ pub fn validate_header(h: &Header, limits: &Limits) -> Result<(), ProtocolError>
     check_unique_paths(&h.toc)?;
     check_sums(h)?;
     validate_layer_tables(h, limits)
+}
+
+/// Bounds one entry's path, link target and extended attributes (of the
+/// merged table or of a layer's table alike).
+fn entry_strings(
+    path: &str,
+    link: Option<&str>,
+    xattrs: &[(String, Vec<u8>)],
+    limits: &Limits,
+) -> Result<(), ProtocolError> {
+    string("path length", path, limits)?;
+    if let Some(link) = link {
+        string("link target length", link, limits)?;
+    }
+    count(
+        "extended attributes on one entry",
+        xattrs.len(),
+        limits.max_xattrs,
+    )?;
+    for (name, value) in xattrs {
+        string("extended attribute name length", name, limits)?;
+        count(
+            "extended attribute value size",
+            value.len(),
+            limits.max_xattr_value,
+        )?;
+    }
+    Ok(())
 }
 
 fn bad_entry(index: usize, e: &TocEntry, problem: EntryProblem) -> ProtocolError {
@@ -179,23 +191,7 @@ pub fn validate_layer_tables(h: &Header, limits: &Limits) -> Result<(), Protocol
         .fold(0usize, |n, t| n.saturating_add(t.len()));
     count("per-layer table entries", total, limits.max_toc_entries)?;
     for e in h.layer_tocs.iter().flatten() {
-        string("layer entry path length", &e.path, limits)?;
-        if let Some(link) = &e.link {
-            string("layer entry link target length", link, limits)?;
-        }
-        count(
-            "extended attributes on one layer entry",
-            e.xattrs.len(),
-            limits.max_xattrs,
-        )?;
-        for (name, value) in &e.xattrs {
-            string("extended attribute name length", name, limits)?;
-            count(
-                "extended attribute value size",
-                value.len(),
-                limits.max_xattr_value,
-            )?;
-        }
+        entry_strings(&e.path, e.link.as_deref(), &e.xattrs, limits)?;
     }
     Ok(())
 }
