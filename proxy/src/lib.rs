@@ -1,5 +1,6 @@
 //! Starlight proxy: the seekable layer format, the registry client, the
 //! indexer and the directory database.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod convert;

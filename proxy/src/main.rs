@@ -1,5 +1,6 @@
 //! `starlight-proxy`: indexes images into the directory database, prints
 //! their merged tables of contents, and serves delta bundles over QUIC.
+#![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};

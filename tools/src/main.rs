@@ -1,6 +1,7 @@
 //! `starlight`: the command-line tool. One module per subcommand under
 //! [`cmd`]; `main` only parses arguments, sets up logging and runs the
 //! chosen command.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 

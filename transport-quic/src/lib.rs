@@ -6,6 +6,7 @@
 //! - [`commit`]: the canonical layer table encoding a converted image commits to.
 //! - [`merge`]: the merge of layer tables into the view a container sees.
 //! - [`tls`]: certificate helpers (a self-signed pair for demos and tests, PEM parsing).
+#![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod commit;
