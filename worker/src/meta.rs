@@ -86,14 +86,13 @@ fn ref_key(reference: &str) -> String {
 impl MetaDb {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<MetaDb, MetaError> {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
         Ok(MetaDb {
-            db: Arc::new(DB::open(&opts, path)?),
+            db: Arc::new(DB::open(&crate::durability::options(), path)?),
         })
     }
 
-    /// Records (or replaces) `record`, and points its reference at it.
+    /// Records (or replaces) `record`, and points its reference at it;
+    /// durable when this returns (synced write).
     pub fn put(&self, record: &ImageRecord) -> Result<(), MetaError> {
         let key = image_key(record.digest());
         let bytes = postcard::to_stdvec(record).map_err(|source| MetaError::Codec {
@@ -103,7 +102,7 @@ impl MetaDb {
         let mut batch = WriteBatch::default();
         batch.put(key.as_bytes(), bytes);
         batch.put(ref_key(&record.reference).as_bytes(), record.digest());
-        self.db.write(batch)?;
+        self.db.write_opt(batch, &crate::durability::synced())?;
         Ok(())
     }
 
@@ -159,7 +158,7 @@ impl MetaDb {
         if self.db.get(rkey.as_bytes())?.as_deref() == Some(digest.as_bytes()) {
             batch.delete(rkey.as_bytes());
         }
-        self.db.write(batch)?;
+        self.db.write_opt(batch, &crate::durability::synced())?;
         Ok(true)
     }
 }
