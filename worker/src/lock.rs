@@ -155,7 +155,10 @@ mod tests {
             panic!("{err}");
         };
         assert_eq!(*holder, Some(std::process::id()));
-        assert!(err.to_string().contains("in use by another starlightd"), "{err}");
+        assert!(
+            err.to_string().contains("in use by another starlightd"),
+            "{err}"
+        );
         drop(first);
         let again = StateLock::acquire(&state).unwrap();
         assert_eq!(again.path(), state.join(LOCK_FILE));

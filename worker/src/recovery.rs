@@ -137,14 +137,12 @@ mod tests {
     fn only_complete_records_vouch_everything_else_is_verified_or_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (shared, done, good, torn, short, orphan): (&[u8], &[u8], &[u8], &[u8], &[u8], &[u8]) = (
-            b"shared by both",
-            b"of the complete image",
-            b"arrived intact",
-            b"renamed before its data",
-            b"cut short by the crash",
-            b"left by an interrupted rm",
-        );
+        let shared: &[u8] = b"shared by both";
+        let done: &[u8] = b"of the complete image";
+        let good: &[u8] = b"arrived intact";
+        let torn: &[u8] = b"renamed before its data";
+        let short: &[u8] = b"cut short by the crash";
+        let orphan: &[u8] = b"left by an interrupted rm";
         for data in [shared, done, good, torn, short, orphan] {
             store.insert_bytes(data, &sha(data)).unwrap();
         }
@@ -171,7 +169,11 @@ mod tests {
             assert!(fs::read(store.path(&sha(data))).unwrap() == data);
         }
         for data in [torn, short, orphan] {
-            assert!(!store.has(&sha(data)), "{:?}", String::from_utf8_lossy(data));
+            assert!(
+                !store.has(&sha(data)),
+                "{:?}",
+                String::from_utf8_lossy(data)
+            );
         }
         // Nothing is left that a second pass would change.
         let again = recover(&store, &records).unwrap();

@@ -174,8 +174,7 @@ impl Store {
         if mode == WriteMode::Plain && !ENV_LOGGED.swap(true, Ordering::Relaxed) {
             info!("{STORE_IO_ENV}=plain: the content store writes with plain write(2)");
         }
-        let durability =
-            Durability::from_env_value(std::env::var(STORE_SYNC_ENV).ok().as_deref());
+        let durability = Durability::from_env_value(std::env::var(STORE_SYNC_ENV).ok().as_deref());
         let store = Store {
             root,
             mode,
@@ -870,9 +869,7 @@ mod tests {
                 Durability::PerContent,
             ] {
                 let dir = tempfile::tempdir_in(&base).unwrap();
-                let store = Store::open(dir.path())
-                    .unwrap()
-                    .with_durability(durability);
+                let store = Store::open(dir.path()).unwrap().with_durability(durability);
                 let contents: Vec<(Vec<u8>, [u8; 32])> = (0..count)
                     .map(|i| {
                         let mut d = vec![(i % 251) as u8; size];
