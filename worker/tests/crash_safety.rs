@@ -746,10 +746,15 @@ fn power_loss_on_a_loop_device(env: Vec<(&'static str, &'static str)>) -> usize 
         assert_eq!(report.complete, Some(true), "{report:?}");
         let report = daemon.pull(&world.rt, &b_ref, false);
         assert_eq!(report.complete, None);
-        // Some of B's contents are stored and renamed, their renames
-        // committed by the journal (commit=1), their data still in the page
-        // cache.
-        std::thread::sleep(Duration::from_secs(4));
+        // Once B's pull stored a content of its own (beside the one shared
+        // with A), and the journal committed its rename (commit=1), while
+        // its data is still only in the page cache (written back after 30 s).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while find(&daemon.images(&world.rt), &b_ref).contents_held < 2 {
+            assert!(Instant::now() < deadline, "B stored nothing in 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(2500));
         // The power goes: what the disk holds now is all that survives.
         run(Command::new("cp")
             .arg("--sparse=always")
