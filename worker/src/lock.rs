@@ -14,6 +14,7 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The lock file's name inside the state directory.
 pub const LOCK_FILE: &str = "starlightd.lock";
@@ -118,6 +119,21 @@ impl StateLock {
         Ok(StateLock { file, path })
     }
 
+    /// [`StateLock::acquire`], retried every 50 ms while another process
+    /// holds the lock, for at most `within` (for a successor started while
+    /// its predecessor hands over and exits). Other errors fail at once.
+    pub fn acquire_within(dir: &Path, within: Duration) -> Result<StateLock, LockError> {
+        let deadline = Instant::now() + within;
+        loop {
+            match StateLock::acquire(dir) {
+                Err(LockError::Busy { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -162,6 +178,19 @@ mod tests {
         drop(first);
         let again = StateLock::acquire(&state).unwrap();
         assert_eq!(again.path(), state.join(LOCK_FILE));
+        // A successor waits for the holder to let go, within a bound.
+        let err = StateLock::acquire_within(&state, Duration::from_millis(120)).unwrap_err();
+        assert!(matches!(err, LockError::Busy { .. }), "{err}");
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                drop(again);
+            });
+            let next = StateLock::acquire_within(&state, Duration::from_secs(10)).unwrap();
+            assert!(t.elapsed() >= Duration::from_millis(200));
+            drop(next);
+        });
     }
 
     #[test]
