@@ -2,8 +2,11 @@
 //!
 //! - [`store`]: the content store, keyed by SHA-256, shared by all images.
 //! - [`receiver`]: receives a bundle into the store, header first.
+//! - [`recovery`]: what the store trusts after a start.
 //! - [`waiters`]: where each content stands; opens park on it.
 //! - [`imagefs`]: the FUSE filesystem of one image, from its TOC.
+//! - [`lock`]: one starlightd per state directory.
+//! - [`durability`]: synced RocksDB writes, torn log tails dropped.
 //! - [`meta`]: the RocksDB database of pulled images.
 //! - [`trace`]: the first open of each file, for the proxy's ranks.
 //! - [`manager`]: the images starlightd holds: records, mounts, pulls, removal.
@@ -17,12 +20,15 @@
 pub mod api;
 pub mod config;
 pub mod containerd;
+pub mod durability;
 pub mod header_check;
 pub mod imagefs;
+pub mod lock;
 pub mod manager;
 pub mod meta;
 pub mod notify;
 pub mod receiver;
+pub mod recovery;
 pub mod registration;
 pub mod snapshotter;
 pub mod store;

@@ -21,6 +21,7 @@ use starlight_worker::api::peer::PeerPolicy;
 use starlight_worker::api::server as api_server;
 use starlight_worker::config::{Settings, DEFAULT_CONFIG_PATH};
 use starlight_worker::imagefs::ImageFs;
+use starlight_worker::lock::StateLock;
 use starlight_worker::manager::ImageManager;
 use starlight_worker::meta::{ImageRecord, MetaDb};
 use starlight_worker::notify;
@@ -174,6 +175,8 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    // Before anything touches the state: a second daemon stops here.
+    let _lock = StateLock::acquire(&config.state_dir)?;
     config.prepare_state_dir()?;
     let api_policy = PeerPolicy::root_or_group(config.api_gid()?);
     let registry = Arc::new(ContainerdRegistry {
@@ -264,10 +267,13 @@ async fn mount(
     image: String,
     mountpoint: PathBuf,
 ) -> anyhow::Result<()> {
+    let _lock = StateLock::acquire(&config.state_dir)?;
     config.prepare_state_dir()?;
     let store = Arc::new(Store::open(config.store_dir())?);
     let reference = transport_quic::ImageReference::parse(&image)?;
     let meta = MetaDb::open(&config.images_db())?;
+    // Only complete records vouch for contents; the rest are re-verified.
+    starlight_worker::recovery::recover(&store, &meta.images()?)?;
     let waiters = Arc::new(ContentWaiters::new());
     let t0 = Instant::now();
     if !refresh {

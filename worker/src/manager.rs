@@ -275,40 +275,16 @@ impl ImageManager {
     pub async fn restore(&self) -> Result<usize, ManagerError> {
         let mut n = 0;
         let records = self.meta.images()?;
-        // Contents of images never recorded complete were not synced: a
-        // crash may have torn them. Re-hash those not also in a complete image.
-        let synced: HashSet<[u8; 32]> = records
-            .iter()
-            .filter(|r| r.complete)
-            .flat_map(|r| r.contents())
-            .collect();
-        let suspects: HashSet<[u8; 32]> = records
-            .iter()
-            .filter(|r| !r.complete)
-            .flat_map(|r| r.contents())
-            .filter(|s| !synced.contains(s))
-            .collect();
-        if !suspects.is_empty() {
-            let store = self.store.clone();
-            let checked = suspects.len();
-            let torn = tokio::task::spawn_blocking(move || {
-                let mut torn = 0usize;
-                for sha in suspects.iter().filter(|s| store.has(s)) {
-                    match store.verify(sha) {
-                        Ok(true) => {}
-                        Ok(false) => torn += 1,
-                        Err(e) => warn!("verifying a content: {e}"),
-                    }
-                }
-                torn
-            })
+        // Only a complete record vouches for a content: every other one is
+        // re-verified or dropped before anything serves the store.
+        let store = self.store.clone();
+        let list = records.clone();
+        tokio::task::spawn_blocking(move || crate::recovery::recover(&store, &list))
             .await
-            .unwrap_or(0);
-            if torn > 0 {
-                warn!(torn, "deleted contents torn by a crash (incomplete images)");
-            }
-            info!(checked, torn, "contents of incomplete images verified");
-        }
+            .map_err(|e| ManagerError::Io {
+                path: self.config.store_dir(),
+                source: std::io::Error::other(e),
+            })??;
         for record in records {
             let missing = contents_of(&record.header)
                 .keys()

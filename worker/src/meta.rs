@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
-use transport_quic::{Digest, Header, ImageReference, Source};
+use transport_quic::{Digest, Header, ImageReference, Source, TocEntry};
 
 use crate::header_check::{CheckedHeader, HeaderError};
 use crate::store::Store;
@@ -164,18 +164,36 @@ fn decode(key: &[u8], bytes: &[u8]) -> Result<ImageRecord, MetaError> {
     Ok(record)
 }
 
+/// Whether two headers describe the same image: the same manifest, config
+/// and tree (every entry's metadata and content hash), whatever the bundle
+/// that delivered it (entries' sources and supplying layers, payloads, the
+/// held images' layers).
+fn same_image(a: &Header, b: &Header) -> bool {
+    // An entry without what only the delivery decides.
+    let view = |e: &TocEntry| TocEntry {
+        layer: 0,
+        source: Source::NoContent,
+        ..e.clone()
+    };
+    a.manifest_digest == b.manifest_digest
+        && a.manifest == b.manifest
+        && a.config == b.config
+        && a.layer_tocs == b.layer_tocs
+        && a.toc.len() == b.toc.len()
+        && a.toc.iter().zip(&b.toc).all(|(x, y)| view(x) == view(y))
+}
+
 impl MetaDb {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<MetaDb, MetaError> {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
         Ok(MetaDb {
-            db: Arc::new(DB::open(&opts, path)?),
+            db: Arc::new(DB::open(&crate::durability::options(), path)?),
             insert: Arc::new(Mutex::new(())),
         })
     }
 
-    /// Records (or replaces) `record`, and points its reference at it.
+    /// Records (or replaces) `record`, and points its reference at it;
+    /// durable when this returns (synced write).
     pub fn put(&self, record: &ImageRecord) -> Result<(), MetaError> {
         let key = image_key(&record.digest());
         let bytes = postcard::to_stdvec(record).map_err(|source| MetaError::Codec {
@@ -188,21 +206,29 @@ impl MetaDb {
             ref_key(&record.reference).as_bytes(),
             record.digest().to_string(),
         );
-        self.db.write(batch)?;
+        self.db.write_opt(batch, &crate::durability::synced())?;
         Ok(())
     }
 
     /// Records `record` unless an image with its digest is recorded with a
-    /// different header ([`MetaError::Conflict`]: the recorded one stays). A
-    /// record with the same header is updated (reference, completeness).
+    /// different image view ([`MetaError::Conflict`]: the recorded one
+    /// stays). When the views agree the recorded header is kept and only
+    /// the reference and completeness are updated: a later bundle of the
+    /// same image (another held set, a resume) delivers the same tree
+    /// through other sources, and never replaces the header.
     pub fn put_new_or_same(&self, record: &ImageRecord) -> Result<(), MetaError> {
         let _one = self.insert.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = self.get(&record.digest())? {
-            if old.header != record.header {
+            if !same_image(&old.header, &record.header) {
                 return Err(MetaError::Conflict {
                     digest: record.digest(),
                 });
             }
+            return self.put(&ImageRecord {
+                reference: record.reference.clone(),
+                header: old.header,
+                complete: record.complete,
+            });
         }
         self.put(record)
     }
@@ -270,7 +296,7 @@ impl MetaDb {
         if self.db.get(rkey.as_bytes())?.as_deref() == Some(value.as_bytes()) {
             batch.delete(rkey.as_bytes());
         }
-        self.db.write(batch)?;
+        self.db.write_opt(batch, &crate::durability::synced())?;
         Ok(true)
     }
 }
@@ -358,6 +384,23 @@ mod tests {
         let err = db.put_new_or_same(&evil).unwrap_err();
         assert!(matches!(err, MetaError::Conflict { .. }), "{err}");
         assert_eq!(db.get(&a.digest()).unwrap(), Some(a.clone()));
+        // The same image delivered through other sources (another held
+        // set, a resume): accepted, the recorded header kept.
+        let mut resent = a.clone();
+        let mut h = resent.header.clone().into_header();
+        h.toc[0].source = Source::Payload(0);
+        h.payloads = vec![transport_quic::PayloadInfo {
+            sha256: h.toc[0].sha256.unwrap(),
+            compression: transport_quic::PayloadCompression::Gzip,
+            compressed_len: 9,
+            size: h.toc[0].size,
+        }];
+        resent.header = CheckedHeader::new(h).unwrap();
+        resent.complete = false;
+        db.put_new_or_same(&resent).unwrap();
+        let kept = db.get(&a.digest()).unwrap().unwrap();
+        assert_eq!(kept.header, a.header);
+        assert!(!kept.complete);
         // The same header under another name is fine.
         let mut again = a.clone();
         again.reference = r("other:1");

@@ -5,6 +5,11 @@
 //! Every record carries a numeric id that names its directory
 //! (`<state>/snapshots/<id>`); committing renames the record but keeps the id,
 //! so the committed layer is the active snapshot's directory.
+//!
+//! Every write is synced ([`crate::durability`]): the next id and the new
+//! record go to disk in one batch before the snapshot's directory is made,
+//! so after a power loss an id is never handed out again and an
+//! acknowledged snapshot is never forgotten.
 
 use rocksdb::{WriteBatch, DB};
 use serde::{Deserialize, Serialize};
@@ -107,10 +112,8 @@ fn record_key(key: &str) -> Vec<u8> {
 impl MetaStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
         Ok(MetaStore {
-            db: DB::open(&opts, path)?,
+            db: DB::open(&crate::durability::options(), path)?,
         })
     }
 
@@ -172,7 +175,7 @@ impl MetaStore {
         let mut batch = WriteBatch::default();
         batch.put(NEXT_ID_KEY, serde_json::to_vec(&(id + 1))?);
         self.put(&mut batch, &r)?;
-        self.db.write(batch)?;
+        self.db.write_opt(batch, &crate::durability::synced())?;
         Ok(r)
     }
 
@@ -220,7 +223,7 @@ impl MetaStore {
         let mut batch = WriteBatch::default();
         batch.delete(record_key(key));
         self.put(&mut batch, &committed)?;
-        self.db.write(batch)?;
+        self.db.write_opt(batch, &crate::durability::synced())?;
         Ok(committed)
     }
 
@@ -234,7 +237,8 @@ impl MetaStore {
                 child.key
             )));
         }
-        self.db.delete(record_key(key))?;
+        self.db
+            .delete_opt(record_key(key), &crate::durability::synced())?;
         Ok(r)
     }
 
@@ -273,7 +277,7 @@ impl MetaStore {
         r.updated_ns = now_ns();
         let mut batch = WriteBatch::default();
         self.put(&mut batch, &r)?;
-        self.db.write(batch)?;
+        self.db.write_opt(batch, &crate::durability::synced())?;
         Ok(r)
     }
 
