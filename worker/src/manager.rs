@@ -473,6 +473,7 @@ impl ImageManager {
             ReceiveOptions {
                 server_name: self.config.server_name.clone(),
                 grace: self.config.grace,
+                backoff: self.config.backoff,
             },
         );
         let done = receiving.done;
