@@ -643,6 +643,7 @@ impl ImageManager {
                         payload_bytes: a.payload_bytes,
                         payloads_announced: a.payloads_announced,
                         payloads_stored: a.payloads_stored,
+                        payload_bytes_stored: a.payload_bytes_stored,
                         error: a.error,
                     })
                     .collect()

@@ -102,6 +102,9 @@ pub struct PullAttempt {
     pub payloads_announced: usize,
     /// Payloads verified and stored from it.
     pub payloads_stored: usize,
+    /// Their payload bytes (compressed, as sent).
+    #[serde(default)]
+    pub payload_bytes_stored: u64,
     /// Why it broke (`None`: it ended whole).
     pub error: Option<String>,
 }
@@ -204,6 +207,7 @@ mod tests {
                 payload_bytes: 10,
                 payloads_announced: 1,
                 payloads_stored: 1,
+                payload_bytes_stored: 10,
                 error: Some("cut".into()),
             }]),
         };

@@ -29,6 +29,7 @@ enum Msg {
 /// What the writer thread did with one stream's payloads.
 struct Written {
     stored: usize,
+    stored_bytes: u64,
     failed: Vec<[u8; 32]>,
     last_stored: Option<Instant>,
 }
@@ -41,6 +42,7 @@ fn write_payloads(
     waiters: Arc<ContentWaiters>,
 ) -> Written {
     let (mut stored, mut failed, mut last_stored) = (0, Vec::new(), None);
+    let mut stored_bytes = 0u64;
     let mut current: Option<Result<PayloadWriter, PayloadError>> = None;
     let mut fail = |err: PayloadError, sha: [u8; 32]| {
         error!(sha256 = %hex::encode(sha), "content refused, it will not be served: {err}");
@@ -66,12 +68,13 @@ fn write_payloads(
             }
             Msg::End => match current.take() {
                 Some(Ok(w)) => {
-                    let sha = w.info().sha256;
+                    let (sha, len) = (w.info().sha256, w.info().compressed_len);
                     match w.finish(&store) {
                         Ok(path) => {
                             debug!(path = %path.display(), "content stored");
                             waiters.set(sha, ContentState::Ready);
                             stored += 1;
+                            stored_bytes += len;
                             last_stored = Some(Instant::now());
                         }
                         Err(e) => fail(e, sha),
@@ -90,6 +93,7 @@ fn write_payloads(
     // A payload cut off mid-way is dropped with its temporary file.
     Written {
         stored,
+        stored_bytes,
         failed,
         last_stored,
     }
@@ -151,6 +155,7 @@ async fn receive_body(
         .map_err(|e| ReceiveError::Writer(e.to_string()))?;
     attempt.bytes_received = stream.bytes_received();
     attempt.payloads_stored = written.stored;
+    attempt.payload_bytes_stored = written.stored_bytes;
     Ok((attempt, written))
 }
 

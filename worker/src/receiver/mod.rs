@@ -97,6 +97,8 @@ pub struct AttemptReport {
     pub payloads_announced: usize,
     /// Payloads verified and stored from this stream.
     pub payloads_stored: usize,
+    /// Their payload bytes (compressed, as sent).
+    pub payload_bytes_stored: u64,
     /// Why the stream broke (`None`: it ended whole).
     pub error: Option<String>,
 }
