@@ -472,7 +472,11 @@ impl ImageManager {
         };
         let held_payloads_n = held_payloads.len();
         if held_payloads_n > 0 {
-            info!(image, held = held_payloads_n, "resuming a partly present image");
+            info!(
+                image,
+                held = held_payloads_n,
+                "resuming a partly present image"
+            );
         }
         let client = self.client().map_err(pull_err)?;
         let receiving = receiver::start_gated(

@@ -166,14 +166,20 @@ async fn open(
     addr: SocketAddr,
     request: &Request,
     options: &ReceiveOptions,
+    header_wait: Option<std::time::Duration>,
 ) -> Result<(BundleStream, CheckedHeader), (ReceiveError, bool)> {
     let mut stream = client
         .fetch(addr, &options.server_name, request)
         .await
         .map_err(|e| (ReceiveError::Fetch(e), true))?;
-    let event = tokio::time::timeout(options.grace, stream.next_event())
-        .await
-        .map_err(|_| (ReceiveError::NoHeader, true))?;
+    // A first request may wait for the proxy to index the image: no bound
+    // but the connection's. A resumed one is bounded by the grace time.
+    let event = match header_wait {
+        None => stream.next_event().await,
+        Some(wait) => tokio::time::timeout(wait, stream.next_event())
+            .await
+            .map_err(|_| (ReceiveError::NoHeader, true))?,
+    };
     let header = match event {
         Ok(Some(Event::Header(h))) => {
             CheckedHeader::new(h).map_err(|e| (ReceiveError::Refused(e), false))?
@@ -231,7 +237,7 @@ async fn reconnect(
             ..request.clone()
         };
         let held_n = resumed.held_payloads.len();
-        match open(client, addr, &resumed, options).await {
+        match open(client, addr, &resumed, options, Some(options.grace)).await {
             Ok((stream, header)) => {
                 if let Err(e) = check_resumed(first, &header) {
                     error!(image = %request.image, "resumed bundle refused: {e}");
@@ -264,7 +270,7 @@ pub(super) async fn run(
     header_tx: HeaderTx,
 ) -> Result<ReceiveReport, ReceiveError> {
     let t0 = Instant::now();
-    let (mut stream, header) = open(&client, addr, &request, &options)
+    let (mut stream, header) = open(&client, addr, &request, &options, None)
         .await
         .map_err(|(e, _)| e)?;
     let header = Arc::new(header);
@@ -341,7 +347,9 @@ pub(super) async fn run(
             &header,
             (&store, &options),
             last_progress,
-        ).await {
+        )
+        .await
+        {
             Ok((s, h)) => {
                 stream = s;
                 current = Arc::new(h);

@@ -247,4 +247,3 @@ fn announce(header: &Header, store: &Store, waiters: &ContentWaiters) -> Vec<[u8
 }
 
 mod body;
-
