@@ -237,7 +237,14 @@ async fn reconnect(
             ..request.clone()
         };
         let held_n = resumed.held_payloads.len();
-        match open(client, addr, &resumed, options, Some(options.grace)).await {
+        // A connect to a dead address may hang for the handshake timeout:
+        // each attempt is bounded by the grace time left.
+        let left = options.grace.saturating_sub(last_progress.elapsed());
+        let attempt = tokio::time::timeout(left, open(client, addr, &resumed, options, Some(left)));
+        let Ok(opened) = attempt.await else {
+            return Err(format!("no progress for {:?}", options.grace));
+        };
+        match opened {
             Ok((stream, header)) => {
                 if let Err(e) = check_resumed(first, &header) {
                     error!(image = %request.image, "resumed bundle refused: {e}");
