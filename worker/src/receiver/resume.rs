@@ -164,6 +164,86 @@ mod tests {
         assert_eq!(zero.delay(3), Duration::from_millis(1));
     }
 
+    fn entry(path: &str, sha: u8, source: Source) -> TocEntry {
+        TocEntry {
+            path: path.into(),
+            kind: transport_quic::EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            mtime_nsec: 0,
+            size: 10,
+            link: None,
+            devmajor: 0,
+            devminor: 0,
+            xattrs: vec![],
+            sha256: Some([sha; 32]),
+            layer: 0,
+            source,
+        }
+    }
+
+    fn header() -> Header {
+        Header {
+            manifest_digest: format!("sha256:{}", "a".repeat(64)),
+            manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            manifest: b"{}".to_vec(),
+            config: b"{}".to_vec(),
+            layers: vec![format!("sha256:{}", "c".repeat(64))],
+            image_layers: vec![0],
+            toc: vec![
+                entry("a", 1, Source::Payload(0)),
+                entry("b", 2, Source::Payload(1)),
+            ],
+            payloads: vec![],
+            layer_tocs: vec![vec![]],
+        }
+    }
+
+    #[test]
+    fn a_resumed_header_may_only_move_contents_to_held() {
+        let first = header();
+        let mut resumed = header();
+        resumed.toc[0].source = Source::Held;
+        resumed.toc[1].source = Source::Payload(0);
+        // A held image's layers appended to the table change nothing.
+        resumed.layers.push(format!("sha256:{}", "d".repeat(64)));
+        assert_eq!(check_resumed(&first, &resumed), Ok(()));
+
+        let mut other = header();
+        other.manifest_digest = format!("sha256:{}", "b".repeat(64));
+        assert!(matches!(
+            check_resumed(&first, &other),
+            Err(ResumeMismatch::Manifest { .. })
+        ));
+        let mut other = header();
+        other.config = b"{\"x\":1}".to_vec();
+        assert!(check_resumed(&first, &other).is_err());
+        let mut other = header();
+        other.toc[1].sha256 = Some([9; 32]);
+        assert_eq!(
+            check_resumed(&first, &other),
+            Err(ResumeMismatch::Toc("b".into()))
+        );
+        let mut other = header();
+        other.toc[0].mode = 0o4755;
+        assert!(check_resumed(&first, &other).is_err());
+        let mut other = header();
+        other.toc.pop();
+        assert!(check_resumed(&first, &other).is_err());
+        // An entry from another layer is another image.
+        let mut other = header();
+        other.layers = vec![
+            format!("sha256:{}", "d".repeat(64)),
+            first.layers[0].clone(),
+        ];
+        other.image_layers = vec![1];
+        other.toc[0].layer = 0;
+        other.toc[1].layer = 1;
+        assert!(check_resumed(&first, &other).is_err());
+    }
+
     #[test]
     fn resumed_requests_pin_the_verified_manifest() {
         let d = format!("sha256:{}", "a".repeat(64));
