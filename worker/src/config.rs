@@ -7,7 +7,9 @@
 //! ca_file = "/etc/starlight/ca.pem"
 //! token = "secret"                # or token_file = "/etc/starlight/token"
 //! state_dir = "/var/lib/starlight"
-//! grace_secs = 30                 # how long opens wait after a broken stream
+//! grace_secs = 30                 # how long a receive goes on without progress
+//! reconnect_initial_ms = 200      # first wait before reconnecting a broken stream
+//! reconnect_max_ms = 5000         # the wait doubles up to this
 //! containerd_socket = "/run/containerd/containerd.sock"
 //! namespace = "default"           # containerd namespace images are registered in
 //! snapshotter_socket = "/run/starlight/snapshotter.sock"
@@ -25,12 +27,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::receiver::Backoff;
+
 /// Where starlightd looks for its configuration by default.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/starlight/starlightd.toml";
 /// containerd's gRPC socket by default.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// The snapshotter's gRPC socket by default.
 pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/starlight/snapshotter.sock";
+/// The longest reconnect backoff that may be configured (ms).
+pub const MAX_RECONNECT_MS: u64 = 60_000;
 /// starlightd's API socket by default (the `starlight` CLI's default too).
 pub const DEFAULT_API_SOCKET: &str = "/run/starlight/starlightd.sock";
 
@@ -67,6 +73,9 @@ pub enum ConfigError {
         /// The error.
         source: std::io::Error,
     },
+    /// The reconnect backoff is out of bounds.
+    #[error("reconnect_initial_ms and reconnect_max_ms: {0}")]
+    Reconnect(String),
     /// `api_group` names no group.
     #[error("api_group: {0}")]
     ApiGroup(String),
@@ -96,8 +105,13 @@ pub struct Settings {
     pub token_file: Option<PathBuf>,
     /// Where the content store and mounts live.
     pub state_dir: Option<PathBuf>,
-    /// Seconds opens still wait for contents after the stream broke.
+    /// Seconds a receive goes on without progress (no payload verified, no
+    /// reconnect accepted) before the contents still missing fail.
     pub grace_secs: Option<u64>,
+    /// Milliseconds before the first reconnect of a broken stream.
+    pub reconnect_initial_ms: Option<u64>,
+    /// The longest wait between reconnects, in milliseconds.
+    pub reconnect_max_ms: Option<u64>,
     /// containerd's gRPC socket.
     pub containerd_socket: Option<PathBuf>,
     /// The containerd namespace images are registered in.
@@ -148,6 +162,8 @@ impl Settings {
             token_file,
             state_dir: flags.state_dir.or(self.state_dir),
             grace_secs: flags.grace_secs.or(self.grace_secs),
+            reconnect_initial_ms: flags.reconnect_initial_ms.or(self.reconnect_initial_ms),
+            reconnect_max_ms: flags.reconnect_max_ms.or(self.reconnect_max_ms),
             containerd_socket: flags.containerd_socket.or(self.containerd_socket),
             namespace: flags.namespace.or(self.namespace),
             snapshotter_socket: flags.snapshotter_socket.or(self.snapshotter_socket),
@@ -167,6 +183,25 @@ impl Settings {
         }
     }
 
+    /// The reconnect backoff: 1 ms ≤ initial ≤ max ≤ [`MAX_RECONNECT_MS`].
+    fn backoff(&self) -> Result<Backoff, ConfigError> {
+        let default = Backoff::default();
+        let ms = |d: Duration| d.as_millis() as u64;
+        let initial = self.reconnect_initial_ms.unwrap_or(ms(default.initial));
+        let max = self
+            .reconnect_max_ms
+            .unwrap_or(ms(default.max).max(initial));
+        if initial == 0 || initial > max || max > MAX_RECONNECT_MS {
+            return Err(ConfigError::Reconnect(format!(
+                "need 1 <= initial ({initial}) <= max ({max}) <= {MAX_RECONNECT_MS}"
+            )));
+        }
+        Ok(Backoff {
+            initial: Duration::from_millis(initial),
+            max: Duration::from_millis(max),
+        })
+    }
+
     /// The complete configuration, with defaults for what may default.
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let proxy = self.proxy.ok_or(ConfigError::Missing("proxy address"))?;
@@ -175,6 +210,7 @@ impl Settings {
             .clone()
             .ok_or(ConfigError::Missing("CA file"))?;
         let token = self.resolve_token()?.ok_or(ConfigError::Missing("token"))?;
+        let backoff = self.backoff()?;
         Ok(Config {
             proxy,
             server_name: self.server_name.unwrap_or_else(|| proxy.ip().to_string()),
@@ -184,6 +220,7 @@ impl Settings {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/starlight")),
             grace: Duration::from_secs(self.grace_secs.unwrap_or(30)),
+            backoff,
             containerd_socket: self
                 .containerd_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_SOCKET)),
@@ -236,8 +273,11 @@ pub struct Config {
     pub token: String,
     /// Where the content store and mounts live.
     pub state_dir: PathBuf,
-    /// How long opens still wait for contents after the stream broke.
+    /// How long a receive goes on without progress before the contents it
+    /// still expects fail.
     pub grace: Duration,
+    /// The wait between reconnects of a broken stream.
+    pub backoff: Backoff,
     /// containerd's gRPC socket.
     pub containerd_socket: PathBuf,
     /// The containerd namespace images are registered in.
@@ -346,6 +386,41 @@ mod tests {
         assert_eq!(config.state_dir, PathBuf::from("/tmp/state"));
         assert_eq!(config.grace, Duration::from_secs(5));
         assert_eq!(config.store_dir(), PathBuf::from("/tmp/state/content"));
+    }
+
+    #[test]
+    fn the_reconnect_backoff_defaults_and_is_bounded() {
+        let base = || Settings {
+            proxy: Some("127.0.0.1:8443".parse().unwrap()),
+            ca_file: Some("/etc/ca.pem".into()),
+            token: Some("t".into()),
+            ..Settings::default()
+        };
+        assert_eq!(base().resolve().unwrap().backoff, Backoff::default());
+        let set = |initial, max| Settings {
+            reconnect_initial_ms: initial,
+            reconnect_max_ms: max,
+            ..base()
+        };
+        let b = set(Some(50), Some(800)).resolve().unwrap().backoff;
+        assert_eq!(
+            (b.initial, b.max),
+            (Duration::from_millis(50), Duration::from_millis(800))
+        );
+        // An initial wait above the default bound raises the bound with it.
+        let b = set(Some(8000), None).resolve().unwrap().backoff;
+        assert_eq!(b.max, Duration::from_millis(8000));
+        for (initial, max) in [
+            (Some(0), None),
+            (Some(900), Some(800)),
+            (None, Some(MAX_RECONNECT_MS + 1)),
+            (Some(MAX_RECONNECT_MS + 1), None),
+        ] {
+            assert!(
+                matches!(set(initial, max).resolve(), Err(ConfigError::Reconnect(_))),
+                "{initial:?} {max:?} accepted"
+            );
+        }
     }
 
     #[test]

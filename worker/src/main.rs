@@ -154,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         snapshotter_socket: cli.snapshotter_socket,
         api_socket: cli.api_socket,
         api_group: cli.api_group,
+        ..Settings::default()
     };
     let config = Settings::load(&path, required)?
         .overridden_by(flags)
@@ -318,6 +319,7 @@ async fn mount(
         ReceiveOptions {
             server_name: config.server_name.clone(),
             grace: config.grace,
+            backoff: config.backoff,
         },
     );
     let done = receiving.done;

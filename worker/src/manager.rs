@@ -28,7 +28,7 @@ use transport_quic::quic::{Client, ClientError, ClientOptions, ClientTls, Transp
 use transport_quic::{Digest, Header, ImageReference, Source};
 use uring_fs::{MountOptions, Session};
 
-use crate::api::{ImageInfo, PullReport, Response};
+use crate::api::{ImageInfo, PullAttempt, PullReport, Response};
 use crate::config::Config;
 use crate::header_check::CheckedHeader;
 use crate::imagefs::ImageFs;
@@ -432,6 +432,28 @@ impl ImageManager {
             }
             held
         };
+        // An image pulled before but incomplete (a receive that gave up, a
+        // restart): the contents it already has are named held, verified
+        // when stored (or re-verified at start).
+        let held_payloads: Vec<[u8; 32]> = match self.meta.by_reference(&reference)? {
+            Some(r) if !r.complete => {
+                let mut held: Vec<[u8; 32]> = contents_of(&r.header)
+                    .into_keys()
+                    .filter(|s| self.store.has(s))
+                    .collect();
+                held.sort_unstable();
+                held
+            }
+            _ => Vec::new(),
+        };
+        let held_payloads_n = held_payloads.len();
+        if held_payloads_n > 0 {
+            info!(
+                image,
+                held = held_payloads_n,
+                "resuming a partly present image"
+            );
+        }
         let client = self.client().map_err(pull_err)?;
         let receiving = receiver::start_gated(
             client,
@@ -441,7 +463,7 @@ impl ImageManager {
                 image: image.to_string(),
                 platform: None,
                 held_images,
-                held_payloads: vec![],
+                held_payloads,
                 unordered: options.unordered,
             },
             self.store.clone(),
@@ -449,6 +471,7 @@ impl ImageManager {
             ReceiveOptions {
                 server_name: self.config.server_name.clone(),
                 grace: self.config.grace,
+                backoff: self.config.backoff,
             },
         );
         let done = receiving.done;
@@ -487,13 +510,30 @@ impl ImageManager {
         // The header passed CheckedHeader (in the receiver) before it came
         // here: its digest is typed, nothing of it was stored yet.
         let digest = header.digest();
-        let already_complete = self
-            .meta
-            .get(&digest)?
+        let existing = self.meta.get(&digest)?;
+        let already_complete = existing
+            .as_ref()
             .is_some_and(|r| r.complete && r.contents_present(&self.store));
+        // A header that differs from the recorded one only in which contents
+        // are payloads and which are held (a resumed pull) continues the
+        // record: the recorded header stays.
+        let header_kept = match existing {
+            Some(old) if old.header != *header => {
+                match receiver::check_resumed(&old.header, &header) {
+                    Ok(()) => old.header,
+                    Err(e) => {
+                        done.abort();
+                        return Err(pull_err(format!(
+                            "the bundle does not continue the recorded image: {e}"
+                        )));
+                    }
+                }
+            }
+            _ => CheckedHeader::clone(&header),
+        };
         let record = ImageRecord {
             reference: reference.clone(),
-            header: CheckedHeader::clone(&header),
+            header: header_kept,
             complete: already_complete,
         };
         // An image already held under this digest keeps its record: a
@@ -529,6 +569,10 @@ impl ImageManager {
             complete_secs: None,
             bytes_received: None,
             complete: None,
+            held_payloads: held_payloads_n,
+            payloads_received: None,
+            payload_bytes_received: None,
+            attempts: None,
         };
         info!(
             image,
@@ -568,7 +612,22 @@ impl ImageManager {
             let _ = progress.send(Response::Registered(report.clone()));
             let (r, complete, elapsed) = finishing.await.map_err(|e| pull_err(e.to_string()))?;
             report.complete_secs = Some(secs(elapsed));
-            report.bytes_received = r.map(|r| r.bytes_received);
+            report.bytes_received = r.as_ref().map(|r| r.bytes_received);
+            report.payloads_received = r.as_ref().map(|r| r.stored);
+            report.payload_bytes_received = r.as_ref().map(|r| r.payload_bytes);
+            report.attempts = r.map(|r| {
+                r.attempts
+                    .into_iter()
+                    .map(|a| PullAttempt {
+                        bytes_received: a.bytes_received,
+                        payload_bytes: a.payload_bytes,
+                        payloads_announced: a.payloads_announced,
+                        payloads_stored: a.payloads_stored,
+                        payload_bytes_stored: a.payload_bytes_stored,
+                        error: a.error,
+                    })
+                    .collect()
+            });
             report.complete = Some(complete);
         }
         Ok(report)
@@ -606,6 +665,10 @@ impl ImageManager {
             complete_secs: Some(elapsed),
             bytes_received: Some(0),
             complete: Some(true),
+            held_payloads: 0,
+            payloads_received: Some(0),
+            payload_bytes_received: Some(0),
+            attempts: Some(Vec::new()),
         })
     }
 
@@ -640,6 +703,8 @@ impl ImageManager {
                 image,
                 stored = report.stored,
                 bytes = report.bytes_received,
+                payload_bytes = report.payload_bytes,
+                attempts = report.attempts.len(),
                 secs = secs(report.time_to_end),
                 "image complete"
             );

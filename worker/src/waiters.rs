@@ -1,5 +1,12 @@
 //! Where each content being received stands, shared between the receiver
 //! (which settles contents) and the filesystems (whose opens wait on them).
+//!
+//! Several receives (concurrent pulls of images sharing contents) may
+//! expect the same content: each [`ContentWaiters::announce`] counts one
+//! receive expecting it and each [`ContentWaiters::release`] ends one. A
+//! receive that gives up fails a content only if no other live receive
+//! still expects it, so one pull's broken stream never fails the opens
+//! another pull will still satisfy.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,10 +24,26 @@ pub enum ContentState {
     Failed,
 }
 
+/// One content: its state and how many live receives expect it.
+#[derive(Debug)]
+struct Entry {
+    tx: watch::Sender<ContentState>,
+    expecting: usize,
+}
+
+impl Entry {
+    fn new(state: ContentState, expecting: usize) -> Entry {
+        Entry {
+            tx: watch::Sender::new(state),
+            expecting,
+        }
+    }
+}
+
 /// A map from content SHA-256 to a `watch` of its [`ContentState`].
 #[derive(Debug, Default)]
 pub struct ContentWaiters {
-    map: Mutex<HashMap<[u8; 32], watch::Sender<ContentState>>>,
+    map: Mutex<HashMap<[u8; 32], Entry>>,
 }
 
 impl ContentWaiters {
@@ -29,7 +52,7 @@ impl ContentWaiters {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], watch::Sender<ContentState>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -37,22 +60,25 @@ impl ContentWaiters {
     pub fn set(&self, sha: [u8; 32], state: ContentState) {
         let mut map = self.lock();
         match map.get(&sha) {
-            Some(tx) => {
-                tx.send_replace(state);
+            Some(e) => {
+                e.tx.send_replace(state);
             }
             None => {
-                map.insert(sha, watch::Sender::new(state));
+                map.insert(sha, Entry::new(state, 0));
             }
         }
     }
 
     /// Marks `sha` pending unless it is already ready (a content announced
-    /// again by a later bundle keeps its earlier success).
+    /// again by a later bundle keeps its earlier success), and counts one
+    /// more receive expecting it: the caller must [`ContentWaiters::release`]
+    /// it once, when that receive ends.
     pub fn announce(&self, sha: [u8; 32]) {
         let mut map = self.lock();
-        match map.get(&sha) {
-            Some(tx) => {
-                tx.send_if_modified(|s| {
+        match map.get_mut(&sha) {
+            Some(e) => {
+                e.expecting += 1;
+                e.tx.send_if_modified(|s| {
                     let changed = *s == ContentState::Failed;
                     if changed {
                         *s = ContentState::Pending;
@@ -61,9 +87,35 @@ impl ContentWaiters {
                 });
             }
             None => {
-                map.insert(sha, watch::Sender::new(ContentState::Pending));
+                map.insert(sha, Entry::new(ContentState::Pending, 1));
             }
         }
+    }
+
+    /// Ends one receive's expectation of `sha` (announced by it). With
+    /// `give_up`, `sha` is marked failed if it is still pending and no other
+    /// live receive expects it; returns whether it was.
+    pub fn release(&self, sha: &[u8; 32], give_up: bool) -> bool {
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(sha) else {
+            return false;
+        };
+        e.expecting = e.expecting.saturating_sub(1);
+        if !give_up || e.expecting > 0 {
+            return false;
+        }
+        e.tx.send_if_modified(|s| {
+            let pending = *s == ContentState::Pending;
+            if pending {
+                *s = ContentState::Failed;
+            }
+            pending
+        })
+    }
+
+    /// How many live receives expect `sha`.
+    pub fn expecting(&self, sha: &[u8; 32]) -> usize {
+        self.lock().get(sha).map_or(0, |e| e.expecting)
     }
 
     /// Forgets `sha` (its content was deleted from the store: a later
@@ -74,14 +126,14 @@ impl ContentWaiters {
 
     /// The current state of `sha`, if it was ever announced.
     pub fn state(&self, sha: &[u8; 32]) -> Option<ContentState> {
-        self.lock().get(sha).map(|tx| *tx.borrow())
+        self.lock().get(sha).map(|e| *e.tx.borrow())
     }
 
     /// Marks `sha` failed if it is still pending; returns whether it was.
     pub fn fail_if_pending(&self, sha: &[u8; 32]) -> bool {
         let map = self.lock();
-        map.get(sha).is_some_and(|tx| {
-            tx.send_if_modified(|s| {
+        map.get(sha).is_some_and(|e| {
+            e.tx.send_if_modified(|s| {
                 let pending = *s == ContentState::Pending;
                 if pending {
                     *s = ContentState::Failed;
@@ -94,7 +146,7 @@ impl ContentWaiters {
     /// Waits until `sha` is no longer pending and returns its state, or
     /// `None` at once if it was never announced.
     pub async fn wait(&self, sha: &[u8; 32]) -> Option<ContentState> {
-        let mut rx = self.lock().get(sha)?.subscribe();
+        let mut rx = self.lock().get(sha)?.tx.subscribe();
         let state = match rx.wait_for(|s| *s != ContentState::Pending).await {
             Ok(s) => *s,
             Err(_) => ContentState::Failed,
@@ -137,5 +189,37 @@ mod tests {
         assert_eq!(w.state(&a), None);
         w.announce(a);
         assert_eq!(w.state(&a), Some(ContentState::Pending));
+    }
+
+    #[tokio::test]
+    async fn a_receive_giving_up_spares_contents_another_expects() {
+        let w = Arc::new(ContentWaiters::new());
+        let (shared, own) = ([3u8; 32], [4u8; 32]);
+        // Pull A expects both, pull B the shared one.
+        w.announce(shared);
+        w.announce(own);
+        w.announce(shared);
+        assert_eq!(w.expecting(&shared), 2);
+        let w2 = w.clone();
+        let waiting = tokio::spawn(async move { w2.wait(&shared).await });
+        // A gives up: its own content fails, the shared one stays pending.
+        assert!(!w.release(&shared, true));
+        assert!(w.release(&own, true));
+        assert_eq!(w.state(&shared), Some(ContentState::Pending));
+        assert_eq!(w.state(&own), Some(ContentState::Failed));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        // B delivers it: the waiter gets it ready.
+        w.set(shared, ContentState::Ready);
+        assert_eq!(waiting.await.unwrap(), Some(ContentState::Ready));
+        assert!(!w.release(&shared, false));
+        assert_eq!(w.expecting(&shared), 0);
+        // The last receive giving up fails what is still pending.
+        w.announce(own);
+        assert_eq!(w.state(&own), Some(ContentState::Pending));
+        assert!(w.release(&own, true));
+        assert_eq!(w.state(&own), Some(ContentState::Failed));
+        // Releasing what is unknown does nothing.
+        assert!(!w.release(&[9u8; 32], true));
     }
 }

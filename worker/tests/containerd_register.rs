@@ -232,6 +232,7 @@ fn pull_and_mount(
         ReceiveOptions {
             server_name: "127.0.0.1".into(),
             grace: Duration::from_secs(5),
+            ..ReceiveOptions::default()
         },
     );
     let header = rt

@@ -116,6 +116,7 @@ impl Worker {
             ReceiveOptions {
                 server_name: "127.0.0.1".into(),
                 grace,
+                ..ReceiveOptions::default()
             },
         );
         let header = tokio::time::timeout(BOUND, receiving.header)

@@ -88,7 +88,8 @@ pub struct ServeStats {
     pub completed: u64,
     /// Requests answered with an error (or cut off).
     pub failed: u64,
-    /// Payload bytes sent.
+    /// Payload bytes sent, those of streams cut off midway included (what a
+    /// resumed pull makes it send again shows here).
     pub payload_bytes: u64,
     /// Images indexed on demand.
     pub indexed: u64,
@@ -384,7 +385,9 @@ impl BundleHandler for BundleServer {
                 }
                 Err(e) => {
                     self.failed.fetch_add(1, Ordering::Relaxed);
-                    warn!(%image, error = %e, "request failed");
+                    let sent = out.totals().bytes;
+                    self.payload_bytes.fetch_add(sent, Ordering::Relaxed);
+                    warn!(%image, error = %e, payload_bytes = sent, "request failed");
                     Err(e)
                 }
             }

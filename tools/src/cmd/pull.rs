@@ -40,6 +40,44 @@ fn registered_line(r: &PullReport) -> String {
     )
 }
 
+/// One line per stream when the pull was resumed (or named held contents),
+/// then the totals: what a break cost is visible.
+fn attempt_lines(r: &PullReport) -> Vec<String> {
+    let attempts = r.attempts.as_deref().unwrap_or_default();
+    if attempts.len() <= 1 && r.held_payloads == 0 {
+        return Vec::new();
+    }
+    let mut lines = Vec::new();
+    if r.held_payloads > 0 {
+        lines.push(format!(
+            "{} contents already held were not sent again",
+            r.held_payloads
+        ));
+    }
+    for (i, a) in attempts.iter().enumerate() {
+        lines.push(format!(
+            "stream {}: {} payloads stored of {} announced, {} of payloads ({} on the wire){}",
+            i + 1,
+            a.payloads_stored,
+            a.payloads_announced,
+            human_bytes(a.payload_bytes),
+            human_bytes(a.bytes_received),
+            a.error
+                .as_deref()
+                .map(|e| format!("; broke: {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    if let (Some(n), Some(bytes)) = (r.payloads_received, r.payload_bytes_received) {
+        lines.push(format!(
+            "in total {n} payloads, {} of payloads received ({} sent again after breaks)",
+            human_bytes(bytes),
+            human_bytes(bytes.saturating_sub(r.payload_bytes))
+        ));
+    }
+    lines
+}
+
 /// Runs `starlight pull`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let req = Request::Pull {
@@ -64,6 +102,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let received = r.bytes_received.unwrap_or(0);
     let secs = r.complete_secs.unwrap_or(0.0);
+    for line in attempt_lines(&r) {
+        println!("{line}");
+    }
     if r.complete == Some(true) {
         println!(
             "complete {} in {secs:.3} s; {} received",

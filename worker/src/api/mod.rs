@@ -75,6 +75,38 @@ pub struct PullReport {
     pub bytes_received: Option<u64>,
     /// Whether every content arrived and was verified (only with `wait`).
     pub complete: Option<bool>,
+    /// Contents named held in the request (already verified in the store).
+    #[serde(default)]
+    pub held_payloads: usize,
+    /// Payloads verified and stored, over every stream (only with `wait`).
+    #[serde(default)]
+    pub payloads_received: Option<usize>,
+    /// Payload bytes received, whole or cut off, over every stream (only
+    /// with `wait`); beyond `payload_bytes` is what a break made resend.
+    #[serde(default)]
+    pub payload_bytes_received: Option<u64>,
+    /// Each stream of the receive: the first, then each resumed one (only
+    /// with `wait`).
+    #[serde(default)]
+    pub attempts: Option<Vec<PullAttempt>>,
+}
+
+/// What one stream of a pull carried (see [`PullReport::attempts`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullAttempt {
+    /// Bytes received on the stream (framing included).
+    pub bytes_received: u64,
+    /// Payload bytes received (whole or cut off).
+    pub payload_bytes: u64,
+    /// Payloads its header announced.
+    pub payloads_announced: usize,
+    /// Payloads verified and stored from it.
+    pub payloads_stored: usize,
+    /// Their payload bytes (compressed, as sent).
+    #[serde(default)]
+    pub payload_bytes_stored: u64,
+    /// Why it broke (`None`: it ended whole).
+    pub error: Option<String>,
 }
 
 /// One image starlightd holds.
@@ -167,7 +199,23 @@ mod tests {
             complete_secs: None,
             bytes_received: None,
             complete: None,
+            held_payloads: 2,
+            payloads_received: Some(1),
+            payload_bytes_received: Some(10),
+            attempts: Some(vec![PullAttempt {
+                bytes_received: 12,
+                payload_bytes: 10,
+                payloads_announced: 1,
+                payloads_stored: 1,
+                payload_bytes_stored: 10,
+                error: Some("cut".into()),
+            }]),
         };
+        let line = serde_json::to_string(&Response::Pulled(report.clone())).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Response>(&line).unwrap(),
+            Response::Pulled(report.clone())
+        );
         assert!(!Response::Registered(report).is_final());
     }
 }

@@ -6,22 +6,34 @@
 //! bundle is over. Payloads are decompressed, hashed and written on a
 //! blocking thread, overlapping with receiving; each verified content is
 //! renamed into the store and its waiters woken ([`ContentWaiters`]). A
-//! corrupt payload fails at once; if the stream breaks, every content still
-//! pending fails after [`ReceiveOptions::grace`].
+//! corrupt payload fails at once.
+//!
+//! If the stream breaks (transport error, proxy gone, link cut), the
+//! receive reconnects with bounded exponential backoff
+//! ([`ReceiveOptions::backoff`]) and asks for the same image pinned to the
+//! manifest digest it verified, naming in `held_payloads` every content of
+//! the image the store holds (each verified when stored). The resumed
+//! header must pass the same checks and describe the same image
+//! ([`check_resumed`]). Opens keep waiting meanwhile; only after
+//! [`ReceiveOptions::grace`] without any progress (no payload verified, no
+//! reconnect accepted) does the receive give up, failing the contents it
+//! still expects that no other live receive expects.
 
 mod payload;
+mod resume;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info};
+use tracing::error;
 use transport_quic::quic::{Client, ClientError};
-use transport_quic::{Event, Header, PayloadInfo, Request, Source};
+use transport_quic::{Header, Request, Source};
 
 pub use payload::{PayloadError, PayloadWriter};
+pub use resume::{check_resumed, pinned_image, Backoff, ResumeMismatch};
 
 use crate::header_check::{CheckedHeader, HeaderError};
 use crate::store::Store;
@@ -32,9 +44,13 @@ use crate::waiters::{ContentState, ContentWaiters};
 pub struct ReceiveOptions {
     /// The name the proxy's certificate must be valid for.
     pub server_name: String,
-    /// How long contents still pending wait after the stream broke before
-    /// they fail (and the opens waiting on them with `EIO`).
+    /// How long the receive goes on without any progress (no payload
+    /// verified, no reconnect accepted, no event on a live stream) before
+    /// the contents still pending fail (and the opens waiting on them with
+    /// `EIO`).
     pub grace: Duration,
+    /// The wait between reconnects after the stream broke.
+    pub backoff: Backoff,
 }
 
 impl Default for ReceiveOptions {
@@ -42,6 +58,7 @@ impl Default for ReceiveOptions {
         ReceiveOptions {
             server_name: "localhost".into(),
             grace: Duration::from_secs(30),
+            backoff: Backoff::default(),
         }
     }
 }
@@ -69,6 +86,23 @@ pub enum ReceiveError {
     Writer(String),
 }
 
+/// What one stream of a receive (the first, or a resumed one) carried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptReport {
+    /// Bytes received on the stream (framing included).
+    pub bytes_received: u64,
+    /// Payload bytes (compressed, as sent) received, whole or cut off.
+    pub payload_bytes: u64,
+    /// Payloads the header of this stream announced.
+    pub payloads_announced: usize,
+    /// Payloads verified and stored from this stream.
+    pub payloads_stored: usize,
+    /// Their payload bytes (compressed, as sent).
+    pub payload_bytes_stored: u64,
+    /// Why the stream broke (`None`: it ended whole).
+    pub error: Option<String>,
+}
+
 /// What a finished receive did.
 #[derive(Debug, Clone)]
 pub struct ReceiveReport {
@@ -82,9 +116,14 @@ pub struct ReceiveReport {
     pub stored: usize,
     /// SHA-256 of the contents that failed (corrupt, or never arrived).
     pub failed: Vec<[u8; 32]>,
-    /// Bytes received on the stream (framing included).
+    /// Bytes received on every stream (framing included).
     pub bytes_received: u64,
-    /// Why the stream broke, if it did (`None`: the bundle arrived whole).
+    /// Payload bytes received on every stream (whole or cut off).
+    pub payload_bytes: u64,
+    /// Each stream, the first then the resumed ones.
+    pub attempts: Vec<AttemptReport>,
+    /// Why the receive gave up, if it did (`None`: every content expected
+    /// arrived, on one stream or several).
     pub stream_error: Option<String>,
 }
 
@@ -108,7 +147,7 @@ pub fn start(
     options: ReceiveOptions,
 ) -> Receiving {
     let (header_tx, header_rx) = oneshot::channel();
-    let done = tokio::spawn(run(
+    let done = tokio::spawn(body::run(
         client,
         addr,
         request,
@@ -155,7 +194,7 @@ pub fn start_gated(
     options: ReceiveOptions,
 ) -> GatedReceiving {
     let (header_tx, header_rx) = oneshot::channel();
-    let done = tokio::spawn(run(
+    let done = tokio::spawn(body::run(
         client,
         addr,
         request,
@@ -176,20 +215,17 @@ enum HeaderTx {
     Gated(oneshot::Sender<(Arc<CheckedHeader>, Admit)>),
 }
 
-enum Msg {
-    Begin(u32),
-    Data(bytes::Bytes),
-    End,
-}
-
 /// Announces the header's contents: payloads pending (or ready if already
-/// stored), held contents ready if stored and failed otherwise.
-fn announce(header: &Header, store: &Store, waiters: &ContentWaiters) {
+/// stored), held contents ready if stored and failed otherwise. Returns the
+/// contents announced pending (to release when the receive ends).
+fn announce(header: &Header, store: &Store, waiters: &ContentWaiters) -> Vec<[u8; 32]> {
+    let mut expected = Vec::new();
     for p in &header.payloads {
         if store.has(&p.sha256) {
             waiters.set(p.sha256, ContentState::Ready);
         } else {
             waiters.announce(p.sha256);
+            expected.push(p.sha256);
         }
     }
     for entry in &header.toc {
@@ -207,187 +243,7 @@ fn announce(header: &Header, store: &Store, waiters: &ContentWaiters) {
             waiters.set(sha, ContentState::Failed);
         }
     }
+    expected
 }
 
-/// The writer thread: one payload at a time into the store.
-fn write_payloads(
-    mut rx: mpsc::Receiver<Msg>,
-    payloads: Vec<PayloadInfo>,
-    store: Arc<Store>,
-    waiters: Arc<ContentWaiters>,
-) -> (usize, Vec<[u8; 32]>) {
-    let (mut stored, mut failed) = (0, Vec::new());
-    let mut current: Option<Result<PayloadWriter, PayloadError>> = None;
-    let mut fail = |err: PayloadError, sha: [u8; 32]| {
-        error!(sha256 = %hex::encode(sha), "content refused, it will not be served: {err}");
-        if !store.has(&sha) {
-            waiters.set(sha, ContentState::Failed);
-            failed.push(sha);
-        }
-    };
-    while let Some(msg) = rx.blocking_recv() {
-        match msg {
-            Msg::Begin(index) => {
-                let Some(info) = payloads.get(index as usize) else {
-                    continue;
-                };
-                current = Some(PayloadWriter::new(&store, index, info));
-            }
-            Msg::Data(data) => {
-                if let Some(Ok(w)) = &mut current {
-                    if let Err(e) = w.feed(&data) {
-                        current = Some(Err(e));
-                    }
-                }
-            }
-            Msg::End => match current.take() {
-                Some(Ok(w)) => {
-                    let sha = w.info().sha256;
-                    match w.finish(&store) {
-                        Ok(path) => {
-                            debug!(path = %path.display(), "content stored");
-                            waiters.set(sha, ContentState::Ready);
-                            stored += 1;
-                        }
-                        Err(e) => fail(e, sha),
-                    }
-                }
-                Some(Err(e)) => {
-                    let sha = payloads.get(e.index() as usize).map(|p| p.sha256);
-                    if let Some(sha) = sha {
-                        fail(e, sha);
-                    }
-                }
-                None => {}
-            },
-        }
-    }
-    // A payload cut off mid-way is dropped with its temporary file.
-    (stored, failed)
-}
-
-async fn run(
-    client: Arc<Client>,
-    addr: SocketAddr,
-    request: Request,
-    store: Arc<Store>,
-    waiters: Arc<ContentWaiters>,
-    options: ReceiveOptions,
-    header_tx: HeaderTx,
-) -> Result<ReceiveReport, ReceiveError> {
-    let t0 = Instant::now();
-    let mut stream = client
-        .fetch(addr, &options.server_name, &request)
-        .await
-        .map_err(ReceiveError::Fetch)?;
-    let header = match stream.next_event().await {
-        Ok(Some(Event::Header(h))) => {
-            Arc::new(CheckedHeader::new(h).map_err(ReceiveError::Refused)?)
-        }
-        Ok(_) => return Err(ReceiveError::NoHeader),
-        Err(e) => return Err(ReceiveError::Fetch(e)),
-    };
-    let time_to_header = t0.elapsed();
-    // Nothing of a header that does not follow from its image's manifest is
-    // used: no content announced or written, no header handed on (so the
-    // caller records and mounts nothing).
-    if let Err(e) = crate::verify::verify_header(&header, &request.image) {
-        error!(image = %request.image, manifest = %header.manifest_digest, "bundle header refused: {e}");
-        return Err(ReceiveError::Verify(e));
-    }
-    let header_tx = match header_tx {
-        HeaderTx::Gated(tx) => {
-            let (admit_tx, admit_rx) = oneshot::channel();
-            if tx.send((header.clone(), Admit(admit_tx))).is_err() {
-                return Err(ReceiveError::NotAdmitted);
-            }
-            admit_rx.await.map_err(|_| ReceiveError::NotAdmitted)?;
-            None
-        }
-        HeaderTx::Plain(tx) => Some(tx),
-    };
-    announce(&header, &store, &waiters);
-    info!(
-        image = %request.image,
-        manifest = %header.manifest_digest,
-        entries = header.toc.len(),
-        payloads = header.payloads.len(),
-        ?time_to_header,
-        "bundle header received"
-    );
-    // The caller may have stopped listening: receiving goes on regardless.
-    if let Some(tx) = header_tx {
-        let _ = tx.send(header.clone());
-    }
-
-    let (tx, rx) = mpsc::channel(64);
-    let writer = {
-        let (payloads, store, waiters) = (header.payloads.clone(), store.clone(), waiters.clone());
-        tokio::task::spawn_blocking(move || write_payloads(rx, payloads, store, waiters))
-    };
-    let mut stream_error = None;
-    loop {
-        let msg = match stream.next_event().await {
-            Ok(None) => break,
-            Ok(Some(Event::PayloadBegin { index })) => Msg::Begin(index),
-            Ok(Some(Event::PayloadData { data, .. })) => Msg::Data(data),
-            Ok(Some(Event::PayloadEnd { .. })) => Msg::End,
-            Ok(Some(Event::End(_) | Event::Header(_))) => continue,
-            Ok(Some(Event::Error(e))) => {
-                stream_error = Some(e.to_string());
-                break;
-            }
-            Err(e) => {
-                stream_error = Some(e.to_string());
-                break;
-            }
-        };
-        if tx.send(msg).await.is_err() {
-            stream_error = Some("the payload writer stopped".into());
-            break;
-        }
-    }
-    drop(tx);
-    let (stored, mut failed) = writer
-        .await
-        .map_err(|e| ReceiveError::Writer(e.to_string()))?;
-    let time_to_end = t0.elapsed();
-    if let Some(reason) = &stream_error {
-        let pending: Vec<[u8; 32]> = header
-            .payloads
-            .iter()
-            .map(|p| p.sha256)
-            .filter(|sha| waiters.state(sha) == Some(ContentState::Pending))
-            .collect();
-        error!(
-            image = %request.image,
-            pending = pending.len(),
-            grace = ?options.grace,
-            "bundle stream broke: {reason}; contents still missing fail after the grace time"
-        );
-        tokio::time::sleep(options.grace).await;
-        let mut n = 0;
-        for sha in &pending {
-            if waiters.fail_if_pending(sha) {
-                failed.push(*sha);
-                n += 1;
-            }
-        }
-        error!(
-            image = %request.image,
-            failed = n,
-            "bundle incomplete: {n} contents failed, waiting opens get EIO"
-        );
-    } else {
-        info!(image = %request.image, stored, ?time_to_end, "bundle received");
-    }
-    Ok(ReceiveReport {
-        header,
-        time_to_header,
-        time_to_end,
-        stored,
-        failed,
-        bytes_received: stream.bytes_received(),
-        stream_error,
-    })
-}
+mod body;
