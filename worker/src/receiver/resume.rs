@@ -90,7 +90,8 @@ fn image_layers(h: &Header) -> Vec<Option<&String>> {
         .collect()
 }
 
-/// An entry as the image defines it (not where its content comes from).
+/// An entry as the image defines it (not where its content comes from, nor
+/// the held layer a held content is named through).
 fn same_entry(first: &Header, a: &TocEntry, resumed: &Header, b: &TocEntry) -> bool {
     let content = |e: &TocEntry| matches!(e.source, Source::NoContent);
     a.path == b.path
@@ -106,7 +107,11 @@ fn same_entry(first: &Header, a: &TocEntry, resumed: &Header, b: &TocEntry) -> b
         && a.devminor == b.devminor
         && a.xattrs == b.xattrs
         && a.sha256 == b.sha256
-        && layer_of(first, a) == layer_of(resumed, b)
+        // A held content is named through the layer where the worker has it
+        // (a held image's), which depends on the held set, not the image.
+        && (a.source == Source::Held
+            || b.source == Source::Held
+            || layer_of(first, a) == layer_of(resumed, b))
         && content(a) == content(b)
 }
 
