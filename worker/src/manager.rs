@@ -140,12 +140,24 @@ impl ImageMounts for ImageManager {
         self.mounted_at(&digest)
             .ok_or_else(|| format!("{digest} was unmounted meanwhile"))
     }
+
+    /// A container is starting on the image: its next open opens a trace.
+    fn container_starting(&self, manifest_digest: &str) {
+        let Ok(digest) = Digest::parse(manifest_digest) else {
+            return;
+        };
+        if let Some(m) = self.mounts.blocking_lock().get(&digest) {
+            m.trace.arm();
+        }
+    }
 }
 
 /// A mounted image.
 struct Mounted {
     session: Session,
     trace: Arc<OpenTrace>,
+    /// The reference the image was pulled as (for its traces).
+    reference: String,
 }
 
 /// What a pull asks for (see [`crate::api::Request::Pull`]).
@@ -347,7 +359,12 @@ impl ImageManager {
             warn!(mountpoint = %mountpoint.display(), "detaching a stale mount");
             uring_fs::mounts::detach_unmount(&mountpoint).map_err(io_err(&mountpoint))?;
         }
-        let trace = Arc::new(OpenTrace::new(&record.header));
+        let trace = OpenTrace::new(&record.header);
+        let trace = Arc::new(if self.config.traces.enabled {
+            trace.with_windows(crate::trace_upload::window_limits(&self.config.traces))
+        } else {
+            trace
+        });
         let mount_err = |reason: String| ManagerError::Mount {
             image: record.reference.to_string(),
             reason,
@@ -380,6 +397,7 @@ impl ImageManager {
             Mounted {
                 session,
                 trace: trace.clone(),
+                reference: record.reference.to_string(),
             },
         );
         Ok(trace)
@@ -753,6 +771,16 @@ impl ImageManager {
             .get(&digest)
             .ok_or_else(|| ManagerError::Unknown(image.to_string()))?;
         Ok(m.trace.take())
+    }
+
+    /// The trace recorder of every mounted image, with the image's
+    /// reference and manifest digest.
+    pub async fn mounted_traces(&self) -> Vec<(String, String, Arc<OpenTrace>)> {
+        let mounts = self.mounts.lock().await;
+        mounts
+            .iter()
+            .map(|(d, m)| (m.reference.clone(), d.to_string(), m.trace.clone()))
+            .collect()
     }
 
     /// Unmounts every image (at shutdown).

@@ -253,7 +253,7 @@ impl OverlaySnapshotter {
             tracing::debug!(key, parent, id = r.id, ?kind, "snapshot created");
             self.plan_of(s, &r)
         })?;
-        match self.resolve(&plan).await {
+        match self.resolve(&plan, kind == Kind::Active).await {
             Ok(m) => Ok(m),
             Err(e) => {
                 // The caller gets no snapshot: leave no record either.
@@ -301,7 +301,9 @@ impl OverlaySnapshotter {
     /// The mounts of a plan, mounting an image's view first if it needs
     /// one (on a blocking thread, outside the metadata lock): the first of
     /// its candidate images that [`ImageMounts::lower_dir`] answers.
-    async fn resolve(&self, plan: &MountPlan) -> Result<Vec<Mount>, SnapshotError> {
+    /// With `starting` (a container's active snapshot being prepared), the
+    /// image that answered is told ([`ImageMounts::container_starting`]).
+    async fn resolve(&self, plan: &MountPlan, starting: bool) -> Result<Vec<Mount>, SnapshotError> {
         let Some(first) = plan.images.first().cloned() else {
             return Ok(plan.mounts(None));
         };
@@ -319,7 +321,12 @@ impl OverlaySnapshotter {
             let mut reasons = vec![];
             for digest in &images {
                 match mounts.lower_dir(digest) {
-                    Ok(dir) => return Ok(dir),
+                    Ok(dir) => {
+                        if starting {
+                            mounts.container_starting(digest);
+                        }
+                        return Ok(dir);
+                    }
                     Err(reason) => reasons.push(format!("{digest}: {reason}")),
                 }
             }
@@ -415,7 +422,7 @@ impl containerd_snapshots::Snapshotter for OverlaySnapshotter {
             let r = s.get(&key)?;
             self.plan_of(s, &r)
         })?;
-        self.resolve(&plan).await
+        self.resolve(&plan, false).await
     }
 
     async fn prepare(
