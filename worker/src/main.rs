@@ -153,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         snapshotter_socket: cli.snapshotter_socket,
         api_socket: cli.api_socket,
         api_group: cli.api_group,
+        traces: None,
     };
     let config = Settings::load(&path, required)?
         .overridden_by(flags)
