@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use transport_quic::quic::{Client, ClientError, ClientTls};
+use transport_quic::quic::{Client, ClientError, ClientOptions, ClientTls, TransportTuning};
 use transport_quic::{ErrorCode, Trace, TraceOpen, TraceUpload};
 
 use crate::config::{Config, TraceConfig};
-use crate::manager::ImageManager;
+use crate::manager::{ImageManager, DEAD_PROXY};
 use crate::trace::{TraceRecord, WindowLimits};
 use crate::trace_spool::{new_id, Spool};
 
@@ -233,7 +233,16 @@ pub fn spawn(
             return None;
         }
     };
-    let client = match Client::new(ClientTls::CaFile(config.ca_file.clone())) {
+    // A proxy that is down is noticed within DEAD_PROXY, not the upload timeout.
+    let options = ClientOptions {
+        transport: TransportTuning {
+            idle_timeout: DEAD_PROXY,
+            keep_alive: Some(DEAD_PROXY / 5),
+            ..TransportTuning::default()
+        },
+        ..ClientOptions::default()
+    };
+    let client = match Client::with_options(ClientTls::CaFile(config.ca_file.clone()), options) {
         Ok(c) => c,
         Err(e) => {
             warn!("traces of container starts are off: the proxy's CA: {e}");
