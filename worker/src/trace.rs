@@ -10,7 +10,9 @@
 //! first opens from its first open on, for the window's duration and up to
 //! its caps on records and path bytes. Closed windows are collected by
 //! [`OpenTrace::take_finished`] for the spool ([`crate::trace_spool`]).
-//! Only paths, layers and times are kept: never any content.
+//! Only paths, layers and times are kept: never any content. While the
+//! manual trace is enabled (`starlight trace`), no window opens: that start
+//! is traced once, by the manual trace.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -198,6 +200,11 @@ impl OpenTrace {
             .last_open
             .is_none_or(|t| began.saturating_duration_since(t) >= limits.quiet);
         w.last_open = Some(w.last_open.map_or(began, |t| t.max(began)));
+        if self.is_enabled() {
+            // A start traced by `starlight trace` is not traced twice.
+            w.armed = false;
+            return;
+        }
         if w.open.is_none() && (w.armed || quiet) {
             w.armed = false;
             w.open = Some(Window::new(began));
@@ -429,6 +436,22 @@ mod tests {
         t.record(77, t0, Duration::ZERO);
         t.record(1, t0, Duration::ZERO);
         assert_eq!(paths(&t.flush()[0]), ["f001"]);
+    }
+
+    #[test]
+    fn a_manually_traced_start_is_not_traced_twice() {
+        let t = OpenTrace::new(&image(3)).with_windows(limits());
+        let t0 = Instant::now();
+        t.enable();
+        t.arm();
+        t.record(0, t0, Duration::ZERO);
+        t.record(1, t0, Duration::ZERO);
+        assert_eq!(paths(&t.take()), ["f000", "f001"]);
+        assert!(t.flush().is_empty());
+        // Once the manual trace is taken, starts are traced again.
+        t.arm();
+        t.record(2, t0 + Duration::from_secs(1), Duration::ZERO);
+        assert_eq!(paths(&t.flush()[0]), ["f002"]);
     }
 
     #[test]
