@@ -46,9 +46,13 @@ const ACCESS: [&str; 6] = [
 /// Size of each data file (incompressible).
 const DATA_LEN: usize = 64 * 1024;
 
-/// starlightd's `[traces]` for the tests: short windows and retries.
-const TRACES_TOML: &str =
-    "[traces]\nenabled = true\nwindow_secs = 2\nupload_interval_ms = 100\nretry_max_secs = 2\n";
+/// starlightd's `[traces]` for the tests: windows of `window_secs`, short
+/// upload intervals and retries.
+fn traces_toml(window_secs: u64) -> String {
+    format!(
+        "[traces]\nenabled = true\nwindow_secs = {window_secs}\nupload_interval_ms = 100\nretry_max_secs = 2\n"
+    )
+}
 
 fn require_root() {
     assert!(is_root(), "run as root (see the ignore reason)");
@@ -257,13 +261,19 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path, proxy: &TestProxy, containerd: &Containerd, snap: &Path) -> Daemon {
+    fn start(
+        dir: &Path,
+        proxy: &TestProxy,
+        containerd: &Containerd,
+        snap: &Path,
+        window_secs: u64,
+    ) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
         let _ = std::fs::remove_file(snap);
         let ca = dir.join("ca.pem");
         std::fs::write(&ca, &proxy.cert).unwrap();
         let config = dir.join("starlightd.toml");
-        std::fs::write(&config, TRACES_TOML).unwrap();
+        std::fs::write(&config, traces_toml(window_secs)).unwrap();
         let namespace = unique_name("sl-prodtrace");
         let api = dir.join("api.sock");
         let log = dir.join("starlightd.log");
@@ -489,6 +499,7 @@ async fn a_plain_ctr_run_traces_itself_and_reorders_the_next_bundle() {
         &s.proxy,
         &s.containerd,
         &s.snap,
+        4,
     );
     let api = daemon.api.to_str().unwrap().to_string();
     let pull = starlight(&["pull", "--api", &api, &s.image]);
@@ -501,7 +512,7 @@ async fn a_plain_ctr_run_traces_itself_and_reorders_the_next_bundle() {
     })
     .await;
     eprintln!(
-        "trace folded by the proxy {:.2} s after the ready line (window 2 s)",
+        "trace folded by the proxy {:.2} s after the ready line (window 4 s)",
         ready.elapsed().as_secs_f64()
     );
     wait_for(10, "the spool empties", &daemon, || {
@@ -538,7 +549,24 @@ async fn a_plain_ctr_run_traces_itself_and_reorders_the_next_bundle() {
         "{}",
         daemon.log()
     );
-    starlight(&["rm", "--api", &api, &s.image]);
+    // A second start, and the image removed while its trace window is
+    // still open: that trace is delivered too (without the removal hook the
+    // recorder would go with the mount, and the count would stay 1).
+    run_to_ready(&daemon, &s.containerd, &s.image).await;
+    let rm = starlight(&["rm", "--api", &api, &s.image]);
+    assert!(rm.status.success());
+    let removed = Instant::now();
+    wait_for(
+        30,
+        "the removed image's trace reaches the proxy",
+        &daemon,
+        || s.proxy.traces(&s.image) == 2,
+    )
+    .await;
+    eprintln!(
+        "trace of the removed image folded {:.2} s after `starlight rm`",
+        removed.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -550,6 +578,7 @@ async fn a_trace_made_while_the_proxy_is_down_is_delivered_later_and_counted_onc
         &s.proxy,
         &s.containerd,
         &s.snap,
+        2,
     );
     let api = daemon.api.to_str().unwrap().to_string();
     // The whole image, so that it runs with the proxy down.

@@ -185,6 +185,21 @@ pub struct ImageManager {
     mounts: tokio::sync::Mutex<HashMap<Digest, Mounted>>,
     /// Manifest digest → mount point, for [`ImageManager::lower_dir`].
     mountpoints: Mutex<HashMap<Digest, PathBuf>>,
+    /// Traces of images removed since the last [`ImageManager::traces`].
+    removed_traces: Mutex<Vec<ImageTrace>>,
+}
+
+/// The trace recorder of one image, for the uploader.
+#[derive(Debug, Clone)]
+pub struct ImageTrace {
+    /// The reference the image was pulled as.
+    pub image: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// Its recorder.
+    pub trace: Arc<OpenTrace>,
+    /// The image was removed: what its recorder holds is final.
+    pub removed: bool,
 }
 
 impl std::fmt::Debug for ImageManager {
@@ -260,6 +275,7 @@ impl ImageManager {
             client: Mutex::new(None),
             mounts: tokio::sync::Mutex::new(HashMap::new()),
             mountpoints: Mutex::new(HashMap::new()),
+            removed_traces: Mutex::new(Vec::new()),
         }))
     }
 
@@ -736,6 +752,19 @@ impl ImageManager {
                 .remove(&digest);
             if let Some(m) = mounts.remove(&digest) {
                 m.session.shutdown().await;
+                // Its last trace is still uploaded.
+                let mut removed = self
+                    .removed_traces
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if removed.len() < 64 {
+                    removed.push(ImageTrace {
+                        image: m.reference,
+                        digest: digest.to_string(),
+                        trace: m.trace,
+                        removed: true,
+                    });
+                }
             }
         }
         if let Ok(dir) = self.mountpoint(&digest) {
@@ -773,14 +802,26 @@ impl ImageManager {
         Ok(m.trace.take())
     }
 
-    /// The trace recorder of every mounted image, with the image's
-    /// reference and manifest digest.
-    pub async fn mounted_traces(&self) -> Vec<(String, String, Arc<OpenTrace>)> {
+    /// The trace recorders of every mounted image, and of the images
+    /// removed since the last call (each returned once).
+    pub async fn traces(&self) -> Vec<ImageTrace> {
         let mounts = self.mounts.lock().await;
-        mounts
+        let mut all: Vec<ImageTrace> = mounts
             .iter()
-            .map(|(d, m)| (m.reference.clone(), d.to_string(), m.trace.clone()))
-            .collect()
+            .map(|(d, m)| ImageTrace {
+                image: m.reference.clone(),
+                digest: d.to_string(),
+                trace: m.trace.clone(),
+                removed: false,
+            })
+            .collect();
+        all.append(
+            &mut self
+                .removed_traces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        all
     }
 
     /// Unmounts every image (at shutdown).

@@ -102,14 +102,15 @@ impl Uploader {
     /// `flush`).
     async fn collect(&self, flush: bool) {
         let now = Instant::now();
-        for (image, digest, trace) in self.manager.mounted_traces().await {
-            let windows = if flush {
-                trace.flush()
+        for t in self.manager.traces().await {
+            let windows = if flush || t.removed {
+                t.trace.flush()
             } else {
-                trace.take_finished(now)
+                t.trace.take_finished(now)
             };
+            let image = &t.image;
             for records in windows {
-                let wire = to_wire(new_id(&digest), &image, &digest, &records);
+                let wire = to_wire(new_id(&t.digest), image, &t.digest, &records);
                 match self.spool.write(&wire) {
                     Ok(_) => info!(
                         trace = %wire.id,
