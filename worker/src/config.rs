@@ -354,7 +354,7 @@ pub struct TraceSettings {
     /// unreachable (default 300; the wait doubles from the interval).
     pub retry_max_secs: Option<u64>,
     /// Traces the spool holds at most; newer ones are dropped when it is
-    /// full (default 1024).
+    /// full (default 256).
     pub max_spooled: Option<usize>,
 }
 
@@ -389,7 +389,7 @@ impl Default for TraceConfig {
             max_bytes: 512 * 1024,
             upload_interval: Duration::from_millis(1000),
             retry_max: Duration::from_secs(300),
-            max_spooled: 1024,
+            max_spooled: 256,
         }
     }
 }
