@@ -643,9 +643,14 @@ mod tests {
     struct Views {
         root: PathBuf,
         calls: Mutex<Vec<String>>,
+        starts: Mutex<Vec<String>>,
     }
 
     impl ImageMounts for Views {
+        fn container_starting(&self, digest: &str) {
+            self.starts.lock().unwrap().push(digest.to_string());
+        }
+
         fn lower_dir(&self, digest: &str) -> Result<PathBuf, String> {
             self.calls.lock().unwrap().push(digest.to_string());
             if digest.starts_with("sha256:000") {
@@ -733,6 +738,7 @@ mod tests {
         let views = Arc::new(Views {
             root: dir.path().join("views"),
             calls: Mutex::new(vec![]),
+            starts: Mutex::new(vec![]),
         });
         sn.set_image_mounts(views.clone());
         let view_a = views
@@ -757,6 +763,9 @@ mod tests {
             ]
         );
         assert_eq!(sn.mounts("ns/6/ctr".into()).await.unwrap(), m);
+        // The container's start was announced once (not again by Mounts).
+        let a = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        assert_eq!(*views.starts.lock().unwrap(), vec![a.to_string()]);
         // A view, and a committed image layer: a read-only bind of the view.
         for m in [
             sn.view("ns/7/v".into(), "ns/4/c1".into(), none())
@@ -769,10 +778,15 @@ mod tests {
                 ("bind", view_a.as_str(), vec!["ro", "rbind"])
             );
         }
+        // Views announce no start.
+        assert_eq!(views.starts.lock().unwrap().len(), 1);
         // An ordinary layer committed above the image sits over its view.
+        // (Its active snapshot counts as a start: the next open after it
+        // opens a trace window.)
         sn.prepare("ns/8/l".into(), "ns/4/c1".into(), none())
             .await
             .unwrap();
+        assert_eq!(views.starts.lock().unwrap().len(), 2);
         sn.commit("ns/9/cl".into(), "ns/8/l".into(), none())
             .await
             .unwrap();
