@@ -79,6 +79,9 @@ pub enum ConfigError {
     /// `api_group` names no group.
     #[error("api_group: {0}")]
     ApiGroup(String),
+    /// A `[traces]` setting out of its bounds.
+    #[error("[traces] {0}")]
+    Traces(String),
     /// The state directory cannot be made private.
     #[error("state directory {path}: {reason}")]
     StateDir {
@@ -123,6 +126,8 @@ pub struct Settings {
     /// A group (name or number) whose members may use the API socket
     /// besides root.
     pub api_group: Option<String>,
+    /// Traces of real container starts (the `[traces]` table).
+    pub traces: Option<TraceSettings>,
 }
 
 impl Settings {
@@ -169,6 +174,7 @@ impl Settings {
             snapshotter_socket: flags.snapshotter_socket.or(self.snapshotter_socket),
             api_socket: flags.api_socket.or(self.api_socket),
             api_group: flags.api_group.or(self.api_group),
+            traces: flags.traces.or(self.traces),
         }
     }
 
@@ -232,6 +238,7 @@ impl Settings {
                 .api_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
             api_group: self.api_group,
+            traces: self.traces.unwrap_or_default().resolve()?,
         })
     }
 }
@@ -289,6 +296,8 @@ pub struct Config {
     /// The group (name or number) whose members may use the API socket
     /// besides root; `None`: root only.
     pub api_group: Option<String>,
+    /// Traces of real container starts.
+    pub traces: TraceConfig,
 }
 
 impl Config {
@@ -322,6 +331,7 @@ impl Config {
             self.images_db(),
             self.mounts_dir(),
             self.snapshotter_dir(),
+            self.traces_dir(),
         ] {
             crate::store::private_dir(&sub).map_err(|e| bad(e.to_string()))?;
         }
@@ -355,6 +365,129 @@ impl Config {
     /// The snapshotter's state directory.
     pub fn snapshotter_dir(&self) -> PathBuf {
         self.state_dir.join("snapshotter")
+    }
+
+    /// The spool of traces not yet acknowledged by the proxy.
+    pub fn traces_dir(&self) -> PathBuf {
+        self.state_dir.join("traces")
+    }
+}
+
+/// The `[traces]` table as the file gives it; all optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSettings {
+    /// Record and upload traces of every container start (default true).
+    pub enabled: Option<bool>,
+    /// Seconds a trace lasts after the start's first open (default 30).
+    pub window_secs: Option<u64>,
+    /// Seconds without any open after which the next open starts a new
+    /// trace even with no container prepared (default 300).
+    pub quiet_secs: Option<u64>,
+    /// First opens a trace keeps at most (default 4096).
+    pub max_records: Option<usize>,
+    /// Bytes of paths a trace keeps at most (default 512 KiB).
+    pub max_bytes: Option<usize>,
+    /// Milliseconds at least between two uploads (default 1000).
+    pub upload_interval_ms: Option<u64>,
+    /// Longest wait, in seconds, between retries while the proxy is
+    /// unreachable (default 300; the wait doubles from the interval).
+    pub retry_max_secs: Option<u64>,
+    /// Traces the spool holds at most; newer ones are dropped when it is
+    /// full (default 256).
+    pub max_spooled: Option<usize>,
+}
+
+/// The resolved `[traces]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Whether traces are recorded and uploaded.
+    pub enabled: bool,
+    /// How long a trace lasts after its first open.
+    pub window: Duration,
+    /// The quiet period after which an open starts a new trace.
+    pub quiet: Duration,
+    /// First opens kept per trace.
+    pub max_records: usize,
+    /// Bytes of paths kept per trace.
+    pub max_bytes: usize,
+    /// Least time between two uploads.
+    pub upload_interval: Duration,
+    /// Longest wait between retries.
+    pub retry_max: Duration,
+    /// Traces the spool holds at most.
+    pub max_spooled: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            enabled: true,
+            window: Duration::from_secs(30),
+            quiet: Duration::from_secs(300),
+            max_records: 4096,
+            max_bytes: 512 * 1024,
+            upload_interval: Duration::from_millis(1000),
+            retry_max: Duration::from_secs(300),
+            max_spooled: 256,
+        }
+    }
+}
+
+fn bounded<T: PartialOrd + std::fmt::Display + Copy>(
+    name: &str,
+    value: Option<T>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(ConfigError::Traces(format!(
+            "{name} = {v} is outside {min}..={max}"
+        )));
+    }
+    Ok(v)
+}
+
+impl TraceSettings {
+    /// The settings checked against their bounds, with defaults.
+    pub fn resolve(self) -> Result<TraceConfig, ConfigError> {
+        let d = TraceConfig::default();
+        Ok(TraceConfig {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            window: Duration::from_secs(bounded(
+                "window_secs",
+                self.window_secs,
+                d.window.as_secs(),
+                1,
+                3600,
+            )?),
+            quiet: Duration::from_secs(bounded(
+                "quiet_secs",
+                self.quiet_secs,
+                d.quiet.as_secs(),
+                1,
+                86_400,
+            )?),
+            max_records: bounded("max_records", self.max_records, d.max_records, 1, 65_536)?,
+            max_bytes: bounded("max_bytes", self.max_bytes, d.max_bytes, 1, 16 << 20)?,
+            upload_interval: Duration::from_millis(bounded(
+                "upload_interval_ms",
+                self.upload_interval_ms,
+                1000,
+                10,
+                3_600_000,
+            )?),
+            retry_max: Duration::from_secs(bounded(
+                "retry_max_secs",
+                self.retry_max_secs,
+                d.retry_max.as_secs(),
+                1,
+                86_400,
+            )?),
+            max_spooled: bounded("max_spooled", self.max_spooled, d.max_spooled, 1, 100_000)?,
+        })
     }
 }
 
@@ -421,6 +554,38 @@ mod tests {
                 "{initial:?} {max:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn the_traces_table_is_bounded_and_defaults_on() {
+        let base = "proxy = \"127.0.0.1:8443\"\nca_file = \"/c\"\ntoken = \"t\"\n";
+        let parse = |extra: &str| {
+            toml::from_str::<Settings>(&format!("{base}{extra}"))
+                .map_err(|e| e.to_string())
+                .and_then(|s| s.resolve().map_err(|e| e.to_string()))
+        };
+        let d = parse("").unwrap();
+        assert_eq!(d.traces, TraceConfig::default());
+        assert!(d.traces.enabled);
+        assert_eq!(d.traces_dir(), PathBuf::from("/var/lib/starlight/traces"));
+        let c = parse("[traces]\nenabled = false\nwindow_secs = 5\nmax_records = 10\nupload_interval_ms = 50\n")
+            .unwrap();
+        assert!(!c.traces.enabled);
+        assert_eq!(c.traces.window, Duration::from_secs(5));
+        assert_eq!(c.traces.max_records, 10);
+        assert_eq!(c.traces.upload_interval, Duration::from_millis(50));
+        for bad in [
+            "window_secs = 0",
+            "window_secs = 100000",
+            "max_records = 0",
+            "max_bytes = 99999999999",
+            "upload_interval_ms = 1",
+            "max_spooled = 0",
+        ] {
+            let e = parse(&format!("[traces]\n{bad}\n")).unwrap_err();
+            assert!(e.contains("[traces]"), "{bad}: {e}");
+        }
+        assert!(parse("[traces]\nunknown = 1\n").is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`durability`]: synced RocksDB writes, torn log tails dropped.
 //! - [`meta`]: the RocksDB database of pulled images.
 //! - [`trace`]: the first open of each file, for the proxy's ranks.
+//! - [`trace_spool`], [`trace_upload`]: traces of every container start,
+//!   spooled on disk and uploaded in the background.
 //! - [`manager`]: the images starlightd holds: records, mounts, pulls, removal.
 //! - [`api`]: the JSON-lines API socket (server and client).
 //! - [`notify`]: systemd readiness notification.
@@ -33,5 +35,7 @@ pub mod registration;
 pub mod snapshotter;
 pub mod store;
 pub mod trace;
+pub mod trace_spool;
+pub mod trace_upload;
 pub mod verify;
 pub mod waiters;

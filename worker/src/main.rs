@@ -204,6 +204,8 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
         let shutdown = stopped(stop_rx.clone());
         async move { serve_snapshotter(snapshotter, &snap_socket, shutdown).await }
     });
+    let trace_task =
+        starlight_worker::trace_upload::spawn(manager.clone(), &config, stop_rx.clone());
     let api_task = tokio::spawn(api_server::serve(
         api,
         api_policy,
@@ -256,6 +258,10 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
         warn!("snapshotter: {e}");
     }
     let _ = std::fs::remove_file(&config.api_socket);
+    if let Some(t) = trace_task {
+        // It spools the traces still being recorded, then stops.
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
     manager.unmount_all().await;
     info!("starlightd stopped");
     Ok(())

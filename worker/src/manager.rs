@@ -140,12 +140,24 @@ impl ImageMounts for ImageManager {
         self.mounted_at(&digest)
             .ok_or_else(|| format!("{digest} was unmounted meanwhile"))
     }
+
+    /// A container is starting on the image: its next open opens a trace.
+    fn container_starting(&self, manifest_digest: &str) {
+        let Ok(digest) = Digest::parse(manifest_digest) else {
+            return;
+        };
+        if let Some(m) = self.mounts.blocking_lock().get(&digest) {
+            m.trace.arm();
+        }
+    }
 }
 
 /// A mounted image.
 struct Mounted {
     session: Session,
     trace: Arc<OpenTrace>,
+    /// The reference the image was pulled as (for its traces).
+    reference: String,
 }
 
 /// What a pull asks for (see [`crate::api::Request::Pull`]).
@@ -173,6 +185,21 @@ pub struct ImageManager {
     mounts: tokio::sync::Mutex<HashMap<Digest, Mounted>>,
     /// Manifest digest → mount point, for [`ImageManager::lower_dir`].
     mountpoints: Mutex<HashMap<Digest, PathBuf>>,
+    /// Traces of images removed since the last [`ImageManager::traces`].
+    removed_traces: Mutex<Vec<ImageTrace>>,
+}
+
+/// The trace recorder of one image, for the uploader.
+#[derive(Debug, Clone)]
+pub struct ImageTrace {
+    /// The reference the image was pulled as.
+    pub image: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// Its recorder.
+    pub trace: Arc<OpenTrace>,
+    /// The image was removed: what its recorder holds is final.
+    pub removed: bool,
 }
 
 impl std::fmt::Debug for ImageManager {
@@ -248,6 +275,7 @@ impl ImageManager {
             client: Mutex::new(None),
             mounts: tokio::sync::Mutex::new(HashMap::new()),
             mountpoints: Mutex::new(HashMap::new()),
+            removed_traces: Mutex::new(Vec::new()),
         }))
     }
 
@@ -323,7 +351,12 @@ impl ImageManager {
             warn!(mountpoint = %mountpoint.display(), "detaching a stale mount");
             uring_fs::mounts::detach_unmount(&mountpoint).map_err(io_err(&mountpoint))?;
         }
-        let trace = Arc::new(OpenTrace::new(&record.header));
+        let trace = OpenTrace::new(&record.header);
+        let trace = Arc::new(if self.config.traces.enabled {
+            trace.with_windows(crate::trace_upload::window_limits(&self.config.traces))
+        } else {
+            trace
+        });
         let mount_err = |reason: String| ManagerError::Mount {
             image: record.reference.to_string(),
             reason,
@@ -356,6 +389,7 @@ impl ImageManager {
             Mounted {
                 session,
                 trace: trace.clone(),
+                reference: record.reference.to_string(),
             },
         );
         Ok(trace)
@@ -759,6 +793,19 @@ impl ImageManager {
                 .remove(&digest);
             if let Some(m) = mounts.remove(&digest) {
                 m.session.shutdown().await;
+                // Its last trace is still uploaded.
+                let mut removed = self
+                    .removed_traces
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if removed.len() < 64 {
+                    removed.push(ImageTrace {
+                        image: m.reference,
+                        digest: digest.to_string(),
+                        trace: m.trace,
+                        removed: true,
+                    });
+                }
             }
         }
         if let Ok(dir) = self.mountpoint(&digest) {
@@ -794,6 +841,28 @@ impl ImageManager {
             .get(&digest)
             .ok_or_else(|| ManagerError::Unknown(image.to_string()))?;
         Ok(m.trace.take())
+    }
+
+    /// The trace recorders of every mounted image, and of the images
+    /// removed since the last call (each returned once).
+    pub async fn traces(&self) -> Vec<ImageTrace> {
+        let mounts = self.mounts.lock().await;
+        let mut all: Vec<ImageTrace> = mounts
+            .iter()
+            .map(|(d, m)| ImageTrace {
+                image: m.reference.clone(),
+                digest: d.to_string(),
+                trace: m.trace.clone(),
+                removed: false,
+            })
+            .collect();
+        all.append(
+            &mut self
+                .removed_traces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        all
     }
 
     /// Unmounts every image (at shutdown).

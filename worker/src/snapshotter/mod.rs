@@ -75,6 +75,11 @@ pub trait ImageMounts: Send + Sync + 'static {
     /// thread (`tokio::task::spawn_blocking`), never under the snapshotter's
     /// locks.
     fn lower_dir(&self, manifest_digest: &str) -> Result<std::path::PathBuf, String>;
+
+    /// A container's active snapshot on the image was prepared (called on a
+    /// blocking thread after [`ImageMounts::lower_dir`] answered): the start
+    /// of a container, for its trace. Does nothing by default.
+    fn container_starting(&self, _manifest_digest: &str) {}
 }
 
 use containerd_snapshots::tonic::transport::Server;

@@ -253,7 +253,7 @@ impl OverlaySnapshotter {
             tracing::debug!(key, parent, id = r.id, ?kind, "snapshot created");
             self.plan_of(s, &r)
         })?;
-        match self.resolve(&plan).await {
+        match self.resolve(&plan, kind == Kind::Active).await {
             Ok(m) => Ok(m),
             Err(e) => {
                 // The caller gets no snapshot: leave no record either.
@@ -301,7 +301,9 @@ impl OverlaySnapshotter {
     /// The mounts of a plan, mounting an image's view first if it needs
     /// one (on a blocking thread, outside the metadata lock): the first of
     /// its candidate images that [`ImageMounts::lower_dir`] answers.
-    async fn resolve(&self, plan: &MountPlan) -> Result<Vec<Mount>, SnapshotError> {
+    /// With `starting` (a container's active snapshot being prepared), the
+    /// image that answered is told ([`ImageMounts::container_starting`]).
+    async fn resolve(&self, plan: &MountPlan, starting: bool) -> Result<Vec<Mount>, SnapshotError> {
         let Some(first) = plan.images.first().cloned() else {
             return Ok(plan.mounts(None));
         };
@@ -319,7 +321,12 @@ impl OverlaySnapshotter {
             let mut reasons = vec![];
             for digest in &images {
                 match mounts.lower_dir(digest) {
-                    Ok(dir) => return Ok(dir),
+                    Ok(dir) => {
+                        if starting {
+                            mounts.container_starting(digest);
+                        }
+                        return Ok(dir);
+                    }
                     Err(reason) => reasons.push(format!("{digest}: {reason}")),
                 }
             }
@@ -415,7 +422,7 @@ impl containerd_snapshots::Snapshotter for OverlaySnapshotter {
             let r = s.get(&key)?;
             self.plan_of(s, &r)
         })?;
-        self.resolve(&plan).await
+        self.resolve(&plan, false).await
     }
 
     async fn prepare(
@@ -636,9 +643,14 @@ mod tests {
     struct Views {
         root: PathBuf,
         calls: Mutex<Vec<String>>,
+        starts: Mutex<Vec<String>>,
     }
 
     impl ImageMounts for Views {
+        fn container_starting(&self, digest: &str) {
+            self.starts.lock().unwrap().push(digest.to_string());
+        }
+
         fn lower_dir(&self, digest: &str) -> Result<PathBuf, String> {
             self.calls.lock().unwrap().push(digest.to_string());
             if digest.starts_with("sha256:000") {
@@ -726,6 +738,7 @@ mod tests {
         let views = Arc::new(Views {
             root: dir.path().join("views"),
             calls: Mutex::new(vec![]),
+            starts: Mutex::new(vec![]),
         });
         sn.set_image_mounts(views.clone());
         let view_a = views
@@ -750,6 +763,9 @@ mod tests {
             ]
         );
         assert_eq!(sn.mounts("ns/6/ctr".into()).await.unwrap(), m);
+        // The container's start was announced once (not again by Mounts).
+        let a = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        assert_eq!(*views.starts.lock().unwrap(), vec![a.to_string()]);
         // A view, and a committed image layer: a read-only bind of the view.
         for m in [
             sn.view("ns/7/v".into(), "ns/4/c1".into(), none())
@@ -762,10 +778,15 @@ mod tests {
                 ("bind", view_a.as_str(), vec!["ro", "rbind"])
             );
         }
+        // Views announce no start.
+        assert_eq!(views.starts.lock().unwrap().len(), 1);
         // An ordinary layer committed above the image sits over its view.
+        // (Its active snapshot counts as a start: the next open after it
+        // opens a trace window.)
         sn.prepare("ns/8/l".into(), "ns/4/c1".into(), none())
             .await
             .unwrap();
+        assert_eq!(views.starts.lock().unwrap().len(), 2);
         sn.commit("ns/9/cl".into(), "ns/8/l".into(), none())
             .await
             .unwrap();
