@@ -94,6 +94,9 @@ enum LinkCommand {
         /// Also write the results as JSON to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Emulator: auto (netem where the kernel has it), netem or userspace.
+        #[arg(long, default_value = "auto")]
+        emulator: String,
     },
 }
 
@@ -108,6 +111,13 @@ struct LinkArgs {
     /// Random loss probability per direction, in [0, 1).
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// Probability per direction, in [0, 1), that a packet skips the delay
+    /// (reordering it ahead of earlier packets).
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Emulator: auto (netem where the kernel has it), netem or userspace.
+    #[arg(long, default_value = "auto")]
+    emulator: String,
     /// Queue limit in bytes per direction (default: 2 BDP + 64 KiB).
     #[arg(long)]
     queue_bytes: Option<u64>,
@@ -194,12 +204,14 @@ fn run_link(cmd: LinkCommand) -> Result<()> {
                 rtt: parse_duration(&args.rtt)?,
                 rate_bps: parse_rate(&args.rate)?,
                 loss: args.loss,
+                reorder: args.reorder,
                 queue_bytes: args.queue_bytes,
             };
             netem::block_signals()?;
-            let link = Link::up(config)?;
+            let link = Link::up_with(config, args.emulator.parse()?)?;
             println!(
-                "worker {} {} cloud {} {}",
+                "{} link: worker {} {} cloud {} {}",
+                link.backend(),
                 link.worker_ns(),
                 link.worker_addr(),
                 link.cloud_ns(),
@@ -216,7 +228,13 @@ fn run_link(cmd: LinkCommand) -> Result<()> {
             }
             Ok(())
         }
-        LinkCommand::Calibrate { rtt, rate, out } => {
+        LinkCommand::Calibrate {
+            rtt,
+            rate,
+            out,
+            emulator,
+        } => {
+            let choice: netem::BackendChoice = emulator.parse()?;
             netem::cleanup_stale()?;
             netem::exit_on_signal()?;
             let rate_bps = parse_rate(&rate)?;
@@ -224,7 +242,7 @@ fn run_link(cmd: LinkCommand) -> Result<()> {
             for r in &rtt {
                 let config = LinkConfig::new(parse_duration(r)?, rate_bps);
                 tracing::info!(rtt = r, rate = rate_bps, "calibrating");
-                results.push(calibrate::calibrate(config)?);
+                results.push(calibrate::calibrate_with(config, choice)?);
             }
             print!("{}", calibrate::table(&results));
             if let Some(out) = out {

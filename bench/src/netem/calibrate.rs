@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{ns, Link, LinkConfig, LinkStats, NetemError, CLOUD_ADDR, WORKER_ADDR};
+use super::{
+    ns, Backend, BackendChoice, Link, LinkConfig, LinkStats, NetemError, CLOUD_ADDR, WORKER_ADDR,
+};
 
 /// IPv4 + TCP headers with timestamps, per segment.
 pub const TCP_OVERHEAD: u64 = 20 + 20 + 12;
@@ -433,6 +435,8 @@ impl Check {
 pub struct Calibration {
     /// The configured link.
     pub config: LinkConfig,
+    /// The emulator that ran it.
+    pub backend: Backend,
     /// Echo round-trip times.
     pub rtt: RttStats,
     /// The TCP transfer.
@@ -462,11 +466,17 @@ pub fn udp_target_bps(rate_bps: u64) -> f64 {
     rate_bps as f64 * UDP_PAYLOAD as f64 / MTU as f64
 }
 
-/// Brings a link up with `config`, measures RTT, TCP and UDP goodput, and
-/// checks them against the targets (5%, and 1 ms of RTT slack). A rate of 0
-/// (unlimited) only gets the RTT check.
+/// Brings a link up with `config` (on the default backend), measures RTT,
+/// TCP and UDP goodput, and checks them against the targets (5%, and 1 ms
+/// of RTT slack). A rate of 0 (unlimited) only gets the RTT check.
 pub fn calibrate(config: LinkConfig) -> Result<Calibration, NetemError> {
-    let link = Link::up(config)?;
+    calibrate_with(config, BackendChoice::Auto)
+}
+
+/// [`calibrate`] on the chosen backend: both backends are measured the same way.
+pub fn calibrate_with(config: LinkConfig, choice: BackendChoice) -> Result<Calibration, NetemError> {
+    let link = Link::up_with(config, choice)?;
+    let backend = link.backend();
     let rtt_s = config.rtt.as_secs_f64();
     let rtt = measure_rtt(&link, 20, Duration::from_millis(20))?;
     // Enough data for ~4 s at full rate after slow start (~10 RTTs).
@@ -511,6 +521,7 @@ pub fn calibrate(config: LinkConfig) -> Result<Calibration, NetemError> {
     link.down()?;
     Ok(Calibration {
         config,
+        backend,
         rtt,
         tcp,
         udp,
@@ -522,13 +533,14 @@ pub fn calibrate(config: LinkConfig) -> Result<Calibration, NetemError> {
 /// Formats calibrations as a table, one row per check.
 pub fn table(results: &[Calibration]) -> String {
     let mut out = format!(
-        "{:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>5}\n",
-        "rtt", "rate", "metric", "target", "measured", "error", "ok"
+        "{:>9} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>5}\n",
+        "emulator", "rtt", "rate", "metric", "target", "measured", "error", "ok"
     );
     for r in results {
         for c in &r.checks {
             out += &format!(
-                "{:>6}ms {:>5}Mbit/s {:>6} {:>9.2} {:<2} {:>9.2} {:<2} {:>7.2}% {:>5}\n",
+                "{:>9} {:>6}ms {:>5}Mbit/s {:>6} {:>9.2} {:<2} {:>9.2} {:<2} {:>7.2}% {:>5}\n",
+                r.backend,
                 r.config.rtt.as_millis(),
                 r.config.rate_bps / 1_000_000,
                 c.metric,
