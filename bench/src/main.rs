@@ -4,7 +4,9 @@
 //! - `overhead` converts them to the Starlight format and reports the size
 //!   overhead and the conversion and scan throughputs;
 //! - `link up|down|calibrate` runs the emulated WAN link (see
-//!   `starlight_bench::netem`).
+//!   `starlight_bench::netem`);
+//! - `transport-matrix` fetches bundles over the link across RTT × rate ×
+//!   loss, beside TCP.
 
 mod apt;
 mod corpus;
@@ -12,6 +14,7 @@ mod cputime;
 mod daemon;
 mod imagebuild;
 mod images;
+mod matrix;
 mod overhead;
 mod registry;
 mod report;
@@ -58,6 +61,8 @@ enum Command {
     /// The emulated WAN link between a worker and a cloud namespace.
     #[command(subcommand)]
     Link(LinkCommand),
+    /// Bundles over an emulated link across RTT x rate x loss, beside TCP.
+    TransportMatrix(matrix::MatrixArgs),
 }
 
 #[derive(Subcommand)]
@@ -192,6 +197,7 @@ fn main() -> Result<()> {
         Command::Sweep(args) => sweep::run(args),
         Command::Report(args) => sweep::report(args),
         Command::Link(cmd) => run_link(cmd),
+        Command::TransportMatrix(args) => matrix::run(args),
     }
 }
 

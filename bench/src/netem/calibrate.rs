@@ -248,6 +248,108 @@ pub fn measure_tcp(link: &Link, bytes: u64, warmup: f64) -> io::Result<TcpResult
     result
 }
 
+/// A bounded TCP transfer, cloud to worker (see [`measure_tcp_bounded`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TcpBounded {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Whether all the bytes asked for arrived before the time cap.
+    pub complete: bool,
+    /// Seconds from the sender's connect to the last byte received.
+    pub seconds: f64,
+    /// `bytes` × 8 / `seconds`.
+    pub goodput_bps: f64,
+}
+
+/// Sends up to `bytes` over TCP from cloud to worker, stopping at `cap`;
+/// the time runs from the connect (handshake included, as for a bundle
+/// fetch) to the last byte received.
+pub fn measure_tcp_bounded(link: &Link, bytes: u64, cap: Duration) -> io::Result<TcpBounded> {
+    let idle = link.config().rtt * 4 + Duration::from_secs(10);
+    let (port_tx, port_rx) = mpsc::channel();
+    let sink = link.spawn_in_worker(move || {
+        let listener = TcpListener::bind((WORKER_ADDR, 0))?;
+        port_tx
+            .send(listener.local_addr()?.port())
+            .map_err(|_| io::Error::other("sender gone"))?;
+        listener.set_nonblocking(true)?;
+        let start = Instant::now();
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if is_timeout(&e) && start.elapsed() < idle => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(e) if is_timeout(&e) => return Err(timed_out("TCP accept")),
+                Err(e) => return Err(e),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(idle))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut got, mut last) = (0u64, Instant::now());
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    got += n as u64;
+                    last = Instant::now();
+                }
+                // The sender stops at its cap with a reset or a close.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((got, last))
+    })?;
+    let port = port_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| timed_out("TCP sink start"));
+    let source = port.map(|port| {
+        link.spawn_in_cloud(move || {
+            let addr = SocketAddr::from((WORKER_ADDR, port));
+            let start = Instant::now();
+            let mut stream = TcpStream::connect_timeout(&addr, idle)?;
+            stream.set_write_timeout(Some(Duration::from_millis(200)))?;
+            let chunk = vec![0x5au8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 && start.elapsed() < cap {
+                let n = left.min(chunk.len() as u64) as usize;
+                match stream.write(&chunk[..n]) {
+                    Ok(w) => left -= w as u64,
+                    Err(e) if is_timeout(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if left > 0 {
+                // Cut off: whatever is still queued does not count.
+                let _ = stream.shutdown(Shutdown::Both);
+            } else {
+                stream.shutdown(Shutdown::Write)?;
+            }
+            Ok((start, left == 0))
+        })
+    });
+    let sent = match source {
+        Ok(Ok(thread)) => ns::join(thread),
+        Ok(Err(e)) | Err(e) => Err(e),
+    };
+    let received = ns::join(sink);
+    let (start, all_sent) = sent?;
+    let (got, last) = received?;
+    let seconds = last.saturating_duration_since(start).as_secs_f64();
+    Ok(TcpBounded {
+        bytes: got,
+        complete: all_sent && got == bytes,
+        seconds,
+        goodput_bps: if seconds > 0.0 {
+            got as f64 * 8.0 / seconds
+        } else {
+            0.0
+        },
+    })
+}
+
 /// The median delivery rate in bits/s over consecutive intervals of
 /// `interval` seconds after `mark` bytes, from (seconds, cumulative bytes)
 /// samples. The median ignores the bursts that follow a filled hole (data
@@ -474,7 +576,10 @@ pub fn calibrate(config: LinkConfig) -> Result<Calibration, NetemError> {
 }
 
 /// [`calibrate`] on the chosen backend: both backends are measured the same way.
-pub fn calibrate_with(config: LinkConfig, choice: BackendChoice) -> Result<Calibration, NetemError> {
+pub fn calibrate_with(
+    config: LinkConfig,
+    choice: BackendChoice,
+) -> Result<Calibration, NetemError> {
     let link = Link::up_with(config, choice)?;
     let backend = link.backend();
     let rtt_s = config.rtt.as_secs_f64();

@@ -653,14 +653,24 @@ mod tests {
         assert!(LinkConfig { reorder: 1.0, ..c }.validate().is_err());
         assert!(LinkConfig { reorder: -0.1, ..c }.validate().is_err());
         assert!(LinkConfig { reorder: 0.01, ..c }.validate().is_ok());
-        assert_eq!("auto".parse::<BackendChoice>().ok(), Some(BackendChoice::Auto));
+        assert_eq!(
+            "auto".parse::<BackendChoice>().ok(),
+            Some(BackendChoice::Auto)
+        );
         assert_eq!(
             "userspace".parse::<BackendChoice>().ok(),
             Some(BackendChoice::Userspace)
         );
         assert!("kernel".parse::<BackendChoice>().is_err());
-        assert_eq!(BackendChoice::Userspace.resolve().ok(), Some(Backend::Userspace));
-        let s = shape_of(&LinkConfig { loss: 0.02, reorder: 0.01, ..c });
+        assert_eq!(
+            BackendChoice::Userspace.resolve().ok(),
+            Some(Backend::Userspace)
+        );
+        let s = shape_of(&LinkConfig {
+            loss: 0.02,
+            reorder: 0.01,
+            ..c
+        });
         assert_eq!(s.delay, Duration::from_millis(25));
         assert_eq!((s.loss, s.reorder, s.limit), (0.02, 0.01, c.queue_limit()));
     }

@@ -281,7 +281,10 @@ mod tests {
         assert!(inversions > 0, "some packets arrive ahead of earlier ones");
         // A reordered packet still waits for its serialization: never before it.
         for (seq, at) in &out {
-            assert!(*at >= Duration::from_millis(1 + u64::from(*seq)), "{seq} {at:?}");
+            assert!(
+                *at >= Duration::from_millis(1 + u64::from(*seq)),
+                "{seq} {at:?}"
+            );
         }
         let mut seqs: Vec<u32> = out.iter().map(|o| o.0).collect();
         seqs.sort_unstable();

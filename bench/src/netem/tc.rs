@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use super::calibrate::MTU;
-use super::{ns, LinkConfig, NetemError, DirectionStats, NS_PREFIX};
+use super::{ns, DirectionStats, LinkConfig, NetemError, NS_PREFIX};
 
 /// Name of the veth device in each namespace.
 pub const VETH_NAME: &str = "sl0";
@@ -89,7 +89,15 @@ pub fn up(
     run("ip", &veth_args(worker_ns, cloud_ns))?;
     for (ns, addr) in [(worker_ns, addrs[0]), (cloud_ns, addrs[1])] {
         ns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ns::ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", VETH_NAME])?;
+        ns::ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            VETH_NAME,
+        ])?;
         ns::ip(&["-n", ns, "link", "set", VETH_NAME, "up"])?;
         run("tc", &netem_args(ns, VETH_NAME, "replace", config))?;
     }
@@ -150,8 +158,11 @@ pub fn probe() -> Result<(), String> {
                 ns::add(&name)?;
                 run(
                     "ip",
-                    &["-n", &name, "link", "add", "name", "p0", "type", "veth", "peer", "name", "p1"]
-                        .map(String::from),
+                    &[
+                        "-n", &name, "link", "add", "name", "p0", "type", "veth", "peer", "name",
+                        "p1",
+                    ]
+                    .map(String::from),
                 )?;
                 let config = LinkConfig::new(std::time::Duration::from_millis(2), 1_000_000);
                 run("tc", &netem_args(&name, "p0", "replace", &config)).map(|_| ())
@@ -194,8 +205,14 @@ mod tests {
             ..LinkConfig::new(Duration::from_millis(50), 1_000_000_000)
         };
         let a = args(&netem_args("w", "sl0", "change", &c));
-        assert!(a.starts_with("-n w qdisc change dev sl0 root netem limit "), "{a}");
-        assert!(a.ends_with("delay 25000us reorder 1% rate 1000000000bit loss random 0.5%"), "{a}");
+        assert!(
+            a.starts_with("-n w qdisc change dev sl0 root netem limit "),
+            "{a}"
+        );
+        assert!(
+            a.ends_with("delay 25000us reorder 1% rate 1000000000bit loss random 0.5%"),
+            "{a}"
+        );
     }
 
     #[test]
@@ -224,6 +241,9 @@ mod tests {
         let qdisc = r#"[{"kind":"netem","handle":"8001:","bytes":100,"packets":2,"drops":7}]"#;
         let s = parse_stats(Some(link), Some(qdisc));
         assert_eq!((s.packets, s.bytes, s.drops), (5, 1234, 7));
-        assert_eq!(parse_stats(Some("not json"), None), DirectionStats::default());
+        assert_eq!(
+            parse_stats(Some("not json"), None),
+            DirectionStats::default()
+        );
     }
 }
