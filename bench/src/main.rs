@@ -215,9 +215,9 @@ fn run_link(cmd: LinkCommand) -> Result<()> {
             };
             netem::block_signals()?;
             let link = Link::up_with(config, args.emulator.parse()?)?;
+            eprintln!("emulator: {}", link.backend());
             println!(
-                "{} link: worker {} {} cloud {} {}",
-                link.backend(),
+                "worker {} {} cloud {} {}",
                 link.worker_ns(),
                 link.worker_addr(),
                 link.cloud_ns(),

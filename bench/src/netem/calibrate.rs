@@ -266,6 +266,7 @@ pub struct TcpBounded {
 /// fetch) to the last byte received.
 pub fn measure_tcp_bounded(link: &Link, bytes: u64, cap: Duration) -> io::Result<TcpBounded> {
     let idle = link.config().rtt * 4 + Duration::from_secs(10);
+    let cap_with_slack = cap + idle;
     let (port_tx, port_rx) = mpsc::channel();
     let sink = link.spawn_in_worker(move || {
         let listener = TcpListener::bind((WORKER_ADDR, 0))?;
@@ -285,11 +286,16 @@ pub fn measure_tcp_bounded(link: &Link, bytes: u64, cap: Duration) -> io::Result
             }
         };
         stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(idle))?;
+        stream.set_read_timeout(Some(Duration::from_millis(500)))?;
         let mut buf = vec![0u8; 256 * 1024];
         let (mut got, mut last) = (0u64, Instant::now());
+        let accepted = Instant::now();
         loop {
+            if accepted.elapsed() > cap_with_slack {
+                break;
+            }
             match stream.read(&mut buf) {
+                Err(e) if is_timeout(&e) => continue,
                 Ok(0) => break,
                 Ok(n) => {
                     got += n as u64;
