@@ -74,6 +74,10 @@ pub struct MatrixArgs {
     /// executable's directory).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// The proxy's congestion controller (default: the proxy's default, with
+    /// no configuration file at all).
+    #[arg(long)]
+    pub congestion: Option<String>,
     /// Directory for registry, proxy and bundle files during the run.
     #[arg(long, default_value = "/var/tmp/starlight-matrix")]
     pub work_dir: PathBuf,
@@ -333,6 +337,7 @@ fn start_cloud(
     proxy_bin: &Path,
     starlight: &Path,
     images: &[(String, u64)],
+    congestion: Option<&str>,
 ) -> Result<Cloud> {
     let place = Place::netns(link.cloud_ns());
     let host = link.cloud_addr().to_string();
@@ -373,9 +378,14 @@ fn start_cloud(
     .context("starlight-proxy gen-cert")?;
     let ca = certs.join("cert.pem");
     let mut cmd = place.command(proxy_bin);
-    // Default transport settings: no configuration file.
-    cmd.arg("serve")
-        .arg("--listen")
+    // Default transport settings: no configuration file (unless a controller is chosen).
+    cmd.arg("serve");
+    if let Some(cc) = congestion {
+        let config = work.join("proxy.toml");
+        fs::write(&config, format!("[serve]\ncongestion = {cc:?}\n"))?;
+        cmd.arg("--config").arg(config);
+    }
+    cmd.arg("--listen")
         .arg(format!("{host}:{PROXY_PORT}"))
         .arg("--registry")
         .arg(&reg_addr)
@@ -636,7 +646,14 @@ pub fn run(args: MatrixArgs) -> Result<()> {
             images.push(image);
         }
     }
-    let cloud = start_cloud(&link, &args.work_dir, &proxy_bin, &starlight, &images)?;
+    let cloud = start_cloud(
+        &link,
+        &args.work_dir,
+        &proxy_bin,
+        &starlight,
+        &images,
+        args.congestion.as_deref(),
+    )?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let started = Instant::now();
     let mut results = Vec::new();
@@ -674,7 +691,10 @@ pub fn run(args: MatrixArgs) -> Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         "seconds": started.elapsed().as_secs_f64(),
-        "transport": "defaults (proxy without configuration, starlight fetch without options)",
+        "transport": match &args.congestion {
+            None => "defaults (proxy without configuration, starlight fetch without options)".to_string(),
+            Some(cc) => format!("proxy congestion = {cc:?}, otherwise defaults"),
+        },
         "cells": results,
     });
     write_with_ext(
