@@ -4,7 +4,9 @@
 //! - `overhead` converts them to the Starlight format and reports the size
 //!   overhead and the conversion and scan throughputs;
 //! - `link up|down|calibrate` runs the emulated WAN link (see
-//!   `starlight_bench::netem`).
+//!   `starlight_bench::netem`);
+//! - `transport-matrix` fetches bundles over the link across RTT × rate ×
+//!   loss, beside TCP.
 
 mod apt;
 mod corpus;
@@ -12,6 +14,7 @@ mod cputime;
 mod daemon;
 mod imagebuild;
 mod images;
+mod matrix;
 mod overhead;
 mod registry;
 mod report;
@@ -58,6 +61,8 @@ enum Command {
     /// The emulated WAN link between a worker and a cloud namespace.
     #[command(subcommand)]
     Link(LinkCommand),
+    /// Bundles over an emulated link across RTT x rate x loss, beside TCP.
+    TransportMatrix(matrix::MatrixArgs),
 }
 
 #[derive(Subcommand)]
@@ -94,6 +99,9 @@ enum LinkCommand {
         /// Also write the results as JSON to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Emulator: auto (netem where the kernel has it), netem or userspace.
+        #[arg(long, default_value = "auto")]
+        emulator: String,
     },
 }
 
@@ -108,6 +116,13 @@ struct LinkArgs {
     /// Random loss probability per direction, in [0, 1).
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// Probability per direction, in [0, 1), that a packet skips the delay
+    /// (reordering it ahead of earlier packets).
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Emulator: auto (netem where the kernel has it), netem or userspace.
+    #[arg(long, default_value = "auto")]
+    emulator: String,
     /// Queue limit in bytes per direction (default: 2 BDP + 64 KiB).
     #[arg(long)]
     queue_bytes: Option<u64>,
@@ -182,6 +197,7 @@ fn main() -> Result<()> {
         Command::Sweep(args) => sweep::run(args),
         Command::Report(args) => sweep::report(args),
         Command::Link(cmd) => run_link(cmd),
+        Command::TransportMatrix(args) => matrix::run(args),
     }
 }
 
@@ -194,10 +210,12 @@ fn run_link(cmd: LinkCommand) -> Result<()> {
                 rtt: parse_duration(&args.rtt)?,
                 rate_bps: parse_rate(&args.rate)?,
                 loss: args.loss,
+                reorder: args.reorder,
                 queue_bytes: args.queue_bytes,
             };
             netem::block_signals()?;
-            let link = Link::up(config)?;
+            let link = Link::up_with(config, args.emulator.parse()?)?;
+            eprintln!("emulator: {}", link.backend());
             println!(
                 "worker {} {} cloud {} {}",
                 link.worker_ns(),
@@ -216,7 +234,13 @@ fn run_link(cmd: LinkCommand) -> Result<()> {
             }
             Ok(())
         }
-        LinkCommand::Calibrate { rtt, rate, out } => {
+        LinkCommand::Calibrate {
+            rtt,
+            rate,
+            out,
+            emulator,
+        } => {
+            let choice: netem::BackendChoice = emulator.parse()?;
             netem::cleanup_stale()?;
             netem::exit_on_signal()?;
             let rate_bps = parse_rate(&rate)?;
@@ -224,7 +248,7 @@ fn run_link(cmd: LinkCommand) -> Result<()> {
             for r in &rtt {
                 let config = LinkConfig::new(parse_duration(r)?, rate_bps);
                 tracing::info!(rtt = r, rate = rate_bps, "calibrating");
-                results.push(calibrate::calibrate(config)?);
+                results.push(calibrate::calibrate_with(config, choice)?);
             }
             print!("{}", calibrate::table(&results));
             if let Some(out) = out {

@@ -19,7 +19,11 @@
 //! retries = 3              # retries of a failed range request (transient errors)
 //! plan_cache_entries = 256
 //! plan_cache_bytes = 268435456
-//! send_window = 16777216   # QUIC send window per connection, bytes
+//! path_rtt_ms = 150        # expected worker round-trip time: windows are 2 x BDP of this path
+//! path_rate = "1gbit"      # expected bottleneck rate (same units as rate_limit)
+//! send_window = 16777216   # QUIC send window per connection, bytes (default: from the path)
+//! congestion = "bbr"       # QUIC congestion controller: bbr, cubic or newreno
+//! initial_window = 131072  # initial congestion window, bytes (paced; 2400..4194304)
 //! rate_limit = "100mbit"   # pace each bundle's body (bytes/s, or "kbit", "mbit", "gbit", "kb", "mb", "gb")
 //! tag_ttl_secs = 300       # re-resolve a tag against the registry after this long (0: every request)
 //! max_held_images = 64     # distinct held images looked at per request (duplicates dropped)
@@ -115,8 +119,17 @@ pub struct ServeConfig {
     pub plan_cache_entries: usize,
     /// Approximate bytes of plans kept in the plan cache.
     pub plan_cache_bytes: usize,
-    /// QUIC send window per connection in bytes (bytes buffered unacknowledged).
-    pub send_window: u64,
+    /// Round-trip time of the expected worker path in milliseconds (sizes the windows).
+    pub path_rtt_ms: u64,
+    /// Bottleneck rate of the expected worker path (sizes the windows).
+    pub path_rate: Rate,
+    /// QUIC send window per connection in bytes (bytes buffered unacknowledged);
+    /// default: from the path (see [`ServeConfig::transport`]).
+    pub send_window: Option<u64>,
+    /// QUIC congestion controller.
+    pub congestion: CongestionName,
+    /// Initial congestion window in bytes.
+    pub initial_window: InitialWindow,
     /// Pace each bundle's body to this rate (none: as fast as it goes).
     pub rate_limit: Option<Rate>,
     /// Seconds after which a tag is resolved again against the registry (0: on every
@@ -148,6 +161,62 @@ pub struct ServeConfig {
     pub max_stored_traces: u64,
     /// Tag refreshes (`starlight convert --notify`) accepted per token per minute.
     pub max_refreshes_per_minute: u32,
+}
+
+impl ServeConfig {
+    /// The QUIC transport settings of the server: windows sized for the configured
+    /// path (2 x BDP, bounded), `send_window` if set, the congestion controller and
+    /// initial window.
+    pub fn transport(&self) -> transport_quic::quic::TransportTuning {
+        let path = transport_quic::quic::PathProfile {
+            rtt: std::time::Duration::from_millis(self.path_rtt_ms.min(60_000)),
+            rate_bps: self.path_rate.0.saturating_mul(8),
+        };
+        let mut t = transport_quic::quic::TransportTuning::for_path(path);
+        if let Some(w) = self.send_window {
+            t.send_window = w;
+        }
+        t.congestion = self.congestion.0;
+        t.initial_window = self.initial_window.0;
+        t
+    }
+}
+
+/// A congestion controller name in TOML: `"bbr"`, `"cubic"` or `"newreno"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CongestionName(pub transport_quic::quic::Congestion);
+
+impl TryFrom<String> for CongestionName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map(CongestionName).map_err(|e| format!("{e}"))
+    }
+}
+
+/// An initial congestion window in bytes, within the transport's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct InitialWindow(pub u64);
+
+impl Default for InitialWindow {
+    fn default() -> Self {
+        InitialWindow(transport_quic::quic::transport::DEFAULT_INITIAL_WINDOW)
+    }
+}
+
+impl TryFrom<u64> for InitialWindow {
+    type Error = String;
+    fn try_from(n: u64) -> Result<Self, String> {
+        use transport_quic::quic::transport::{MAX_INITIAL_WINDOW, MIN_INITIAL_WINDOW};
+        if (MIN_INITIAL_WINDOW..=MAX_INITIAL_WINDOW).contains(&n) {
+            Ok(InitialWindow(n))
+        } else {
+            Err(format!(
+                "initial_window {n} not in {MIN_INITIAL_WINDOW}..={MAX_INITIAL_WINDOW} bytes"
+            ))
+        }
+    }
 }
 
 /// A transfer rate in bytes per second. In TOML: an integer (bytes/s) or a
@@ -221,7 +290,11 @@ impl Default for ServeConfig {
             retries: 3,
             plan_cache_entries: 256,
             plan_cache_bytes: 256 << 20,
-            send_window: 16 << 20,
+            path_rtt_ms: transport_quic::quic::transport::DEFAULT_PATH_RTT.as_millis() as u64,
+            path_rate: Rate(transport_quic::quic::transport::DEFAULT_PATH_RATE_BPS / 8),
+            send_window: None,
+            congestion: CongestionName::default(),
+            initial_window: InitialWindow::default(),
             rate_limit: None,
             tag_ttl_secs: 300,
             max_held_images: 64,
@@ -389,6 +462,38 @@ impl std::str::FromStr for ByteSize {
             .checked_mul(factor)
             .map(ByteSize)
             .ok_or_else(|| format!("size {text:?} is out of range"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod transport_config_tests {
+    use super::*;
+    use transport_quic::quic::Congestion;
+
+    #[test]
+    fn transport_keys_parse_and_size_the_windows() {
+        let d = Config::parse("").unwrap().serve.transport();
+        assert_eq!(d.congestion, Congestion::Bbr);
+        assert_eq!(d.send_window, 75_000_000); // 2 x 2 BDP of 1 Gbit/s x 150 ms
+        let c = Config::parse(
+            "[serve]\npath_rtt_ms = 300\npath_rate = \"100mbit\"\ncongestion = \"cubic\"\ninitial_window = 65536\n",
+        )
+        .unwrap();
+        let t = c.serve.transport();
+        assert_eq!(t.congestion, Congestion::Cubic);
+        assert_eq!(t.initial_window, 65536);
+        assert_eq!(t.stream_receive_window, 7_500_000);
+        let c = Config::parse("[serve]\nsend_window = 2097152\n").unwrap();
+        assert_eq!(c.serve.transport().send_window, 2 << 20);
+        for bad in [
+            "[serve]\ncongestion = \"vegas\"\n",
+            "[serve]\ninitial_window = 10\n",
+            "[serve]\ninitial_window = 999999999\n",
+            "[serve]\npath_rate = \"fast\"\n",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
     }
 }
 

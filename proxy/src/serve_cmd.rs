@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
-use transport_quic::quic::{Server, ServerOptions, ServerTls, TransportTuning};
+use transport_quic::quic::{Server, ServerOptions, ServerTls};
 
 /// Flags of `starlight-proxy serve` (each overrides the config file).
 #[derive(Args, Debug)]
@@ -192,11 +192,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let registry = Arc::new(RegistryClient::new(plain_http));
     let memory_bound = options.memory_bound();
     let handler = Arc::new(BundleServer::new(db, registry, cache, options));
+    let transport = s.transport();
     let server_options = ServerOptions {
-        transport: TransportTuning {
-            send_window: s.send_window,
-            ..TransportTuning::default()
-        },
+        transport: transport.clone(),
         max_connections: s.max_connections.max(1),
         max_connections_per_address: s.max_connections_per_address.max(1),
         max_unauthenticated: s.max_unauthenticated.max(1),
@@ -224,7 +222,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         plain_http,
         payload_memory_bound = memory_bound,
         bundles_memory_bound = memory_bound.saturating_mul(s.max_bundles.max(1) as u64),
-        send_window = s.send_window,
+        send_window = transport.send_window,
+        stream_window = transport.stream_receive_window,
+        congestion = %transport.congestion,
+        initial_window = transport.initial_window,
         allowed_registries = ?allowed,
         tag_ttl_secs = tag_ttl.as_secs(),
         "serving bundles"

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{ns, Link, LinkConfig, LinkStats, NetemError, CLOUD_ADDR, WORKER_ADDR};
+use super::{
+    ns, Backend, BackendChoice, Link, LinkConfig, LinkStats, NetemError, CLOUD_ADDR, WORKER_ADDR,
+};
 
 /// IPv4 + TCP headers with timestamps, per segment.
 pub const TCP_OVERHEAD: u64 = 20 + 20 + 12;
@@ -246,6 +248,114 @@ pub fn measure_tcp(link: &Link, bytes: u64, warmup: f64) -> io::Result<TcpResult
     result
 }
 
+/// A bounded TCP transfer, cloud to worker (see [`measure_tcp_bounded`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TcpBounded {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Whether all the bytes asked for arrived before the time cap.
+    pub complete: bool,
+    /// Seconds from the sender's connect to the last byte received.
+    pub seconds: f64,
+    /// `bytes` × 8 / `seconds`.
+    pub goodput_bps: f64,
+}
+
+/// Sends up to `bytes` over TCP from cloud to worker, stopping at `cap`;
+/// the time runs from the connect (handshake included, as for a bundle
+/// fetch) to the last byte received.
+pub fn measure_tcp_bounded(link: &Link, bytes: u64, cap: Duration) -> io::Result<TcpBounded> {
+    let idle = link.config().rtt * 4 + Duration::from_secs(10);
+    let cap_with_slack = cap + idle;
+    let (port_tx, port_rx) = mpsc::channel();
+    let sink = link.spawn_in_worker(move || {
+        let listener = TcpListener::bind((WORKER_ADDR, 0))?;
+        port_tx
+            .send(listener.local_addr()?.port())
+            .map_err(|_| io::Error::other("sender gone"))?;
+        listener.set_nonblocking(true)?;
+        let start = Instant::now();
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if is_timeout(&e) && start.elapsed() < idle => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(e) if is_timeout(&e) => return Err(timed_out("TCP accept")),
+                Err(e) => return Err(e),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut got, mut last) = (0u64, Instant::now());
+        let accepted = Instant::now();
+        loop {
+            if accepted.elapsed() > cap_with_slack {
+                break;
+            }
+            match stream.read(&mut buf) {
+                Err(e) if is_timeout(&e) => continue,
+                Ok(0) => break,
+                Ok(n) => {
+                    got += n as u64;
+                    last = Instant::now();
+                }
+                // The sender stops at its cap with a reset or a close.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((got, last))
+    })?;
+    let port = port_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| timed_out("TCP sink start"));
+    let source = port.map(|port| {
+        link.spawn_in_cloud(move || {
+            let addr = SocketAddr::from((WORKER_ADDR, port));
+            let start = Instant::now();
+            let mut stream = TcpStream::connect_timeout(&addr, idle)?;
+            stream.set_write_timeout(Some(Duration::from_millis(200)))?;
+            let chunk = vec![0x5au8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 && start.elapsed() < cap {
+                let n = left.min(chunk.len() as u64) as usize;
+                match stream.write(&chunk[..n]) {
+                    Ok(w) => left -= w as u64,
+                    Err(e) if is_timeout(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if left > 0 {
+                // Cut off: whatever is still queued does not count.
+                let _ = stream.shutdown(Shutdown::Both);
+            } else {
+                stream.shutdown(Shutdown::Write)?;
+            }
+            Ok((start, left == 0))
+        })
+    });
+    let sent = match source {
+        Ok(Ok(thread)) => ns::join(thread),
+        Ok(Err(e)) | Err(e) => Err(e),
+    };
+    let received = ns::join(sink);
+    let (start, all_sent) = sent?;
+    let (got, last) = received?;
+    let seconds = last.saturating_duration_since(start).as_secs_f64();
+    Ok(TcpBounded {
+        bytes: got,
+        complete: all_sent && got == bytes,
+        seconds,
+        goodput_bps: if seconds > 0.0 {
+            got as f64 * 8.0 / seconds
+        } else {
+            0.0
+        },
+    })
+}
+
 /// The median delivery rate in bits/s over consecutive intervals of
 /// `interval` seconds after `mark` bytes, from (seconds, cumulative bytes)
 /// samples. The median ignores the bursts that follow a filled hole (data
@@ -433,6 +543,8 @@ impl Check {
 pub struct Calibration {
     /// The configured link.
     pub config: LinkConfig,
+    /// The emulator that ran it.
+    pub backend: Backend,
     /// Echo round-trip times.
     pub rtt: RttStats,
     /// The TCP transfer.
@@ -462,11 +574,20 @@ pub fn udp_target_bps(rate_bps: u64) -> f64 {
     rate_bps as f64 * UDP_PAYLOAD as f64 / MTU as f64
 }
 
-/// Brings a link up with `config`, measures RTT, TCP and UDP goodput, and
-/// checks them against the targets (5%, and 1 ms of RTT slack). A rate of 0
-/// (unlimited) only gets the RTT check.
+/// Brings a link up with `config` (on the default backend), measures RTT,
+/// TCP and UDP goodput, and checks them against the targets (5%, and 1 ms
+/// of RTT slack). A rate of 0 (unlimited) only gets the RTT check.
 pub fn calibrate(config: LinkConfig) -> Result<Calibration, NetemError> {
-    let link = Link::up(config)?;
+    calibrate_with(config, BackendChoice::Auto)
+}
+
+/// [`calibrate`] on the chosen backend: both backends are measured the same way.
+pub fn calibrate_with(
+    config: LinkConfig,
+    choice: BackendChoice,
+) -> Result<Calibration, NetemError> {
+    let link = Link::up_with(config, choice)?;
+    let backend = link.backend();
     let rtt_s = config.rtt.as_secs_f64();
     let rtt = measure_rtt(&link, 20, Duration::from_millis(20))?;
     // Enough data for ~4 s at full rate after slow start (~10 RTTs).
@@ -511,6 +632,7 @@ pub fn calibrate(config: LinkConfig) -> Result<Calibration, NetemError> {
     link.down()?;
     Ok(Calibration {
         config,
+        backend,
         rtt,
         tcp,
         udp,
@@ -522,13 +644,14 @@ pub fn calibrate(config: LinkConfig) -> Result<Calibration, NetemError> {
 /// Formats calibrations as a table, one row per check.
 pub fn table(results: &[Calibration]) -> String {
     let mut out = format!(
-        "{:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>5}\n",
-        "rtt", "rate", "metric", "target", "measured", "error", "ok"
+        "{:>9} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>5}\n",
+        "emulator", "rtt", "rate", "metric", "target", "measured", "error", "ok"
     );
     for r in results {
         for c in &r.checks {
             out += &format!(
-                "{:>6}ms {:>5}Mbit/s {:>6} {:>9.2} {:<2} {:>9.2} {:<2} {:>7.2}% {:>5}\n",
+                "{:>9} {:>6}ms {:>5}Mbit/s {:>6} {:>9.2} {:<2} {:>9.2} {:<2} {:>7.2}% {:>5}\n",
+                r.backend,
                 r.config.rtt.as_millis(),
                 r.config.rate_bps / 1_000_000,
                 c.metric,

@@ -1,8 +1,13 @@
-//! A userspace link emulator (netem with a rate, for kernels without
-//! `sch_netem`): two network namespaces, `worker` and `cloud`, each with a TUN
-//! device, and one thread per direction in this process that moves IP packets
-//! between the two devices, holding each for the one-way delay and pacing it
-//! to the rate through a bounded tail-drop queue, with optional random loss.
+//! The emulated WAN link: two network namespaces, `worker` and `cloud`,
+//! joined by a link with a delay, a rate, a bounded tail-drop queue, random
+//! loss and reordering.
+//!
+//! Two backends: where the kernel has `sch_netem`, a veth pair shaped by
+//! `tc qdisc … netem` on each end ([`tc`]); elsewhere (or on request) the
+//! userspace emulator, a TUN device in each namespace and one thread per
+//! direction in this process that moves IP packets between them through a
+//! [`shaper::Shaper`]. Both take the same [`LinkConfig`] and are calibrated
+//! the same way ([`calibrate`]).
 //!
 //! Namespaces are named `sl-<pid>-<n>-w` and `sl-<pid>-<n>-c`; [`cleanup_stale`]
 //! removes those whose process is gone.
@@ -10,6 +15,8 @@
 pub mod calibrate;
 mod ns;
 mod pump;
+pub mod shaper;
+pub mod tc;
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -68,6 +75,9 @@ pub struct LinkConfig {
     pub rate_bps: u64,
     /// Probability in [0, 1) of dropping a packet, per direction.
     pub loss: f64,
+    /// Probability in [0, 1) that a packet skips the delay, overtaking the
+    /// packets sent before it (netem's `reorder`), per direction.
+    pub reorder: f64,
     /// Bytes each direction holds at most, delay line included; `None` means
     /// twice the bandwidth-delay product plus [`QUEUE_SLACK`] plus
     /// [`QUEUE_BURST_TIME`] at the rate, so that one bandwidth-delay product
@@ -82,6 +92,7 @@ impl LinkConfig {
             rtt,
             rate_bps,
             loss: 0.0,
+            reorder: 0.0,
             queue_bytes: None,
         }
     }
@@ -110,6 +121,12 @@ impl LinkConfig {
                 self.loss
             )));
         }
+        if !(0.0..1.0).contains(&self.reorder) {
+            return Err(NetemError::Config(format!(
+                "reorder {} not in [0, 1)",
+                self.reorder
+            )));
+        }
         if self.queue_limit() < 2048 {
             return Err(NetemError::Config("queue smaller than 2048 bytes".into()));
         }
@@ -126,8 +143,85 @@ pub struct DirectionStats {
     pub bytes: u64,
     /// Packets tail-dropped by the full queue.
     pub drops: u64,
-    /// Packets dropped by the random loss.
+    /// Packets dropped by the random loss (the netem backend counts them
+    /// in `drops`).
     pub lost: u64,
+    /// Packets sent ahead of earlier ones.
+    pub reordered: u64,
+}
+
+/// Which emulator runs a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A veth pair shaped by the kernel's `sch_netem`.
+    Netem,
+    /// TUN devices and this process's pump threads.
+    Userspace,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Netem => "netem",
+            Backend::Userspace => "userspace",
+        })
+    }
+}
+
+/// Which backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// netem where the kernel has it, else the userspace emulator.
+    #[default]
+    Auto,
+    /// netem or fail.
+    Netem,
+    /// The userspace emulator.
+    Userspace,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = NetemError;
+    fn from_str(s: &str) -> Result<Self, NetemError> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "netem" => Ok(BackendChoice::Netem),
+            "userspace" => Ok(BackendChoice::Userspace),
+            _ => Err(NetemError::Config(format!(
+                "emulator {s:?}: expected auto, netem or userspace"
+            ))),
+        }
+    }
+}
+
+impl BackendChoice {
+    /// The backend this choice gives on this kernel.
+    pub fn resolve(self) -> Result<Backend, NetemError> {
+        match self {
+            BackendChoice::Userspace => Ok(Backend::Userspace),
+            BackendChoice::Netem => tc::probe()
+                .map(|()| Backend::Netem)
+                .map_err(|e| NetemError::Unavailable(format!("sch_netem: {e}"))),
+            BackendChoice::Auto => Ok(match tc::probe() {
+                Ok(()) => Backend::Netem,
+                Err(e) => {
+                    tracing::info!(reason = %e, "no sch_netem here: using the userspace emulator");
+                    Backend::Userspace
+                }
+            }),
+        }
+    }
+}
+
+fn shape_of(config: &LinkConfig) -> shaper::Shape {
+    shaper::Shape {
+        delay: config.rtt / 2,
+        rate_bps: config.rate_bps,
+        loss: config.loss,
+        reorder: config.reorder,
+        limit: config.queue_limit(),
+    }
 }
 
 /// Counters of both directions.
@@ -142,6 +236,8 @@ pub struct LinkStats {
 /// A running emulated link; dropping it removes everything it created.
 pub struct Link {
     config: LinkConfig,
+    backend: Backend,
+    shape: Arc<pump::SharedShape>,
     worker_ns: String,
     cloud_ns: String,
     stop: Arc<AtomicBool>,
@@ -192,14 +288,22 @@ pub fn owner_pid(name: &str) -> Option<u32> {
 }
 
 impl Link {
-    /// Creates the namespaces and TUN devices and starts the emulator threads.
+    /// Brings a link up with the default backend choice ([`BackendChoice::Auto`]).
     pub fn up(config: LinkConfig) -> Result<Link, NetemError> {
+        Self::up_with(config, BackendChoice::Auto)
+    }
+
+    /// Creates the namespaces and the link with the chosen backend.
+    pub fn up_with(config: LinkConfig, choice: BackendChoice) -> Result<Link, NetemError> {
         config.validate()?;
         available()?;
+        let backend = choice.resolve()?;
         let n = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let mut link = Link {
             config,
+            backend,
+            shape: Arc::new(pump::SharedShape::new(shape_of(&config))),
             worker_ns: format!("{NS_PREFIX}{pid}-{n}-w"),
             cloud_ns: format!("{NS_PREFIX}{pid}-{n}-c"),
             stop: Arc::new(AtomicBool::new(false)),
@@ -210,6 +314,20 @@ impl Link {
             down: false,
         };
         // On error, dropping `link` removes whatever was created.
+        if backend == Backend::Netem {
+            for name in [&link.worker_ns, &link.cloud_ns] {
+                ns::add(name)?;
+                ns::tune(name)?;
+            }
+            tc::up(
+                &link.worker_ns,
+                &link.cloud_ns,
+                [WORKER_ADDR, CLOUD_ADDR],
+                &config,
+            )?;
+            tracing::debug!(worker = %link.worker_ns, cloud = %link.cloud_ns, ?config, "netem link up");
+            return Ok(link);
+        }
         for (name, addr) in [
             (link.worker_ns.clone(), WORKER_ADDR),
             (link.cloud_ns.clone(), CLOUD_ADDR),
@@ -230,7 +348,6 @@ impl Link {
                 "up",
             ])?;
         }
-        let limit = config.queue_limit();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
@@ -241,10 +358,7 @@ impl Link {
             let pump = pump::Pump {
                 src: fds[dir],
                 dst: fds[1 - dir],
-                delay: config.rtt / 2,
-                rate_bps: config.rate_bps,
-                loss: config.loss,
-                limit,
+                shape: link.shape.clone(),
                 counters: link.counters[dir].clone(),
                 stop: link.stop.clone(),
                 bypass: link.bypass.clone(),
@@ -262,6 +376,23 @@ impl Link {
     /// The configuration the link runs with.
     pub fn config(&self) -> &LinkConfig {
         &self.config
+    }
+
+    /// The backend emulating this link.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Changes the delay, rate, loss, reordering and queue of a running link
+    /// (packets already queued keep their times).
+    pub fn reconfigure(&mut self, config: LinkConfig) -> Result<(), NetemError> {
+        config.validate()?;
+        match self.backend {
+            Backend::Netem => tc::change(&self.worker_ns, &self.cloud_ns, &config)?,
+            Backend::Userspace => self.shape.set(shape_of(&config)),
+        }
+        self.config = config;
+        Ok(())
     }
 
     /// Name of the worker's namespace.
@@ -320,11 +451,18 @@ impl Link {
 
     /// Counters of both directions so far.
     pub fn stats(&self) -> LinkStats {
+        if self.backend == Backend::Netem {
+            return LinkStats {
+                worker_to_cloud: tc::direction_stats(&self.cloud_ns, &self.worker_ns),
+                cloud_to_worker: tc::direction_stats(&self.worker_ns, &self.cloud_ns),
+            };
+        }
         let read = |c: &pump::Counters| DirectionStats {
             packets: c.packets.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             drops: c.drops.load(Ordering::Relaxed),
             lost: c.lost.load(Ordering::Relaxed),
+            reordered: c.reordered.load(Ordering::Relaxed),
         };
         LinkStats {
             worker_to_cloud: read(&self.counters[0]),
@@ -507,6 +645,34 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn reorder_and_backend_choices_are_checked() {
+        let c = LinkConfig::new(Duration::from_millis(50), 100_000_000);
+        assert!(LinkConfig { reorder: 1.0, ..c }.validate().is_err());
+        assert!(LinkConfig { reorder: -0.1, ..c }.validate().is_err());
+        assert!(LinkConfig { reorder: 0.01, ..c }.validate().is_ok());
+        assert_eq!(
+            "auto".parse::<BackendChoice>().ok(),
+            Some(BackendChoice::Auto)
+        );
+        assert_eq!(
+            "userspace".parse::<BackendChoice>().ok(),
+            Some(BackendChoice::Userspace)
+        );
+        assert!("kernel".parse::<BackendChoice>().is_err());
+        assert_eq!(
+            BackendChoice::Userspace.resolve().ok(),
+            Some(Backend::Userspace)
+        );
+        let s = shape_of(&LinkConfig {
+            loss: 0.02,
+            reorder: 0.01,
+            ..c
+        });
+        assert_eq!(s.delay, Duration::from_millis(25));
+        assert_eq!((s.loss, s.reorder, s.limit), (0.02, 0.01, c.queue_limit()));
     }
 
     #[test]

@@ -80,26 +80,38 @@ pub fn join<T>(handle: JoinHandle<io::Result<T>>) -> io::Result<T> {
         .map_err(|_| io::Error::other("namespace thread panicked"))?
 }
 
+/// Raises the TCP buffer limits of this thread's namespace so that long fat
+/// links can be filled, and disables IPv6 there (the links carry IPv4 only;
+/// router solicitations or MLD reports would be stray packets on them).
+fn tune_namespace() -> io::Result<()> {
+    for (knob, value) in [
+        ("ipv4/tcp_rmem", "4096 131072 67108864"),
+        ("ipv4/tcp_wmem", "4096 16384 67108864"),
+    ] {
+        std::fs::write(format!("/proc/sys/net/{knob}"), value)?;
+    }
+    for conf in ["all", "default"] {
+        let knob = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+        if std::path::Path::new(&knob).exists() {
+            std::fs::write(knob, "1")?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies [`tune_namespace`] in namespace `ns`.
+pub fn tune(ns: &str) -> Result<(), NetemError> {
+    let thread = spawn_in(ns, tune_namespace)
+        .map_err(|e| NetemError::Command(format!("entering namespace {ns}: {e}")))?;
+    join(thread).map_err(|e| NetemError::Command(format!("in namespace {ns}: {e}")))
+}
+
 /// Opens a non-blocking TUN device `ifname` (IFF_TUN | IFF_NO_PI) from inside
-/// namespace `ns`, raises the TCP buffer limits of that namespace so that
-/// long fat links can be filled, and disables IPv6 there.
+/// namespace `ns`, after [`tune_namespace`] there.
 pub fn open_tun(ns: &str, ifname: &str) -> Result<OwnedFd, NetemError> {
     let ifname = ifname.to_string();
     let thread = spawn_in(ns, move || {
-        for (knob, value) in [
-            ("ipv4/tcp_rmem", "4096 131072 67108864"),
-            ("ipv4/tcp_wmem", "4096 16384 67108864"),
-        ] {
-            std::fs::write(format!("/proc/sys/net/{knob}"), value)?;
-        }
-        // No IPv6: the links carry IPv4 only, and router solicitations or
-        // MLD reports would be stray packets on the emulated link.
-        for conf in ["all", "default"] {
-            let knob = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
-            if std::path::Path::new(&knob).exists() {
-                std::fs::write(knob, "1")?;
-            }
-        }
+        tune_namespace()?;
         tun(&ifname)
     })
     .map_err(|e| NetemError::Tun(format!("entering namespace {ns}: {e}")))?;

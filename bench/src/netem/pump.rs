@@ -1,13 +1,14 @@
-//! One direction of the emulated link: reads IP packets from one TUN device,
-//! holds each for the one-way delay after pacing it to the rate through a
-//! bounded FIFO, and writes it to the other TUN device.
+//! One direction of the userspace emulator: reads IP packets from one TUN
+//! device, shapes them with a [`Shaper`], and writes them to the other TUN
+//! device when due.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::shaper::{Shape, Shaper, Verdict};
 
 /// Counters of one direction, updated by its pump thread.
 #[derive(Debug, Default)]
@@ -20,6 +21,35 @@ pub struct Counters {
     pub drops: AtomicU64,
     /// Packets dropped by the random loss.
     pub lost: AtomicU64,
+    /// Packets sent ahead of earlier ones (reordering).
+    pub reordered: AtomicU64,
+}
+
+/// Shaping parameters shared with the [`super::Link`], changeable while running.
+#[derive(Debug)]
+pub struct SharedShape {
+    shape: Mutex<Shape>,
+    generation: AtomicU64,
+}
+
+impl SharedShape {
+    /// Parameters `shape`.
+    pub fn new(shape: Shape) -> Self {
+        SharedShape {
+            shape: Mutex::new(shape),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Replaces the parameters (the pump picks them up at its next wake-up).
+    pub fn set(&self, shape: Shape) {
+        *self.shape.lock().unwrap_or_else(|p| p.into_inner()) = shape;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn get(&self) -> Shape {
+        *self.shape.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Longest sleep between checks of the stop flag.
@@ -36,14 +66,8 @@ pub struct Pump {
     pub src: RawFd,
     /// TUN fd packets are written to.
     pub dst: RawFd,
-    /// One-way delay.
-    pub delay: Duration,
-    /// Rate in bits per second; 0 means unlimited.
-    pub rate_bps: u64,
-    /// Probability of dropping a packet at random.
-    pub loss: f64,
-    /// Bytes the queue holds at most (delay line included).
-    pub limit: u64,
+    /// The shaping parameters.
+    pub shape: Arc<SharedShape>,
     /// Counters to update.
     pub counters: Arc<Counters>,
     /// Set to stop the thread.
@@ -51,7 +75,7 @@ pub struct Pump {
     /// While set, packets pass at once (no delay, no rate, no loss): for
     /// untimed setup phases of a benchmark.
     pub bypass: Arc<AtomicBool>,
-    /// Seed of the loss generator.
+    /// Seed of the random choices.
     pub seed: u64,
 }
 
@@ -61,22 +85,22 @@ impl Pump {
         // Wake up on time: the default 50 µs timer slack is several packets at 1 Gbit/s.
         // SAFETY: PR_SET_TIMERSLACK takes a plain integer argument.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
-        let mut rng = XorShift(self.seed | 1);
-        let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
-        let mut queued: u64 = 0;
-        let mut last_departure = Instant::now();
+        let mut generation = self.shape.generation.load(Ordering::Acquire);
+        let mut shaper = Shaper::new(self.shape.get(), self.seed, Instant::now());
         let mut scratch = vec![0u8; 65536];
         while !self.stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            while queue.front().is_some_and(|(t, _)| *t <= now + EARLY) {
-                if let Some((_, packet)) = queue.pop_front() {
-                    queued -= packet.len() as u64;
-                    self.send(&packet);
-                }
+            let g = self.shape.generation.load(Ordering::Acquire);
+            if g != generation {
+                generation = g;
+                shaper.set_shape(self.shape.get());
             }
-            let wait = queue
-                .front()
-                .map_or(MAX_WAIT, |(t, _)| t.saturating_duration_since(now))
+            let now = Instant::now();
+            while let Some(packet) = shaper.pop_due(now + EARLY) {
+                self.send(&packet);
+            }
+            let wait = shaper
+                .next_due()
+                .map_or(MAX_WAIT, |t| t.saturating_duration_since(now))
                 .min(MAX_WAIT);
             if !wait_readable(self.src, wait) {
                 continue;
@@ -87,36 +111,21 @@ impl Pump {
                 if n <= 0 {
                     break;
                 }
-                let len = n as usize;
+                let packet = scratch[..n as usize].to_vec();
+                let now = Instant::now();
                 if self.bypass.load(Ordering::Relaxed) {
-                    let now = Instant::now();
-                    last_departure = last_departure.max(now);
-                    queued += len as u64;
-                    queue.push_back((now, scratch[..len].to_vec()));
+                    shaper.pass(now, packet);
                     continue;
                 }
-                if self.loss > 0.0 && rng.next_f64() < self.loss {
-                    self.counters.lost.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                if queued + len as u64 > self.limit {
-                    self.counters.drops.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let arrival = Instant::now();
-                let departure = arrival.max(last_departure) + self.serialization(len);
-                last_departure = departure;
-                queued += len as u64;
-                queue.push_back((departure + self.delay, scratch[..len].to_vec()));
+                let counter = match shaper.offer(now, packet) {
+                    Verdict::Queued => continue,
+                    Verdict::Lost => &self.counters.lost,
+                    Verdict::TailDropped => &self.counters.drops,
+                    Verdict::Reordered => &self.counters.reordered,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-
-    fn serialization(&self, len: usize) -> Duration {
-        if self.rate_bps == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos((len as u64 * 8 * 1_000_000_000) / self.rate_bps)
     }
 
     fn send(&self, packet: &[u8]) {
@@ -148,30 +157,4 @@ fn wait_readable(fd: RawFd, wait: Duration) -> bool {
     // SAFETY: one valid pollfd, a valid timespec, no signal mask.
     let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
     r > 0 && pfd.revents & libc::POLLIN != 0
-}
-
-/// A small xorshift64* generator for the random loss.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loss_generator_is_uniform_enough() {
-        let mut rng = XorShift(12345);
-        let n = 100_000;
-        let below = (0..n).filter(|_| rng.next_f64() < 0.1).count();
-        assert!((9_000..11_000).contains(&below), "{below}");
-    }
 }

@@ -272,10 +272,14 @@ impl Client {
         let (recv, conn) = self
             .send_message(addr, server_name, &request.token, &bytes)
             .await?;
+        let budget = self
+            .options
+            .transport
+            .stream_receive_window
+            .clamp(MIN_DRAIN_BUDGET, MAX_DRAIN_BUDGET) as usize;
         Ok(BundleStream {
-            recv,
+            drain: Drain::spawn(recv, self.options.read_chunk.max(1), budget),
             decoder: ResponseDecoder::new(self.options.limits),
-            read_chunk: self.options.read_chunk,
             eof: false,
             failed: false,
             bytes_received: 0,
@@ -487,6 +491,84 @@ impl Client {
     }
 }
 
+/// Fewest bytes the drain task of a bundle stream reads ahead of its consumer.
+const MIN_DRAIN_BUDGET: u64 = 1 << 20;
+/// Most bytes the drain task of a bundle stream reads ahead of its consumer.
+const MAX_DRAIN_BUDGET: u64 = 64 << 20;
+
+/// What the drain task passes on: a chunk, the end of the stream, or the read error.
+type DrainItem = Result<Option<bytes::Bytes>, quinn::ReadError>;
+
+/// Reads a bundle's stream as fast as it arrives, in its own task, into a buffer of at
+/// most `budget` bytes the consumer empties. quinn closes a connection whose stream
+/// holds more than 1024 out-of-order pieces; a consumer that pauses (a slow disk, an
+/// fsync) must not leave the stream unread while losses are being repaired behind the
+/// read point.
+#[derive(Debug)]
+struct Drain {
+    rx: tokio::sync::mpsc::UnboundedReceiver<DrainItem>,
+    budget: Arc<tokio::sync::Semaphore>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drain {
+    fn spawn(mut recv: RecvStream, read_chunk: usize, budget: usize) -> Drain {
+        let read_chunk = read_chunk.min(budget);
+        let sem = Arc::new(tokio::sync::Semaphore::new(budget));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = {
+            let sem = sem.clone();
+            tokio::spawn(async move {
+                loop {
+                    // Room for a whole chunk first: the buffer never exceeds the budget.
+                    let Ok(permit) = sem.acquire_many(read_chunk as u32).await else {
+                        return;
+                    };
+                    permit.forget();
+                    let item = recv.read_chunk(read_chunk, true).await;
+                    let (used, last) = match &item {
+                        Ok(Some(chunk)) => (chunk.bytes.len(), false),
+                        _ => (0, true),
+                    };
+                    sem.add_permits(read_chunk - used);
+                    if tx.send(item.map(|c| c.map(|c| c.bytes))).is_err() || last {
+                        // Dropping `recv` unread tells the proxy to stop sending.
+                        return;
+                    }
+                }
+            })
+        };
+        Drain {
+            rx,
+            budget: sem,
+            task,
+        }
+    }
+
+    async fn next(&mut self) -> DrainItem {
+        match self.rx.recv().await {
+            Some(Ok(Some(bytes))) => {
+                self.budget.add_permits(bytes.len());
+                Ok(Some(bytes))
+            }
+            Some(other) => other,
+            None => Err(quinn::ReadError::ClosedStream),
+        }
+    }
+
+    /// Stops reading: the task ends and drops the stream (STOP_SENDING to the proxy).
+    fn stop(&mut self) {
+        self.task.abort();
+        self.budget.close();
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The events of one bundle as they arrive.
 ///
 /// Call [`next_event`](Self::next_event) until it returns `Ok(None)`: that, and only
@@ -495,9 +577,8 @@ impl Client {
 /// or [`ClientError::Proxy`]).
 #[derive(Debug)]
 pub struct BundleStream {
-    recv: RecvStream,
+    drain: Drain,
     decoder: ResponseDecoder,
-    read_chunk: usize,
     eof: bool,
     failed: bool,
     bytes_received: u64,
@@ -519,7 +600,7 @@ impl BundleStream {
         if r.is_err() {
             self.failed = true;
             // Tell the proxy to stop sending.
-            let _ = self.recv.stop(quinn::VarInt::from_u32(0));
+            self.drain.stop();
         }
         r
     }
@@ -540,10 +621,10 @@ impl BundleStream {
                     Err(e) => Err(ClientError::Protocol(e)),
                 };
             }
-            match self.recv.read_chunk(self.read_chunk, true).await {
-                Ok(Some(chunk)) => {
-                    self.bytes_received += chunk.bytes.len() as u64;
-                    self.decoder.feed(&chunk.bytes);
+            match self.drain.next().await {
+                Ok(Some(bytes)) => {
+                    self.bytes_received += bytes.len() as u64;
+                    self.decoder.feed(&bytes);
                 }
                 Ok(None) => self.eof = true,
                 Err(quinn::ReadError::Reset(code)) => {

@@ -14,7 +14,7 @@ mod auth;
 mod client;
 mod rate;
 mod server;
-mod transport;
+pub mod transport;
 mod verify;
 mod writer;
 
@@ -25,7 +25,7 @@ pub use server::{
     BundleHandler, HandlerError, HandlerFuture, ReplyFuture, Server, ServerError, ServerOptions,
     ServerTls,
 };
-pub use transport::TransportTuning;
+pub use transport::{Congestion, PathProfile, TransportTuning, UnknownCongestion};
 pub use writer::{BundleWriter, WriteError};
 
 /// The ALPN protocol identifier of the Delta Bundle Protocol.
