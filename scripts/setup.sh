@@ -14,7 +14,7 @@ set -euo pipefail
 BUILD_PKGS=(build-essential pkg-config libclang-dev protobuf-compiler librocksdb-dev)
 RUN_PKGS=(containerd runc docker-registry fuse3 skopeo umoci busybox-static
           debootstrap iproute2 curl jq ca-certificates tar zstd gzip attr
-          systemd fonts-dejavu-core)
+          systemd fonts-dejavu-core e2fsprogs mount util-linux libc-bin)
 
 log() { printf '[setup] %s\n' "$*"; }
 
