@@ -91,8 +91,11 @@ mod tests {
         }
         let t = watch.stop();
         assert!(t.wall >= 0.2);
-        // This machine has /proc; allow for a loaded machine and 10 ms ticks.
-        assert!(t.cpu > 0.0 && t.cpu <= t.wall + 0.02, "{t:?}");
+        // The busy loop shows as CPU time (10 ms ticks, a loaded machine).
+        // The clock counts the whole process, and other tests run beside this
+        // one: at most every core for the whole time.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(t.cpu >= 0.05 && t.cpu <= t.wall * cores + 0.05, "{t:?}");
     }
 
     #[test]

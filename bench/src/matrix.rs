@@ -252,6 +252,10 @@ fn write_layout(dir: &Path, tag: &str, blob: &[u8], diff_id: &str) -> Result<()>
     }))?;
     let config_hex = sha256_hex(&config);
     fs::write(blobs.join(&config_hex), &config)?;
+    // The layer commits to its table of contents, as `starlight convert`
+    // writes it: workers refuse a layer without the annotation.
+    let toc = starlight_proxy::format::commit::toc_annotation_of_blob(blob)
+        .context("scanning the synthetic layer for its table of contents")?;
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -264,6 +268,7 @@ fn write_layout(dir: &Path, tag: &str, blob: &[u8], diff_id: &str) -> Result<()>
             "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
             "digest": format!("sha256:{layer_hex}"),
             "size": blob.len(),
+            "annotations": { transport_quic::commit::TOC_DIGEST_ANNOTATION: toc },
         }],
     }))?;
     let manifest_hex = sha256_hex(&manifest);
