@@ -69,6 +69,17 @@ impl MountFdName {
     }
 }
 
+/// Whether an fd store is there to keep mounts: `$NOTIFY_SOCKET` is set
+/// and systemd (254+) announced the store's size in `$FDSTORE`
+/// (`FileDescriptorStoreMax=` above 0 in the unit).
+pub fn available() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+        && std::env::var("FDSTORE")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > 0)
+}
+
 /// Stores `fd` under `name` in the fd store named by `$NOTIFY_SOCKET`.
 /// Returns whether a socket was named (outside systemd nothing is sent).
 pub fn store(name: &MountFdName, fd: BorrowedFd<'_>) -> Result<bool, FdStoreError> {
@@ -172,9 +183,8 @@ pub fn parse_listen(
 }
 
 /// Takes the fds systemd passed to this process (close-on-exec from now
-/// on), with their names, and clears the `LISTEN_*` variables so no child
-/// takes them for its own. Call once, early, before other threads read
-/// the environment.
+/// on), with their names. Call once. The `LISTEN_*` variables stay (a child
+/// ignores them: `LISTEN_PID` names this process).
 pub fn take_inherited() -> Result<Vec<(String, OwnedFd)>, FdStoreError> {
     let var = |name: &str| std::env::var(name).ok();
     let passed = parse_listen(
@@ -183,13 +193,6 @@ pub fn take_inherited() -> Result<Vec<(String, OwnedFd)>, FdStoreError> {
         var("LISTEN_FDNAMES").as_deref(),
         std::process::id(),
     )?;
-    // SAFETY: documented as called early, before other threads read the
-    // environment.
-    unsafe {
-        std::env::remove_var("LISTEN_PID");
-        std::env::remove_var("LISTEN_FDS");
-        std::env::remove_var("LISTEN_FDNAMES");
-    }
     let mut taken = Vec::with_capacity(passed.len());
     for (fd, name) in passed {
         // SAFETY: fcntl on an fd number with integer arguments.

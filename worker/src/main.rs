@@ -186,6 +186,19 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     });
     let manager = ImageManager::open(config.clone(), registry)
         .with_context(|| format!("opening the state in {}", config.state_dir.display()))?;
+    // Mount connections kept in systemd's fd store across a restart or a
+    // crash: served again instead of mounted anew.
+    match starlight_worker::fdstore::take_inherited() {
+        Ok(fds) if !fds.is_empty() => {
+            let n = manager.adopt_inherited(fds);
+            tracing::info!(
+                connections = n,
+                "mount connections inherited from the fd store"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("ignoring the inherited fds: {e}"),
+    }
     let restored = manager.restore().await?;
     let snapshotter = OverlaySnapshotter::open(&config.snapshotter_dir())
         .with_context(|| "opening the snapshotter state")?;
