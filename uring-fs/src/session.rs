@@ -394,11 +394,24 @@ impl Session {
         state: SessionState,
         options: MountOptions,
     ) -> Result<Session, MountError> {
+        // The mount point itself is not touched: while no process serves
+        // the connection, a stat of it would wait for this very server.
         let given = mountpoint.as_ref();
-        let mountpoint = given.canonicalize().map_err(|source| MountError::Mount {
-            path: given.to_owned(),
-            source,
-        })?;
+        let (Some(parent), Some(name)) = (given.parent(), given.file_name()) else {
+            return Err(MountError::NotADirectory(given.to_owned()));
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let mountpoint = parent
+            .canonicalize()
+            .map_err(|source| MountError::Mount {
+                path: given.to_owned(),
+                source,
+            })?
+            .join(name);
         if !mounts::is_fuse_mounted(&mountpoint).unwrap_or(false) {
             return Err(MountError::HandOver(format!(
                 "{} is not a FUSE mount",

@@ -380,7 +380,11 @@ impl ImageManager {
             return Ok(m.trace.clone());
         }
         let mountpoint = self.mountpoint(&digest)?;
-        std::fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;
+        // A kept mount is not touched before it is served again: a stat
+        // of it would wait for this very process.
+        if !uring_fs::mounts::is_fuse_mounted(&mountpoint).unwrap_or(false) {
+            std::fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;
+        }
         let trace = Arc::new(OpenTrace::new(&record.header));
         let mount_err = |reason: String| ManagerError::Mount {
             image: record.reference.to_string(),
