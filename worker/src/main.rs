@@ -170,6 +170,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Made in the state directory before a restart that keeps the mounts.
+const KEEP_MOUNTS: &str = "keep-mounts";
+
 /// The daemon: restores the images, serves the snapshotter and the API,
 /// notifies systemd, and on SIGINT/SIGTERM stops serving and unmounts.
 async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> {
@@ -269,6 +272,15 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
         warn!("snapshotter: {e}");
     }
     let _ = std::fs::remove_file(&config.api_socket);
+    // A restart that keeps the mounts: systemd's fd store holds their fds
+    // and `<state>/keep-mounts` was made for this stop. Any other stop
+    // unmounts.
+    let marker = config.state_dir.join(KEEP_MOUNTS);
+    if starlight_worker::fdstore::available() && std::fs::remove_file(&marker).is_ok() {
+        manager.hand_over_all().await;
+        info!("starlightd stopped; mounts kept for the next start");
+        return Ok(());
+    }
     manager.unmount_all().await;
     info!("starlightd stopped");
     Ok(())

@@ -890,6 +890,23 @@ impl ImageManager {
         Ok(m.trace.take())
     }
 
+    /// Stops serving every image without unmounting (a restart with the
+    /// fd store): the store's copies keep the connections, which the next
+    /// starlightd serves again.
+    pub async fn hand_over_all(&self) {
+        let mut mounts = self.mounts.lock().await;
+        self.mountpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for (_, m) in mounts.drain() {
+            match m.session.hand_over().await {
+                Ok(handed) => drop(handed),
+                Err(e) => warn!("cannot keep a mount across the restart: {e}"),
+            }
+        }
+    }
+
     /// Unmounts every image (at shutdown).
     pub async fn unmount_all(&self) {
         let mut mounts = self.mounts.lock().await;

@@ -9,7 +9,9 @@
 //! keeps running while starlightd is killed with SIGKILL and started again
 //! with the stored fds (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`); it
 //! then reads the held file and every file it never opened, with exact
-//! bytes and no ENOTCONN, EIO or ESTALE.
+//! bytes and no ENOTCONN, EIO or ESTALE. Then the same through a graceful
+//! restart (`<state>/keep-mounts`, SIGTERM), and a stop without the marker
+//! unmounts within a second while a process sits in the mount.
 #![allow(clippy::unwrap_used)] // tests may unwrap
 #![allow(dead_code)] // helpers shared in shape with crash_safety.rs
 
@@ -558,7 +560,7 @@ fn start_as_systemd(
 
 #[test]
 #[ignore = "needs root: containerd, FUSE mounts"]
-fn a_process_in_a_mount_survives_kill9_of_starlightd() {
+fn a_process_in_a_mount_survives_kill9_and_a_kept_restart_and_a_stop_unmounts() {
     if let Some(reason) = skip_reason() {
         panic!("needs root and /dev/fuse: {reason}");
     }
@@ -661,8 +663,115 @@ fn a_process_in_a_mount_survives_kill9_of_starlightd() {
         n += 1;
     }
     assert_eq!(n, b.len() - 2, "every other file of the image: {sums}");
-    drop(daemon2);
+
+    // A graceful restart that keeps the mounts: `<state>/keep-mounts`, then
+    // SIGTERM; the next starlightd serves the same connection.
+    let mut shell = user_of(&mount);
+    std::fs::write(state.join("keep-mounts"), b"").unwrap();
+    let mut daemon2 = daemon2;
+    sigterm_and_wait(&mut daemon2);
+    assert!(
+        starlight_worker_mounts_has(&mount),
+        "kept across the restart"
+    );
+    assert!(
+        !state.join("keep-mounts").exists(),
+        "the marker is used once"
+    );
+    let daemon3 = start_as_systemd(
+        &setup,
+        proxy.addr,
+        &notify,
+        &notify_path,
+        &mut store,
+        "third.log",
+    );
+    assert!(daemon3
+        .log_text()
+        .contains("serving the connection kept across the restart"));
+    finish_user(&mut shell, &b);
+
+    // A stop without the marker unmounts, quickly, while a process uses
+    // the mount.
+    let mut user = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("cd \"$0\" && exec sleep 30")
+        .arg(mount.join("app"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut daemon3 = daemon3;
+    let t = Instant::now();
+    sigterm_and_wait(&mut daemon3);
+    let took = t.elapsed();
+    println!("stop with a process in the mount took {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(!starlight_worker_mounts_has(&mount), "a stop unmounts");
+    let _ = user.kill();
+    let _ = user.wait();
     drop(store);
+}
+
+/// A process in the mount: cwd inside, a file held open, waiting for a go.
+fn user_of(mount: &Path) -> Child {
+    let mut shell = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("cd \"$0/app\" || exit 9; exec 5<b-small-00.bin || exit 8; echo opened; read _go; cat <&5 | sha256sum; sha256sum b-large-3.bin")
+        .arg(mount)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = shell.stdout.as_mut().unwrap();
+    let mut byte = [0u8; 1];
+    while !line.ends_with('\n') {
+        assert_eq!(Read::read(&mut out, &mut byte).unwrap(), 1);
+        line.push(byte[0] as char);
+    }
+    assert_eq!(line, "opened\n");
+    shell
+}
+
+fn finish_user(shell: &mut Child, b: &Files) {
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut sums = String::new();
+    shell
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut sums)
+        .unwrap();
+    let status = shell.wait().unwrap();
+    let mut err = String::new();
+    shell
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success() && err.is_empty(), "{status}: {err}");
+    let want = format!(
+        "{}  -\n{}  b-large-3.bin\n",
+        hex::encode(Sha256::digest(&b["app/b-small-00.bin"])),
+        hex::encode(Sha256::digest(&b["app/b-large-3.bin"]))
+    );
+    assert_eq!(sums, want);
+}
+
+fn sigterm_and_wait(d: &mut Daemon) {
+    // SAFETY: kill with the pid of a child we spawned.
+    unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no exit on SIGTERM:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn starlight_worker_mounts_has(path: &Path) -> bool {
