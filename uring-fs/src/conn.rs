@@ -25,6 +25,11 @@ impl AsRawFd for Device {
 }
 
 impl Device {
+    /// A device around an fd that is already a negotiated session fd.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Device { fd }
+    }
+
     /// Reads one request into `buf`; the length read.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of its length.
@@ -78,8 +83,15 @@ pub(crate) struct Mounted {
 }
 
 /// Mounts at `mountpoint` with `options` (comma-separated, as for
-/// `mount -o`) through `fusermount`, in auto_unmount mode.
-pub(crate) fn mount(fusermount: &str, mountpoint: &Path, options: &str) -> io::Result<Mounted> {
+/// `mount -o`) through `fusermount`: in auto_unmount mode (fusermount stays
+/// and unmounts once this process is gone), or, with `auto_unmount` off,
+/// leaving a mount that lives as long as some copy of its fd does.
+pub(crate) fn mount(
+    fusermount: &str,
+    mountpoint: &Path,
+    options: &str,
+    auto_unmount: bool,
+) -> io::Result<Mounted> {
     let mut pair = [0 as libc::c_int; 2];
     // SAFETY: `pair` has room for the two fds.
     if unsafe {
@@ -99,7 +111,11 @@ pub(crate) fn mount(fusermount: &str, mountpoint: &Path, options: &str) -> io::R
     let mut command = Command::new(fusermount);
     command
         .arg("-o")
-        .arg(format!("{options},auto_unmount"))
+        .arg(if auto_unmount {
+            format!("{options},auto_unmount")
+        } else {
+            options.to_owned()
+        })
         .arg("--")
         .arg(mountpoint)
         .env("_FUSE_COMMFD", their_fd.to_string())

@@ -28,6 +28,7 @@ mod dispatch;
 mod encode;
 mod errno;
 mod fs;
+mod handover;
 pub mod memfs;
 pub mod mounts;
 mod passthrough;
@@ -39,6 +40,7 @@ mod uring;
 
 pub use errno::{Errno, Result};
 pub use fs::{Filesystem, RequestContext, XattrValue};
+pub use handover::{HandOver, SessionState, StateError};
 pub use reply::{
     Attr, DirEntry, DirEntryPlus, Entry, FileAttr, FileKind, Opened, OpenedFile, ReadData, SetAttr,
     StatFs,

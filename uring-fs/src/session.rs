@@ -16,6 +16,7 @@ use crate::abi::{self, init, InHeader};
 use crate::conn::{self, Device, Negotiated, Wanted};
 use crate::dispatch::{self, ConnCtx, Outcome, Request};
 use crate::fs::Filesystem;
+use crate::handover::{self, HandOver, SessionState};
 use crate::mounts;
 use crate::passthrough::Backings;
 use crate::splice::FileReplies;
@@ -52,6 +53,10 @@ pub enum MountError {
     /// [`TransportChoice::IoUring`] was asked for and could not be had.
     #[error("the io_uring transport is unavailable: {0}")]
     TransportUnavailable(String),
+    /// A hand-over was asked of a session that cannot give one, or an
+    /// inherited connection cannot be served.
+    #[error("hand-over: {0}")]
+    HandOver(String),
     /// The blocking mount task did not complete.
     #[error("mount task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -71,6 +76,7 @@ pub struct MountOptions {
     splice: bool,
     readdirplus: bool,
     uring_depth: usize,
+    survive_exit: bool,
 }
 
 impl Default for MountOptions {
@@ -87,6 +93,7 @@ impl Default for MountOptions {
             splice: true,
             readdirplus: true,
             uring_depth: 1024,
+            survive_exit: false,
         }
     }
 }
@@ -163,6 +170,19 @@ impl MountOptions {
         self
     }
 
+    /// Let the mount outlive this process (default off), so that its
+    /// connection can be handed to a successor ([`Session::hand_over`],
+    /// [`Session::clone_fd`], [`Session::from_fd`]): no `auto_unmount`
+    /// helper and no unmount watcher; the mount then lives as long as any
+    /// copy of its `/dev/fuse` fd. Only the `/dev/fuse` transport can be
+    /// handed over ([`TransportChoice::Auto`] picks it;
+    /// [`TransportChoice::IoUring`] is refused). [`Session::shutdown`] and
+    /// drop still unmount.
+    pub fn survive_exit(mut self, on: bool) -> Self {
+        self.survive_exit = on;
+        self
+    }
+
     fn mount_options(&self) -> Result<String, MountError> {
         if conn::check_option(&self.fs_name).is_err() {
             return Err(MountError::InvalidOption(self.fs_name.clone()));
@@ -230,6 +250,9 @@ impl Conn {
 /// `fusermount3` helper left behind (auto_unmount) unmounts.
 pub struct Session {
     mountpoint: PathBuf,
+    device: Arc<Device>,
+    negotiated: Negotiated,
+    survive_exit: bool,
     transport: Transport,
     passthrough: bool,
     stop: watch::Sender<bool>,
@@ -272,6 +295,12 @@ impl Session {
         let offers = KernelOffers::probe();
         let want_uring = match options.transport {
             TransportChoice::DevFuse => false,
+            TransportChoice::IoUring if options.survive_exit => {
+                return Err(MountError::TransportUnavailable(
+                    "a mount that survives the process is served over /dev/fuse".into(),
+                ));
+            }
+            TransportChoice::Auto if options.survive_exit => false,
             TransportChoice::Auto => offers.io_uring && uring::rings_available(),
             TransportChoice::IoUring => {
                 if !offers.io_uring {
@@ -298,14 +327,24 @@ impl Session {
             path: mountpoint.clone(),
             source,
         };
+        let auto_unmount = !options.survive_exit;
         let (mounted, negotiated, watcher) = tokio::task::spawn_blocking(move || {
             let _one_at_a_time = MOUNT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            let mounted = conn::mount(conn::fusermount_program(), &point, &mount_opts)?;
+            let mounted = conn::mount(
+                conn::fusermount_program(),
+                &point,
+                &mount_opts,
+                auto_unmount,
+            )?;
             match conn::handshake(&mounted.device, wanted) {
                 Ok(negotiated) => {
-                    let watcher = conn::spawn_unmount_watcher(&point)
-                        .map_err(|e| tracing::warn!(%e, "no unmount watcher"))
-                        .ok();
+                    let watcher = if auto_unmount {
+                        conn::spawn_unmount_watcher(&point)
+                            .map_err(|e| tracing::warn!(%e, "no unmount watcher"))
+                            .ok()
+                    } else {
+                        None
+                    };
                     Ok((mounted, negotiated, watcher))
                 }
                 Err(err) => {
@@ -317,12 +356,116 @@ impl Session {
         .await?
         .map_err(mount_err)?;
         let device = Arc::new(mounted.device);
-        let mut conn = Conn {
+        let mut child = Some(mounted.child);
+        if !auto_unmount {
+            // Without auto_unmount fusermount exits once it has handed the
+            // fd over: reap it now.
+            if let Some(mut c) = child.take() {
+                let _ = tokio::task::spawn_blocking(move || c.wait()).await;
+            }
+        }
+        let conn = Conn {
             socket: Some(mounted.socket),
-            child: Some(mounted.child),
+            child,
             queues: None,
             watcher,
         };
+        Self::serve(
+            mountpoint, device, negotiated, conn, fs, options, want_uring, false,
+        )
+        .await
+    }
+
+    /// Serves a connection that another process mounted and negotiated
+    /// (a [`HandOver`]'s fd, from systemd's fd store or a predecessor), at
+    /// `mountpoint`, without a new INIT. Sends `FUSE_NOTIFY_RESEND` first
+    /// where the protocol has it (7.40+), so the requests the previous
+    /// server read and never answered are queued again. `options` must
+    /// ask for the same `max_write` as the first mount; transport and
+    /// passthrough follow `state`. The mount stays hand-over capable.
+    ///
+    /// The fd is trusted to be the connection of the mount at `mountpoint`
+    /// (the kernel offers no way to check which mount an fd serves); the
+    /// mount point must be a FUSE mount.
+    pub async fn from_fd<F: Filesystem>(
+        fd: OwnedFd,
+        mountpoint: impl AsRef<Path>,
+        fs: F,
+        state: SessionState,
+        options: MountOptions,
+    ) -> Result<Session, MountError> {
+        // The mount point itself is not touched: while no process serves
+        // the connection, a stat of it would wait for this very server.
+        let given = mountpoint.as_ref();
+        let (Some(parent), Some(name)) = (given.parent(), given.file_name()) else {
+            return Err(MountError::NotADirectory(given.to_owned()));
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let mountpoint = parent
+            .canonicalize()
+            .map_err(|source| MountError::Mount {
+                path: given.to_owned(),
+                source,
+            })?
+            .join(name);
+        if !mounts::is_fuse_mounted(&mountpoint).unwrap_or(false) {
+            return Err(MountError::HandOver(format!(
+                "{} is not a FUSE mount",
+                mountpoint.display()
+            )));
+        }
+        if !is_fuse_device(&fd) {
+            return Err(MountError::HandOver("the fd is not /dev/fuse".into()));
+        }
+        let negotiated = state.negotiated();
+        if negotiated.has(init::OVER_IO_URING) {
+            return Err(MountError::HandOver(
+                "an io_uring session cannot be handed over".into(),
+            ));
+        }
+        let device = Arc::new(Device::from_fd(fd));
+        if state.can_resend() {
+            // Before any reader starts: the re-queued requests are then
+            // read like new ones.
+            let notify = abi::out_header(0, handover::NOTIFY_RESEND, 0);
+            if let Err(err) = device.write_parts(&[&notify]) {
+                tracing::warn!(%err, "FUSE_NOTIFY_RESEND refused; in-flight requests stay unanswered");
+            }
+        } else {
+            tracing::warn!(
+                minor = state.minor(),
+                "protocol older than 7.40: requests in flight at the hand-over are not re-sent"
+            );
+        }
+        let conn = Conn {
+            socket: None,
+            child: None,
+            queues: None,
+            watcher: None,
+        };
+        let options = options.survive_exit(true);
+        Self::serve(
+            mountpoint, device, negotiated, conn, fs, options, false, true,
+        )
+        .await
+    }
+
+    /// Starts serving a negotiated connection.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve<F: Filesystem>(
+        mountpoint: PathBuf,
+        device: Arc<Device>,
+        negotiated: Negotiated,
+        mut conn: Conn,
+        fs: F,
+        options: MountOptions,
+        want_uring: bool,
+        inherited: bool,
+    ) -> Result<Session, MountError> {
         let fd = match set_nonblocking(&device).and_then(|()| {
             // SAFETY: the `Arc<Device>` inside keeps the fd open and
             // unchanged for as long as the `AsyncFd` lives.
@@ -331,7 +474,12 @@ impl Session {
         }) {
             Ok(fd) => Arc::new(fd),
             Err(source) => {
-                fail_mount(conn, &mountpoint);
+                if inherited {
+                    // Not ours to unmount: the keeper still holds the fd.
+                    conn.close();
+                } else {
+                    fail_mount(conn, &mountpoint);
+                }
                 return Err(MountError::Mount {
                     path: mountpoint,
                     source,
@@ -395,11 +543,15 @@ impl Session {
             mountpoint = %mountpoint.display(),
             %transport,
             passthrough,
+            inherited,
             protocol = format_args!("7.{}", negotiated.minor),
             "mounted"
         );
         Ok(Session {
             mountpoint,
+            device,
+            negotiated,
+            survive_exit: options.survive_exit,
             transport,
             passthrough,
             stop,
@@ -423,6 +575,50 @@ impl Session {
     /// [`Filesystem::open_backed`] are then read by the kernel directly.
     pub fn passthrough(&self) -> bool {
         self.passthrough
+    }
+
+    /// What was negotiated at INIT, to be kept with a copy of the fd.
+    pub fn state(&self) -> SessionState {
+        SessionState::from_negotiated(&self.negotiated)
+    }
+
+    /// A close-on-exec copy of the session's `/dev/fuse` fd, for a keeper
+    /// (systemd's fd store): while it is open the mount outlives this
+    /// process, crash included. Only for [`MountOptions::survive_exit`]
+    /// sessions.
+    pub fn clone_fd(&self) -> Result<OwnedFd, MountError> {
+        if !self.survive_exit {
+            return Err(MountError::HandOver(
+                "the session was not mounted to survive the process".into(),
+            ));
+        }
+        handover::dup_fd(&*self.device).map_err(|source| MountError::Mount {
+            path: self.mountpoint.clone(),
+            source,
+        })
+    }
+
+    /// Stops serving without unmounting and gives the connection out, for
+    /// a successor's [`Session::from_fd`]. Requests being served are
+    /// dropped unanswered: the successor's `FUSE_NOTIFY_RESEND` has the
+    /// kernel send them again. Only for [`MountOptions::survive_exit`]
+    /// sessions.
+    pub async fn hand_over(mut self) -> Result<HandOver, MountError> {
+        let fd = self.clone_fd()?;
+        let state = self.state();
+        self.closed = true;
+        self.stop.send_replace(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks_gone.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("request tasks did not stop in time; handing over anyway");
+        }
+        if let Some(conn) = self.conn.take() {
+            let _ = tokio::task::spawn_blocking(move || conn.close()).await;
+        }
+        tracing::info!(mountpoint = %self.mountpoint.display(), "handed over");
+        Ok(HandOver { fd, state })
     }
 
     /// Stops serving and unmounts: requests still waiting are dropped, so
@@ -518,6 +714,17 @@ fn fail_mount(conn: Conn, point: &Path) {
     if mounts::is_fuse_mounted(point).unwrap_or(true) {
         let _ = mounts::detach_unmount(point);
     }
+}
+
+/// Whether `fd` is a `/dev/fuse` character device (10, 229).
+fn is_fuse_device(fd: &OwnedFd) -> bool {
+    // SAFETY: `stat` is plain data; fstat fills it for a live fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(10, 229)
 }
 
 fn set_nonblocking(device: &Device) -> io::Result<()> {

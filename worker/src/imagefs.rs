@@ -174,7 +174,8 @@ pub struct ImageFs {
     store: Arc<Store>,
     waiters: Arc<ContentWaiters>,
     ttl: Duration,
-    handles: Mutex<HashMap<u64, Arc<File>>>,
+    /// Open handles: the inode each was opened for and its content file.
+    handles: Mutex<HashMap<u64, (u64, Arc<File>)>>,
     next_fh: AtomicU64,
     trace: Option<Arc<OpenTrace>>,
 }
@@ -423,7 +424,23 @@ impl ImageFs {
             .unwrap_or("?")
     }
 
-    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<File>>> {
+    /// The stored content of file `ino`, for a handle this process did not
+    /// open.
+    fn reopen(&self, ino: u64) -> Result<Arc<File>, Errno> {
+        let NodeData::File(Some(sha), _) = &self.node(ino)?.data else {
+            return Err(Errno::EBADF);
+        };
+        if !self.store.has(sha) {
+            return Err(Errno::EBADF);
+        }
+        let file = self.store.open_content(sha).map_err(|e| {
+            error!(ino, sha256 = %hex::encode(sha), "cannot open stored content: {e}");
+            Errno::EIO
+        })?;
+        Ok(Arc::new(file))
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u64, Arc<File>)>> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -519,7 +536,7 @@ impl Filesystem for ImageFs {
             t.record(index, began, began.elapsed());
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles().insert(fh, Arc::new(file));
+        self.handles().insert(fh, (ino, Arc::new(file)));
         Ok(Opened {
             fh,
             keep_cache: true,
@@ -530,7 +547,7 @@ impl Filesystem for ImageFs {
     async fn read(
         &self,
         _ctx: &RequestContext,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         offset: u64,
         _size: u32,
@@ -538,7 +555,21 @@ impl Filesystem for ImageFs {
         if fh == 0 {
             return Ok(ReadData::Bytes(Vec::new()));
         }
-        let file = self.handles().get(&fh).cloned().ok_or(Errno::EBADF)?;
+        let known = self.handles().get(&fh).cloned();
+        let file = match known {
+            Some((opened_ino, file)) if opened_ino == ino => file,
+            // A handle opened by an earlier starlightd that served this same
+            // connection (hand-over, restart): its number means nothing
+            // here, or names another file. The inode does: reopen its
+            // content, which was stored when that open succeeded.
+            other => {
+                let file = self.reopen(ino)?;
+                if other.is_none() {
+                    self.handles().insert(fh, (ino, file.clone()));
+                }
+                file
+            }
+        };
         Ok(ReadData::File { file, offset })
     }
 
@@ -759,6 +790,43 @@ mod tests {
                 .unwrap_err(),
             Errno::ENOENT
         );
+    }
+
+    /// After a hand-over the kernel sends reads with handles the previous
+    /// starlightd gave out: unknown here, or colliding with this process's
+    /// own. Each reads the content of the inode it names.
+    #[tokio::test]
+    async fn handles_of_an_earlier_process_read_by_their_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let waiters = Arc::new(ContentWaiters::new());
+        let fs = ImageFs::new(&header(), store.clone(), waiters, Duration::ZERO).unwrap();
+        let tool_sha: [u8; 32] = Sha256::digest(b"tool bytes").into();
+        store.insert_bytes(b"tool bytes", &tool_sha).unwrap();
+        let tool = lookup_path(&fs, "usr/bin/tool").await.attr.ino;
+        let content = |data: ReadData| {
+            let ReadData::File { file, offset } = data else {
+                panic!("not a file reply");
+            };
+            let mut buf = vec![0u8; 64];
+            let n = std::os::unix::fs::FileExt::read_at(&*file, &mut buf, offset).unwrap();
+            buf.truncate(n);
+            buf
+        };
+        // Unknown handle.
+        let got = fs.read(&ctx(), tool, 77, 5, 100).await.unwrap();
+        assert_eq!(content(got), b"bytes");
+        // A handle number this process gave to another inode.
+        let passwd = lookup_path(&fs, "etc/passwd").await.attr.ino;
+        let passwd_sha: [u8; 32] = Sha256::digest(b"root\n").into();
+        store.insert_bytes(b"root\n", &passwd_sha).unwrap();
+        let opened = fs.open(&ctx(), passwd, 0).await.unwrap();
+        let got = fs.read(&ctx(), tool, opened.fh, 0, 100).await.unwrap();
+        assert_eq!(content(got), b"tool bytes");
+        let got = fs.read(&ctx(), passwd, opened.fh, 0, 100).await.unwrap();
+        assert_eq!(content(got), b"root\n");
+        // An inode that does not exist: refused.
+        assert!(fs.read(&ctx(), passwd + 1000, 78, 0, 10).await.is_err());
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod containerd;
 pub mod durability;
+pub mod fdstore;
 pub mod header_check;
 pub mod imagefs;
 pub mod lock;

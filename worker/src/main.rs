@@ -170,6 +170,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Made in the state directory before a restart that keeps the mounts.
+const KEEP_MOUNTS: &str = "keep-mounts";
+
 /// The daemon: restores the images, serves the snapshotter and the API,
 /// notifies systemd, and on SIGINT/SIGTERM stops serving and unmounts.
 async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> {
@@ -186,6 +189,19 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     });
     let manager = ImageManager::open(config.clone(), registry)
         .with_context(|| format!("opening the state in {}", config.state_dir.display()))?;
+    // Mount connections kept in systemd's fd store across a restart or a
+    // crash: served again instead of mounted anew.
+    match starlight_worker::fdstore::take_inherited() {
+        Ok(fds) if !fds.is_empty() => {
+            let n = manager.adopt_inherited(fds);
+            tracing::info!(
+                connections = n,
+                "mount connections inherited from the fd store"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("ignoring the inherited fds: {e}"),
+    }
     let restored = manager.restore().await?;
     let snapshotter = OverlaySnapshotter::open(&config.snapshotter_dir())
         .with_context(|| "opening the snapshotter state")?;
@@ -261,6 +277,15 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     if let Some(t) = trace_task {
         // It spools the traces still being recorded, then stops.
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    // A restart that keeps the mounts: systemd's fd store holds their fds
+    // and `<state>/keep-mounts` was made for this stop. Any other stop
+    // unmounts.
+    let marker = config.state_dir.join(KEEP_MOUNTS);
+    if starlight_worker::fdstore::available() && std::fs::remove_file(&marker).is_ok() {
+        manager.hand_over_all().await;
+        info!("starlightd stopped; mounts kept for the next start");
+        return Ok(());
     }
     manager.unmount_all().await;
     info!("starlightd stopped");

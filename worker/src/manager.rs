@@ -22,14 +22,16 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsFd, OwnedFd};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use transport_quic::quic::{Client, ClientError, ClientOptions, ClientTls, TransportTuning};
 use transport_quic::{Digest, Header, ImageReference, Source};
-use uring_fs::{MountOptions, Session};
+use uring_fs::{MountOptions, Session, SessionState};
 
 use crate::api::{ImageInfo, PullAttempt, PullReport, Response};
 use crate::config::Config;
+use crate::fdstore::{self, MountFdName};
 use crate::header_check::CheckedHeader;
 use crate::imagefs::ImageFs;
 use crate::meta::{ImageRecord, MetaDb, MetaError};
@@ -185,6 +187,9 @@ pub struct ImageManager {
     mounts: tokio::sync::Mutex<HashMap<Digest, Mounted>>,
     /// Manifest digest → mount point, for [`ImageManager::lower_dir`].
     mountpoints: Mutex<HashMap<Digest, PathBuf>>,
+    /// Image id hex → a live connection passed by systemd's fd store
+    /// (`LISTEN_FDS`), served again by [`ImageManager::restore`].
+    inherited: Mutex<HashMap<String, (OwnedFd, SessionState)>>,
     /// Traces of images removed since the last [`ImageManager::traces`].
     removed_traces: Mutex<Vec<ImageTrace>>,
 }
@@ -276,6 +281,7 @@ impl ImageManager {
             mounts: tokio::sync::Mutex::new(HashMap::new()),
             mountpoints: Mutex::new(HashMap::new()),
             removed_traces: Mutex::new(Vec::new()),
+            inherited: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -296,6 +302,63 @@ impl ImageManager {
             .unwrap_or_else(|p| p.into_inner())
             .get(digest)
             .cloned()
+    }
+
+    /// Takes the mount connections systemd passed at start
+    /// ([`fdstore::take_inherited`]): [`ImageManager::restore`] serves each
+    /// again instead of mounting anew. Fds with bad names are closed.
+    pub fn adopt_inherited(&self, fds: Vec<(String, OwnedFd)>) -> usize {
+        let mut inherited = self.inherited.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, fd) in fds {
+            match MountFdName::parse(&name) {
+                Ok(n) => {
+                    inherited.insert(n.image_hex, (fd, n.state));
+                }
+                Err(e) => warn!("closing an inherited fd: {e}"),
+            }
+        }
+        inherited.len()
+    }
+
+    /// Mount options of every image mount. With systemd's fd store
+    /// ([`fdstore::available`]) mounts outlive the process: their fds go to
+    /// the store.
+    fn mount_options(record: &ImageRecord) -> MountOptions {
+        MountOptions::default()
+            .fs_name(format!("starlight:{}", record.reference))
+            .allow_other(true)
+            .default_permissions(true)
+            .survive_exit(fdstore::available())
+    }
+
+    /// Serves an inherited connection of `record`'s image, if one was
+    /// passed and its mount is still there.
+    async fn serve_inherited(
+        &self,
+        record: &ImageRecord,
+        mountpoint: &Path,
+        fs: ImageFs,
+    ) -> Option<Session> {
+        let hex = record.digest().hex();
+        let (fd, state) = self
+            .inherited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&hex)?;
+        match Session::from_fd(fd, mountpoint, fs, state, Self::mount_options(record)).await {
+            Ok(session) => {
+                info!(image = %record.reference, "serving the connection kept across the restart");
+                Some(session)
+            }
+            Err(e) => {
+                warn!(image = %record.reference, "cannot serve the kept connection, mounting anew: {e}");
+                let _ = fdstore::remove(&MountFdName {
+                    image_hex: hex,
+                    state,
+                });
+                None
+            }
+        }
     }
 
     /// Mounts every recorded image (after a start). Images that cannot be
@@ -345,11 +408,10 @@ impl ImageManager {
             return Ok(m.trace.clone());
         }
         let mountpoint = self.mountpoint(&digest)?;
-        std::fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;
-        // A mount left by an earlier run that died is dead: detach it.
-        if uring_fs::mounts::is_fuse_mounted(&mountpoint).unwrap_or(false) {
-            warn!(mountpoint = %mountpoint.display(), "detaching a stale mount");
-            uring_fs::mounts::detach_unmount(&mountpoint).map_err(io_err(&mountpoint))?;
+        // A kept mount is not touched before it is served again: a stat
+        // of it would wait for this very process.
+        if !uring_fs::mounts::is_fuse_mounted(&mountpoint).unwrap_or(false) {
+            std::fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;
         }
         let trace = OpenTrace::new(&record.header);
         let trace = Arc::new(if self.config.traces.enabled {
@@ -369,16 +431,48 @@ impl ImageManager {
         )
         .map_err(|e| mount_err(format!("its table of contents: {e}")))?
         .with_trace(trace.clone());
-        let session = Session::mount(
-            &mountpoint,
-            fs,
-            MountOptions::default()
-                .fs_name(format!("starlight:{}", record.reference))
-                .allow_other(true)
-                .default_permissions(true),
-        )
-        .await
-        .map_err(|e| mount_err(e.to_string()))?;
+        let kept = self
+            .inherited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&digest.hex());
+        let (session, fs) =
+            if kept && uring_fs::mounts::is_fuse_mounted(&mountpoint).unwrap_or(false) {
+                let again = ImageFs::new(
+                    &record.header,
+                    self.store.clone(),
+                    self.waiters.clone(),
+                    TREE_TTL,
+                )
+                .map_err(|e| mount_err(format!("its table of contents: {e}")))?
+                .with_trace(trace.clone());
+                (self.serve_inherited(record, &mountpoint, again).await, fs)
+            } else {
+                (None, fs)
+            };
+        let session = match session {
+            Some(session) => session,
+            None => {
+                // A mount left by an earlier run that died is dead: detach it.
+                if uring_fs::mounts::is_fuse_mounted(&mountpoint).unwrap_or(false) {
+                    warn!(mountpoint = %mountpoint.display(), "detaching a stale mount");
+                    uring_fs::mounts::detach_unmount(&mountpoint).map_err(io_err(&mountpoint))?;
+                }
+                let session = Session::mount(&mountpoint, fs, Self::mount_options(record))
+                    .await
+                    .map_err(|e| mount_err(e.to_string()))?;
+                if let Ok(fd) = session.clone_fd() {
+                    let name = MountFdName {
+                        image_hex: digest.hex(),
+                        state: session.state(),
+                    };
+                    if let Err(e) = fdstore::store(&name, fd.as_fd()) {
+                        warn!(image = %record.reference, "cannot keep the mount in the fd store: {e}");
+                    }
+                }
+                session
+            }
+        };
         info!(image = %record.reference, mountpoint = %mountpoint.display(), "image mounted");
         self.mountpoints
             .lock()
@@ -863,6 +957,23 @@ impl ImageManager {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         all
+    }
+
+    /// Stops serving every image without unmounting (a restart with the
+    /// fd store): the store's copies keep the connections, which the next
+    /// starlightd serves again.
+    pub async fn hand_over_all(&self) {
+        let mut mounts = self.mounts.lock().await;
+        self.mountpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for (_, m) in mounts.drain() {
+            match m.session.hand_over().await {
+                Ok(handed) => drop(handed),
+                Err(e) => warn!("cannot keep a mount across the restart: {e}"),
+            }
+        }
     }
 
     /// Unmounts every image (at shutdown).
