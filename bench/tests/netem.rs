@@ -18,8 +18,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn setup(test: &str) -> Option<MutexGuard<'static, ()>> {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = netem::available() {
-        eprintln!("skipping {test}: {e}");
-        return None;
+        panic!("cannot run (an ignored test, run as root with --include-ignored): {test}: {e}");
     }
     netem::cleanup_stale().unwrap();
     Some(guard)
@@ -33,6 +32,7 @@ fn namespaces() -> String {
 const MBIT: u64 = 1_000_000;
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN"]
 fn rtt_and_tcp_match_the_configured_link() {
     let Some(_guard) = setup("rtt_and_tcp_match_the_configured_link") else {
         return;
@@ -72,6 +72,7 @@ fn rtt_and_tcp_match_the_configured_link() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN"]
 fn udp_is_paced_to_the_rate_and_excess_is_tail_dropped() {
     let Some(_guard) = setup("udp_is_paced_to_the_rate_and_excess_is_tail_dropped") else {
         return;
@@ -95,6 +96,7 @@ fn udp_is_paced_to_the_rate_and_excess_is_tail_dropped() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN"]
 fn loss_drops_about_the_configured_fraction() {
     let Some(_guard) = setup("loss_drops_about_the_configured_fraction") else {
         return;
@@ -121,6 +123,7 @@ fn loss_drops_about_the_configured_fraction() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN"]
 fn drop_removes_namespaces_and_devices_even_on_panic() {
     let Some(_guard) = setup("drop_removes_namespaces_and_devices_even_on_panic") else {
         return;
@@ -174,6 +177,7 @@ impl Drop for NsGuard {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN"]
 fn cleanup_stale_removes_only_dead_runs() {
     let Some(_guard) = setup("cleanup_stale_removes_only_dead_runs") else {
         return;
@@ -222,6 +226,7 @@ impl Drop for ChildGuard {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN"]
 fn link_up_holds_the_link_until_sigterm() {
     use std::io::BufRead;
     let Some(_guard) = setup("link_up_holds_the_link_until_sigterm") else {
@@ -266,6 +271,7 @@ fn link_up_holds_the_link_until_sigterm() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN"]
 fn interrupted_calibration_leaves_nothing_behind() {
     let Some(_guard) = setup("interrupted_calibration_leaves_nothing_behind") else {
         return;

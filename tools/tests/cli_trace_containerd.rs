@@ -384,10 +384,10 @@ fn data_order(trace: &[TraceRecord]) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: containerd, runc and /dev/fuse"]
 async fn traced_bundles_follow_the_access_order_and_block_less() {
     if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
-        return;
+        panic!("cannot run (an ignored test, run as root with --include-ignored): {reason}");
     }
     let reg = TestRegistry::start();
     let image = push_image(&reg);

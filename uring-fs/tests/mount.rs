@@ -39,8 +39,7 @@ fn skip_reason() -> Option<&'static str> {
 macro_rules! require_fuse {
     () => {
         if let Some(reason) = skip_reason() {
-            eprintln!("skipping FUSE mount test: {reason}");
-            return;
+            panic!("cannot run (an ignored test, run as root with --include-ignored): FUSE mount test: {reason}");
         }
     };
 }
@@ -148,12 +147,14 @@ async fn mount_with(
 macro_rules! on_each_transport {
     ($($body:ident => $dev:ident, $uring:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        #[ignore = "needs root and /dev/fuse"]
         async fn $dev() {
             require_fuse!();
             $body(TransportChoice::DevFuse).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        #[ignore = "needs root and /dev/fuse"]
         async fn $uring() {
             require_fuse!();
             if !kernel_has_uring() {

@@ -646,10 +646,10 @@ impl Drop for RuncNamespaces {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
+#[ignore = "needs root: containerd, runc and /dev/fuse"]
 fn starlightd_end_to_end_with_containerd() {
     if let Some(reason) = skip_reason() {
-        eprintln!("skipping the starlightd end-to-end test: {reason}");
-        return;
+        panic!("cannot run (an ignored test, run as root with --include-ignored): the starlightd end-to-end test: {reason}");
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -1266,10 +1266,10 @@ fn starlightd_end_to_end_with_containerd() {
 /// pull to the ready line through starlightd and through containerd's own
 /// pull and run (overlayfs), and starlightd's peak RSS.
 #[test]
+#[ignore = "needs root: containerd, runc and /dev/fuse"]
 fn provisioning_numbers_for_a_larger_image() {
     if let Some(reason) = skip_reason() {
-        eprintln!("skipping the starlightd numbers test: {reason}");
-        return;
+        panic!("cannot run (an ignored test, run as root with --include-ignored): the starlightd numbers test: {reason}");
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let rt = tokio::runtime::Runtime::new().unwrap();
