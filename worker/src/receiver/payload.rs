@@ -254,6 +254,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: mounts a small tmpfs"]
     fn a_full_disk_is_a_store_error_and_nothing_appears() {
         let Some(fs) = Tmpfs::mount("64k") else {
             return;

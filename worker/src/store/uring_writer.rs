@@ -595,6 +595,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: mounts a small tmpfs"]
     fn a_full_filesystem_reports_enospc_every_time() {
         let Some(fs) = Tmpfs::mount("64k") else {
             return;
