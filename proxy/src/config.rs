@@ -47,6 +47,9 @@
 //! image_metadata_bytes = "256mib"
 //! layer_uncompressed_bytes = "16gib"
 //! image_uncompressed_bytes = "32gib"
+//!
+//! [metrics]                # Prometheus /metrics, /healthz, /readyz (off without listen)
+//! listen = "127.0.0.1:9464"
 //! ```
 //!
 //! Every key is optional; command-line flags override the file.
@@ -90,6 +93,17 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Budgets and concurrency of indexing.
     pub index: IndexConfig,
+    /// The Prometheus metrics and health endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section: off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// TCP address of the `/metrics`, `/healthz` and `/readyz` endpoint
+    /// (for example `127.0.0.1:9464`); none: no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Default QUIC listen address.
@@ -334,6 +348,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             serve: ServeConfig::default(),
             index: IndexConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -536,6 +536,8 @@ pub struct RegistryClient {
     plain_http: bool,
     /// Credentials per registry, read once from docker's `config.json`.
     auths: std::sync::Mutex<std::collections::HashMap<String, RegistryAuth>>,
+    /// Requests and errors, for the metrics.
+    counters: crate::registry_stats::RegistryCounters,
 }
 
 /// `error` and its causes joined by `: `, skipping causes whose text the
@@ -573,7 +575,13 @@ impl RegistryClient {
             client: Client::new(config),
             plain_http,
             auths: Default::default(),
+            counters: Default::default(),
         }
+    }
+
+    /// Range requests and errors so far.
+    pub fn stats(&self) -> crate::registry_stats::RegistryStats {
+        self.counters.snapshot()
     }
 
     /// A [`RegistryError::Request`] with the client's error and its causes,
@@ -585,6 +593,7 @@ impl RegistryClient {
         error: oci_client::errors::OciDistributionError,
     ) -> RegistryError {
         use oci_client::errors::OciDistributionError as E;
+        self.counters.error();
         let status = match &error {
             E::ServerError { code, .. } => Some(*code),
             E::UnauthorizedError { .. } => Some(401),
@@ -1189,6 +1198,7 @@ impl RegistryClient {
         }
         let r = parse_reference(reference).map_err(RangeError::fatal)?;
         self.authorize(&r).await;
+        self.counters.range_request(len);
         let response = self
             .client
             .pull_blob_stream_partial(&r, digest, offset, Some(len))

@@ -3,8 +3,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use starlight_metrics::MetricsServer;
 use starlight_proxy::config::Config;
 use starlight_proxy::db::Db;
+use starlight_proxy::metrics::ProxyCollector;
 use starlight_proxy::optimize::PlanCache;
 use starlight_proxy::registry::RegistryClient;
 use starlight_proxy::serve::{BundleServer, ResolvePolicy, ServeOptions};
@@ -76,6 +78,10 @@ pub struct ServeArgs {
     /// `[registry] allow`; with neither, only the configured registry).
     #[arg(long = "allow-registry")]
     allow_registries: Vec<String>,
+    /// TCP address of the Prometheus `/metrics` and `/healthz`, `/readyz`
+    /// endpoint (overrides `[metrics] listen`; default: none).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Writes a self-signed pair for `names` to `dir/cert.pem` and `dir/key.pem`.
@@ -230,6 +236,18 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tag_ttl_secs = tag_ttl.as_secs(),
         "serving bundles"
     );
+    let metrics = match args.metrics_listen.or(config.metrics.listen) {
+        Some(addr) => {
+            let source = server.stats_source();
+            let metrics_registry = ProxyCollector::registry(handler.clone(), source);
+            let endpoint = MetricsServer::start(addr, metrics_registry, Arc::new(|| Ok(())))
+                .await
+                .context("cannot start the metrics endpoint")?;
+            println!("metrics on http://{}/metrics", endpoint.local_addr());
+            Some(endpoint)
+        }
+        None => None,
+    };
     println!("listening on {}", server.local_addr());
     std::io::stdout().flush()?;
 
@@ -240,6 +258,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         _ = term.recv() => {}
     }
     info!("shutting down");
+    drop(metrics);
     server.shutdown().await;
     let stats = handler.stats();
     info!(

@@ -15,6 +15,7 @@
 //! snapshotter_socket = "/run/starlight/snapshotter.sock"
 //! api_socket = "/run/starlight/starlightd.sock"
 //! api_group = "starlight"         # may use the API socket besides root (default: root only)
+//! metrics_listen = "127.0.0.1:9465" # Prometheus /metrics, /healthz, /readyz (default: off)
 //! ```
 //!
 //! The token is best given here (or in `token_file`, or the environment
@@ -128,6 +129,9 @@ pub struct Settings {
     pub api_group: Option<String>,
     /// Traces of real container starts (the `[traces]` table).
     pub traces: Option<TraceSettings>,
+    /// TCP address of the Prometheus `/metrics`, `/healthz` and `/readyz`
+    /// endpoint (none: no endpoint).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -175,6 +179,7 @@ impl Settings {
             api_socket: flags.api_socket.or(self.api_socket),
             api_group: flags.api_group.or(self.api_group),
             traces: flags.traces.or(self.traces),
+            metrics_listen: flags.metrics_listen.or(self.metrics_listen),
         }
     }
 
@@ -239,6 +244,7 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
             api_group: self.api_group,
             traces: self.traces.unwrap_or_default().resolve()?,
+            metrics_listen: self.metrics_listen,
         })
     }
 }
@@ -298,6 +304,8 @@ pub struct Config {
     pub api_group: Option<String>,
     /// Traces of real container starts.
     pub traces: TraceConfig,
+    /// Address of the metrics endpoint, if any.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {

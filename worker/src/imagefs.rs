@@ -506,7 +506,10 @@ impl Filesystem for ImageFs {
         };
         if !self.store.has(&sha) {
             // Parks this request only, until the content is settled.
-            match self.waiters.wait(&sha).await {
+            let parked = Instant::now();
+            let state = self.waiters.wait(&sha).await;
+            crate::metrics::global().blocked_open(parked, state == Some(ContentState::Ready));
+            match state {
                 Some(ContentState::Ready) => {}
                 Some(ContentState::Failed) | Some(ContentState::Pending) => {
                     warn!(

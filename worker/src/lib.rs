@@ -29,6 +29,7 @@ pub mod imagefs;
 pub mod lock;
 pub mod manager;
 pub mod meta;
+pub mod metrics;
 pub mod notify;
 pub mod receiver;
 pub mod recovery;

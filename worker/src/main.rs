@@ -82,6 +82,10 @@ struct Cli {
     /// (overrides `api_group`).
     #[arg(long, global = true)]
     api_group: Option<String>,
+    /// TCP address of the Prometheus metrics endpoint (overrides
+    /// `metrics_listen`).
+    #[arg(long, global = true, env = "STARLIGHT_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -154,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         snapshotter_socket: cli.snapshotter_socket,
         api_socket: cli.api_socket,
         api_group: cli.api_group,
+        metrics_listen: cli.metrics_listen,
         ..Settings::default()
     };
     let config = Settings::load(&path, required)?
@@ -243,6 +248,19 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Started last: ready means the snapshotter and the API serve.
+    let _metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            starlight_metrics::MetricsServer::start(
+                addr,
+                starlight_worker::metrics::registry(config.store_dir()),
+                Arc::new(|| Ok(())),
+            )
+            .await
+            .context("starting the metrics endpoint")?,
+        ),
+        None => None,
+    };
     match notify::notify("READY=1") {
         Ok(true) => info!("told systemd we are ready"),
         Ok(false) => {}

@@ -635,6 +635,7 @@ impl ImageManager {
             }
         };
         let header_secs = secs(t0.elapsed());
+        crate::metrics::global().header_arrived(t0.elapsed());
         // The header passed CheckedHeader (in the receiver) before it came
         // here: its digest is typed, nothing of it was stored yet.
         let digest = header.digest();
@@ -710,6 +711,7 @@ impl ImageManager {
             registered_s = report.registered_secs,
             "image registered; the body continues in the background"
         );
+        crate::metrics::global().image_ready(t0.elapsed());
         let this = self.clone();
         let (image_owned, digest_owned) = (image.to_string(), digest);
         let finishing = tokio::spawn(async move {
@@ -734,6 +736,7 @@ impl ImageManager {
                 }
                 None => false,
             };
+            record_receive_metrics(r.as_ref(), complete, t0.elapsed());
             (r, complete, t0.elapsed())
         });
         if options.wait {
@@ -987,6 +990,34 @@ impl ImageManager {
             m.session.shutdown().await;
         }
     }
+}
+
+/// The metrics of a pull whose receive ended (`report` is `None` when the
+/// receive task itself failed).
+fn record_receive_metrics(report: Option<&ReceiveReport>, complete: bool, elapsed: Duration) {
+    use crate::metrics::PullOutcome;
+    let m = crate::metrics::global();
+    let Some(r) = report else {
+        m.pull_finished(PullOutcome::Incomplete, 0, None);
+        return;
+    };
+    let outcome = if complete {
+        PullOutcome::Complete
+    } else {
+        PullOutcome::Incomplete
+    };
+    m.pull_finished(outcome, r.bytes_received, Some(elapsed));
+    let resent: u64 = r
+        .attempts
+        .iter()
+        .filter(|a| a.error.is_some())
+        .map(|a| a.payload_bytes.saturating_sub(a.payload_bytes_stored))
+        .sum();
+    m.streams(
+        r.stored as u64,
+        r.attempts.len().saturating_sub(1) as u64,
+        resent,
+    );
 }
 
 #[cfg(test)]

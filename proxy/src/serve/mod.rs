@@ -184,6 +184,11 @@ impl BundleServer {
         }
     }
 
+    /// The registry client's range requests and errors.
+    pub fn registry_stats(&self) -> crate::registry_stats::RegistryStats {
+        self.registry.stats()
+    }
+
     /// Current counters.
     pub fn stats(&self) -> ServeStats {
         ServeStats {

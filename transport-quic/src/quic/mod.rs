@@ -23,7 +23,7 @@ pub use auth::TokenSet;
 pub use client::{BundleStream, Client, ClientError, ClientOptions, ClientTls};
 pub use server::{
     BundleHandler, HandlerError, HandlerFuture, ReplyFuture, Server, ServerError, ServerOptions,
-    ServerTls,
+    ServerTls, StatsSource,
 };
 pub use transport::{Congestion, PathProfile, TransportTuning, UnknownCongestion};
 pub use writer::{BundleWriter, WriteError};

@@ -321,12 +321,35 @@ impl Server {
         self.admission.stats()
     }
 
+    /// A handle that reads [`Server::stats`] from elsewhere (a metrics
+    /// collector), also after the server was moved.
+    pub fn stats_source(&self) -> StatsSource {
+        StatsSource(self.admission.clone())
+    }
+
     /// Stops accepting, closes every connection (bundles in flight are cut off) and
     /// waits, at most 5 s, for the peers to be told.
     pub async fn shutdown(self) {
         self.endpoint.close(CLOSE_SHUTDOWN, b"server shutting down");
         self.accept.abort();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Reads a [`Server`]'s admission counters; see [`Server::stats_source`].
+#[derive(Clone)]
+pub struct StatsSource(Arc<Admission>);
+
+impl StatsSource {
+    /// The counters and gauges now.
+    pub fn get(&self) -> ServerStats {
+        self.0.stats()
+    }
+}
+
+impl std::fmt::Debug for StatsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StatsSource").field(&self.get()).finish()
     }
 }
 

@@ -140,6 +140,10 @@ async fn handle(
                 progress,
             )
             .await
+            .inspect_err(|_| {
+                let failed = crate::metrics::PullOutcome::Failed;
+                crate::metrics::global().pull_finished(failed, 0, None);
+            })
             .map(Response::Pulled),
         Request::Images => manager.images().map(Response::Images),
         Request::Remove { image } => {
