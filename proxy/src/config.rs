@@ -7,6 +7,13 @@
 //! url = "127.0.0.1:5000"   # prefixed to image names without a registry host
 //! plain_http = true
 //! allow = ["127.0.0.1:5000"] # hosts images may be indexed from (default: url only)
+//! docker_config = "/etc/starlight/docker-config.json" # auths, credHelpers, credsStore
+//!                          # (default: $DOCKER_CONFIG/config.json, ~/.docker/config.json)
+//!
+//! [[registry.auth]]        # credentials of one private registry (first match wins)
+//! host = "registry.example:5000"
+//! username = "starlight"
+//! password_file = "/etc/starlight/registry.password"  # or token_file = "…" alone
 //!
 //! [serve]                  # `starlight-proxy serve`
 //! listen = "0.0.0.0:4433"  # UDP address of the QUIC server
@@ -339,6 +346,11 @@ pub struct RegistryConfig {
     /// Registry hosts (`HOST[:PORT]`) the proxy may index images from on a worker's
     /// behalf. Empty: only `url`'s host.
     pub allow: Vec<String>,
+    /// Docker's `config.json` to take credentials from (default:
+    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
+    pub docker_config: Option<PathBuf>,
+    /// Credentials per registry host (`[[registry.auth]]`).
+    pub auth: Vec<crate::credentials::AuthEntry>,
 }
 
 impl Default for Config {

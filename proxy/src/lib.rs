@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod credentials;
 pub mod db;
 pub mod format;
 pub mod index;

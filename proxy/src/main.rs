@@ -120,7 +120,13 @@ async fn main() -> Result<()> {
             let (config, db_path) = common.load()?;
             let reference = config.qualify(&image);
             let db = open_db(&db_path)?;
-            let client = RegistryClient::new(plain_http || config.registry.plain_http);
+            let credentials = starlight_proxy::credentials::Credentials::load(
+                &config.registry.auth,
+                config.registry.docker_config.clone(),
+            )
+            .context("cannot load registry credentials")?;
+            let client = RegistryClient::new(plain_http || config.registry.plain_http)
+                .with_credentials(credentials);
             starlight_proxy::index::configure(&config.index);
             let report = index_image(&client, &db, &reference, platform.as_deref()).await?;
             println!("{report}");

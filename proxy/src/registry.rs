@@ -412,25 +412,6 @@ pub fn index_platforms(image: &str, raw: &[u8]) -> Result<Vec<PlatformManifest>,
     Ok(out)
 }
 
-/// Registry credentials for `registry` from docker's `config.json`
-/// (anonymous when there are none).
-fn credentials(registry: &str) -> RegistryAuth {
-    let server = match registry {
-        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "https://index.docker.io/v1/",
-        other => other,
-    };
-    match docker_credential::get_credential(server) {
-        Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) => {
-            RegistryAuth::Basic(u, p)
-        }
-        Ok(docker_credential::DockerCredential::IdentityToken(t)) => RegistryAuth::Bearer(t),
-        Err(e) => {
-            tracing::debug!(registry, error = ?e, "no registry credentials; anonymous access");
-            RegistryAuth::Anonymous
-        }
-    }
-}
-
 /// Installs rustls' `ring` crypto provider once per process.
 fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -538,6 +519,8 @@ pub struct RegistryClient {
     auths: std::sync::Mutex<std::collections::HashMap<String, RegistryAuth>>,
     /// Requests and errors, for the metrics.
     counters: crate::registry_stats::RegistryCounters,
+    /// Where credentials come from (see [`crate::credentials`]).
+    credentials: crate::credentials::Credentials,
 }
 
 /// `error` and its causes joined by `: `, skipping causes whose text the
@@ -576,7 +559,14 @@ impl RegistryClient {
             plain_http,
             auths: Default::default(),
             counters: Default::default(),
+            credentials: Default::default(),
         }
+    }
+
+    /// This client, presenting `credentials` to registries.
+    pub fn with_credentials(mut self, credentials: crate::credentials::Credentials) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     /// Range requests and errors so far.
@@ -621,7 +611,7 @@ impl RegistryClient {
         };
         auths
             .entry(registry)
-            .or_insert_with_key(|r| credentials(r))
+            .or_insert_with_key(|r| self.credentials.for_registry(r))
             .clone()
     }
 

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use starlight_metrics::MetricsServer;
 use starlight_proxy::config::Config;
+use starlight_proxy::credentials::Credentials;
 use starlight_proxy::db::Db;
 use starlight_proxy::metrics::ProxyCollector;
 use starlight_proxy::optimize::PlanCache;
@@ -195,7 +196,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Db::open(&db_path)
             .with_context(|| format!("cannot open the database {}", db_path.display()))?,
     );
-    let registry = Arc::new(RegistryClient::new(plain_http));
+    let credentials =
+        Credentials::load(&config.registry.auth, config.registry.docker_config.clone())
+            .context("cannot load registry credentials")?;
+    let registry = Arc::new(RegistryClient::new(plain_http).with_credentials(credentials));
     let memory_bound = options.memory_bound();
     let handler = Arc::new(BundleServer::new(db, registry, cache, options));
     let transport = s.transport();

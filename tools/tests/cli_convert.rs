@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::layout::{Layer, OciLayout};
-use common::registry::TestRegistry;
+use common::registry::{TestRegistry, AUTH_PASSWORD, AUTH_USER};
 
 /// A small tar: a directory and two files.
 fn small_tar() -> Vec<u8> {
@@ -104,65 +104,9 @@ fn convert_failure_exits_non_zero_with_a_message() {
     assert!(stderr.contains("os/arch"), "{stderr}");
 }
 
-/// A `docker-registry` with htpasswd (basic) authentication, stopped on drop.
-struct AuthRegistry {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for AuthRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// bcrypt (cost 4) of `starlight-pw`, for user `tester`.
-const HTPASSWD: &str = "tester:$2b$04$QYA0vBp0Fn5EQ.YQzDxRv.nNdPkOHrBjw6P8zakwp5KIhXq1LbnY2\n";
-
-fn start_auth_registry() -> AuthRegistry {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    std::fs::write(dir.path().join("htpasswd"), HTPASSWD).unwrap();
-    let config = format!(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nauth:\n  htpasswd:\n    realm: starlight-test\n    path: {}\nhttp:\n  addr: {addr}\n",
-        dir.path().join("data").display(),
-        dir.path().join("htpasswd").display()
-    );
-    std::fs::write(dir.path().join("config.yml"), config).unwrap();
-    let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.path().join("config.yml"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    // Unauthenticated /v2/ answers 401 once the registry is up.
-    while common::registry::http_status(&addr, "GET", "/v2/") != Some(401) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "registry did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    AuthRegistry {
-        child,
-        addr,
-        _dir: dir,
-    }
-}
-
 #[test]
 fn convert_uses_credentials_from_docker_config() {
-    let reg = start_auth_registry();
+    let reg = TestRegistry::start_basic_auth();
     let mut layout = OciLayout::new();
     let desc = layout.add_image("linux", "amd64", &[Layer::gzip(&small_tar())], &["/bin/sh"]);
     layout.tag("v1", &desc);
@@ -172,7 +116,7 @@ fn convert_uses_credentials_from_docker_config() {
             "copy",
             "--dest-tls-verify=false",
             "--dest-creds",
-            "tester:starlight-pw",
+            &format!("{AUTH_USER}:{AUTH_PASSWORD}"),
         ])
         .arg(format!("oci:{}:v1", layout.path().display()))
         .arg(format!("docker://{src}"))

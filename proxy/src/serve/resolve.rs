@@ -164,8 +164,7 @@ impl Resolver {
             qualifier: Config {
                 registry: RegistryConfig {
                     url: registry_host,
-                    plain_http: false,
-                    allow: Vec::new(),
+                    ..RegistryConfig::default()
                 },
                 ..Config::default()
             },

@@ -187,6 +187,12 @@ impl OciLayout {
     /// every platform, with skopeo. `docker_format` converts manifests to
     /// Docker schema 2.
     pub fn push(&self, tag: &str, dest: &str, docker_format: bool) {
+        self.push_as(tag, dest, docker_format, None);
+    }
+
+    /// [`OciLayout::push`], presenting `creds` (`USER:PASSWORD`) to the
+    /// registry when given.
+    pub fn push_as(&self, tag: &str, dest: &str, docker_format: bool, creds: Option<&str>) {
         let mut cmd = Command::new("skopeo");
         cmd.args([
             "copy",
@@ -195,6 +201,9 @@ impl OciLayout {
             "--retry-times",
             "2",
         ]);
+        if let Some(creds) = creds {
+            cmd.args(["--dest-creds", creds]);
+        }
         if docker_format {
             cmd.args(["--format", "v2s2"]);
         } else {

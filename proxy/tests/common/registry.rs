@@ -15,6 +15,13 @@ pub struct TestRegistry {
     dir: tempfile::TempDir,
 }
 
+/// User of [`TestRegistry::start_basic_auth`].
+pub const AUTH_USER: &str = "tester";
+/// Password of [`AUTH_USER`].
+pub const AUTH_PASSWORD: &str = "starlight-pw";
+/// bcrypt (cost 4) of [`AUTH_PASSWORD`] for [`AUTH_USER`].
+const HTPASSWD: &str = "tester:$2b$04$QYA0vBp0Fn5EQ.YQzDxRv.nNdPkOHrBjw6P8zakwp5KIhXq1LbnY2\n";
+
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
@@ -34,14 +41,36 @@ pub fn http_status(addr: &str, method: &str, path: &str) -> Option<u16> {
 impl TestRegistry {
     /// Starts a registry and waits (at most 20 s) until `/v2/` answers.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a registry that requires HTTP basic authentication as
+    /// [`AUTH_USER`] / [`AUTH_PASSWORD`] (htpasswd), and waits until its
+    /// `/v2/` answers 401.
+    pub fn start_basic_auth() -> Self {
+        Self::start_with(Some(HTPASSWD))
+    }
+
+    fn start_with(htpasswd: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
+        let auth = match htpasswd {
+            Some(lines) => {
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, lines).expect("write htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: starlight-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{auth}http:\n  addr: {addr}\n",
                 dir.path().join("data").display()
             ),
         )
@@ -56,8 +85,9 @@ impl TestRegistry {
             .spawn()
             .expect("start docker-registry (apt install docker-registry)");
         let reg = TestRegistry { child, addr, dir };
+        let ready = if htpasswd.is_some() { 401 } else { 200 };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while http_status(&reg.addr, "GET", "/v2/") != Some(200) {
+        while http_status(&reg.addr, "GET", "/v2/") != Some(ready) {
             assert!(
                 Instant::now() < deadline,
                 "docker-registry did not start on {}",

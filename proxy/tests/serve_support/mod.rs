@@ -79,10 +79,21 @@ pub fn starlight_layer(tar: &[u8], compression: Compression) -> Layer {
 
 /// Pushes an image of `layers` as `REGISTRY/name:tag`; returns its manifest digest.
 pub fn push_image(reg: &TestRegistry, name: &str, tag: &str, layers: &[Layer]) -> String {
+    push_image_as(reg, name, tag, layers, None)
+}
+
+/// [`push_image`], presenting `creds` (`USER:PASSWORD`) when given.
+pub fn push_image_as(
+    reg: &TestRegistry,
+    name: &str,
+    tag: &str,
+    layers: &[Layer],
+    creds: Option<&str>,
+) -> String {
     let mut layout = OciLayout::new();
     let desc = layout.add_image("linux", "amd64", layers, &["/app/main"]);
     layout.tag(tag, &desc);
-    layout.push(tag, &format!("{}/{name}:{tag}", reg.addr), false);
+    layout.push_as(tag, &format!("{}/{name}:{tag}", reg.addr), false, creds);
     desc["digest"].as_str().unwrap().to_string()
 }
 
@@ -98,10 +109,19 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts a proxy for `reg` with `options` (`registry_host` defaults to `reg`).
-    pub fn start(reg: &TestRegistry, mut options: ServeOptions) -> Proxy {
+    pub fn start(reg: &TestRegistry, options: ServeOptions) -> Proxy {
+        Self::start_with(reg, options, RegistryClient::new(true))
+    }
+
+    /// [`Proxy::start`] with its own registry client (credentials).
+    pub fn start_with(
+        reg: &TestRegistry,
+        mut options: ServeOptions,
+        registry: RegistryClient,
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
-        let registry = Arc::new(RegistryClient::new(true));
+        let registry = Arc::new(registry);
         let cache = Arc::new(PlanCache::new(64, 64 << 20));
         if options.registry_host.is_none() {
             options.registry_host = Some(reg.addr.clone());

@@ -82,7 +82,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         work_dir: None,
         jobs: args.jobs,
     };
-    let client = RegistryClient::new(args.plain_http);
+    // The user's own docker login (config.json and credential helpers).
+    let credentials = starlight_proxy::credentials::Credentials::load(&[], None)
+        .context("cannot load registry credentials")?;
+    let client = RegistryClient::new(args.plain_http).with_credentials(credentials);
     let report = convert_image(&client, &args.src, &args.dst, &opts)
         .await
         .with_context(|| format!("converting {} to {}", args.src, args.dst))?;
