@@ -247,10 +247,8 @@ impl Settings {
         let token = self.resolve_token()?.ok_or(ConfigError::Missing("token"))?;
         let backoff = self.backoff()?;
         Ok(Config {
+            server_name: self.server_name.unwrap_or_else(|| proxy.host().to_string()),
             proxy,
-            server_name: self
-                .server_name
-                .unwrap_or_else(|| proxy.host().to_string()),
             ca_file,
             token,
             state_dir: self

@@ -74,8 +74,10 @@ fn the_traces_table_is_bounded_and_defaults_on() {
     assert_eq!(d.traces, TraceConfig::default());
     assert!(d.traces.enabled);
     assert_eq!(d.traces_dir(), PathBuf::from("/var/lib/starlight/traces"));
-    let c = parse("[traces]\nenabled = false\nwindow_secs = 5\nmax_records = 10\nupload_interval_ms = 50\n")
-        .unwrap();
+    let c = parse(
+        "[traces]\nenabled = false\nwindow_secs = 5\nmax_records = 10\nupload_interval_ms = 50\n",
+    )
+    .unwrap();
     assert!(!c.traces.enabled);
     assert_eq!(c.traces.window, Duration::from_secs(5));
     assert_eq!(c.traces.max_records, 10);

@@ -151,7 +151,9 @@ impl WorkerMetrics {
     /// The garbage collection evicted an image for `reason` (`removed`,
     /// `unused`, `bound`), freeing `bytes` of contents.
     pub fn evicted(&self, reason: &'static str, bytes: u64) {
-        self.evictions.get_or_create(&vec![("reason", reason)]).inc();
+        self.evictions
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
         self.evicted_bytes.inc_by(bytes);
     }
 

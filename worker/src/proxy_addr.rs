@@ -38,7 +38,9 @@ impl ProxyAddr {
                 !label.is_empty()
                     && label.len() <= 63
                     && !label.starts_with('-')
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
         if !name_ok || port == 0 {
             return Err(bad());

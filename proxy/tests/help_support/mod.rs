@@ -73,8 +73,7 @@ pub fn problems(what: &str, text: &str, examples: bool) -> Vec<String> {
         // on the next lines, indented further.
         let t = line.trim_start();
         let indent = line.len() - t.len();
-        let entry = (t.starts_with('-') || t.starts_with('<') || t.starts_with('['))
-            && indent <= 6;
+        let entry = (t.starts_with('-') || t.starts_with('<') || t.starts_with('[')) && indent <= 6;
         if entry {
             let next = lines.get(i + 1).copied().unwrap_or("");
             let next_indent = next.len() - next.trim_start().len();
@@ -98,7 +97,11 @@ pub fn check_all(bin: &Path, name: &str) -> Vec<String> {
         let text = help(bin, &args);
         let subs = subcommands(&text);
         let what = format!("{name} {}", args.join(" "));
-        all.extend(problems(what.trim(), &text, subs.is_empty() || path.is_empty()));
+        all.extend(problems(
+            what.trim(),
+            &text,
+            subs.is_empty() || path.is_empty(),
+        ));
         for s in subs {
             let mut p = path.clone();
             p.push(s);

@@ -110,16 +110,53 @@ pub fn plan(
         }
     }
     let before: u64 = refs.values().map(|(_, size)| size).sum();
-    let mut total = before;
     let mut order: Vec<usize> = (0..images.len()).filter(|&i| !images[i].in_use).collect();
     order.sort_by_key(|&i| (images[i].last_used, images[i].digest.to_string()));
-    let mut out = Vec::new();
-    let mut gone = HashSet::new();
-    let mut evict = |i: usize, reason: Reason, total: &mut u64| {
-        gone.insert(i);
+    let mut state = PlanState {
+        refs,
+        total: before,
+        out: Vec::new(),
+        gone: HashSet::new(),
+    };
+    for &i in &order {
+        if images[i].in_containerd == Some(false) {
+            state.evict(images, i, Reason::Removed);
+        }
+    }
+    if let Some(before) = unused_before {
+        for &i in &order {
+            if !state.gone.contains(&i) && images[i].last_used < before {
+                state.evict(images, i, Reason::Unused);
+            }
+        }
+    }
+    if let Some(max) = max_store_bytes {
+        for &i in &order {
+            if state.total <= max {
+                break;
+            }
+            if !state.gone.contains(&i) {
+                state.evict(images, i, Reason::Bound);
+            }
+        }
+    }
+    (state.out, before, state.total)
+}
+
+/// A plan being made: content reference counts, the store's size left.
+struct PlanState {
+    refs: HashMap<[u8; 32], (usize, u64)>,
+    total: u64,
+    out: Vec<Planned>,
+    gone: HashSet<usize>,
+}
+
+impl PlanState {
+    fn evict(&mut self, images: &[Candidate], i: usize, reason: Reason) {
+        self.gone.insert(i);
         let (mut contents, mut bytes) = (0, 0);
         for sha in images[i].contents.keys() {
-            if let Some((n, size)) = refs.get_mut(sha) {
+            if let Some((n, size)) = self.refs.get_mut(sha) {
                 *n -= 1;
                 if *n == 0 {
                     contents += 1;
@@ -127,37 +164,14 @@ pub fn plan(
                 }
             }
         }
-        *total -= bytes;
-        out.push(Planned {
+        self.total -= bytes;
+        self.out.push(Planned {
             index: i,
             reason,
             contents,
             bytes,
         });
-    };
-    for &i in &order {
-        if images[i].in_containerd == Some(false) {
-            evict(i, Reason::Removed, &mut total);
-        }
     }
-    if let Some(before) = unused_before {
-        for &i in &order {
-            if !gone.contains(&i) && images[i].last_used < before {
-                evict(i, Reason::Unused, &mut total);
-            }
-        }
-    }
-    if let Some(max) = max_store_bytes {
-        for &i in &order {
-            if total <= max {
-                break;
-            }
-            if !gone.contains(&i) {
-                evict(i, Reason::Bound, &mut total);
-            }
-        }
-    }
-    (out, before, total)
 }
 
 /// The manifest digests (`sha256:…`) of the images containers stand on:

@@ -71,7 +71,11 @@ fn removed_from_containerd_then_unused_then_bound() {
     assert_eq!(before, 4_000_000);
     assert_eq!(
         evicted(&p),
-        [(0, Reason::Removed), (1, Reason::Unused), (2, Reason::Bound)]
+        [
+            (0, Reason::Removed),
+            (1, Reason::Unused),
+            (2, Reason::Bound)
+        ]
     );
     assert_eq!(after, 1_000_000);
 }

@@ -14,8 +14,7 @@ pub const PROXY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The image the check asks the ranks of: a digest no image has, so the
 /// proxy answers at once (an error frame) once it accepted the token.
-const PROBE_IMAGE: &str =
-    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+const PROBE_IMAGE: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
 impl ImageManager {
     /// The daemon's state.
@@ -55,10 +54,7 @@ impl ImageManager {
                 token: self.config.token.clone(),
                 image: PROBE_IMAGE.into(),
             };
-            match client
-                .ranks(addr, &self.config.server_name, &query)
-                .await
-            {
+            match client.ranks(addr, &self.config.server_name, &query).await {
                 // Any answer of the proxy's own comes after the token was
                 // accepted (it is checked on the connection's first stream).
                 Ok(_) | Err(ClientError::Proxy(_)) => Ok(()),

@@ -2,8 +2,8 @@
 //! body, resumed on a new stream as often as it breaks until every content
 //! arrived or [`ReceiveOptions::grace`] passed without progress.
 
-use std::collections::HashSet;
 use crate::proxy_addr::ProxyAddr;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
