@@ -62,7 +62,8 @@ pub fn problems(what: &str, text: &str, examples: bool) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
     let mut section = "";
     for (i, line) in lines.iter().enumerate() {
-        if !line.starts_with(' ') && line.ends_with(':') {
+        // Any unindented line starts a section (or the text after them).
+        if !line.starts_with(' ') && !line.is_empty() {
             section = line;
             continue;
         }
