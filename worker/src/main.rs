@@ -59,7 +59,7 @@ struct Cli {
     config: Option<PathBuf>,
     /// The proxy's QUIC address, HOST:PORT (overrides `proxy`); a DNS name
     /// is resolved at every connect.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "STARLIGHT_PROXY")]
     proxy: Option<starlight_worker::config::ProxyAddr>,
     /// The name the proxy's certificate is checked for (overrides `server_name`).
     #[arg(long, global = true)]
