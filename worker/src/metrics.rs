@@ -288,3 +288,30 @@ impl Collector for StoreCollector {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn evictions_are_counted_by_reason_with_their_bytes() {
+        let m = WorkerMetrics::default();
+        m.evicted("bound", 1000);
+        m.evicted("bound", 500);
+        m.evicted("removed", 7);
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(
+            text.contains("starlight_evictions_total{reason=\"bound\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("starlight_evictions_total{reason=\"removed\"} 1"));
+        assert!(
+            text.contains("starlight_evicted_bytes_total 1507"),
+            "{text}"
+        );
+    }
+}

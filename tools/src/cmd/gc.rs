@@ -68,3 +68,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     print!("{}", render(&report));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starlight_worker::api::GcEviction;
+
+    #[test]
+    fn a_dry_run_says_what_would_go() {
+        let r = GcReport {
+            dry_run: true,
+            store_bytes_before: 9_000_000,
+            store_bytes_after: 4_000_000,
+            max_store_bytes: Some(5_000_000),
+            evicted: vec![GcEviction {
+                image: "reg/app:v1".into(),
+                digest: format!("sha256:{}", "a".repeat(64)),
+                reason: "bound".into(),
+                contents: 3,
+                bytes: 5_000_000,
+            }],
+            contents_freed: 3,
+            bytes_freed: 5_000_000,
+            in_use: 1,
+        };
+        let text = render(&r);
+        assert!(
+            text.starts_with(
+                "would evict reg/app:v1 (sha256:aaaaaaaaaaaa, bound): 3 contents, 5.0 MB\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("1 images, 3 contents, 5.0 MB would be freed; store 9.0 MB -> 4.0 MB (max 5.0 MB); 1 in use kept"), "{text}");
+        let done = render(&GcReport {
+            dry_run: false,
+            ..r
+        });
+        assert!(done.starts_with("evicted reg/app:v1"), "{done}");
+    }
+}

@@ -66,3 +66,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starlight_worker::api::ProxyStatus;
+
+    #[test]
+    fn status_shows_the_proxy_the_store_and_the_images() {
+        let s = StatusReport {
+            version: "0.1.0".into(),
+            proxy: ProxyStatus {
+                address: "proxy.example:8443".into(),
+                server_name: "proxy.example".into(),
+                resolved: None,
+                reachable: false,
+                error: Some("cannot resolve proxy.example:8443".into()),
+                millis: 3,
+            },
+            store_bytes: 1_500_000,
+            max_store_bytes: None,
+            images: vec![],
+        };
+        let text = render(&s);
+        assert!(text.starts_with("starlightd 0.1.0\n"), "{text}");
+        assert!(text.contains("proxy.example:8443 (unresolved, certificate name proxy.example): NOT reachable: cannot resolve"), "{text}");
+        assert!(text.contains("store      1.5 MB of unbounded"), "{text}");
+        assert!(text.contains("images     0"), "{text}");
+    }
+}
