@@ -16,7 +16,21 @@ mod serve_cmd;
 
 /// The Starlight proxy.
 #[derive(Parser, Debug)]
-#[command(name = "starlight-proxy", version, about)]
+#[command(
+    name = "starlight-proxy",
+    version,
+    about,
+    after_long_help = "\
+Settings come from the TOML file given with --config (or
+STARLIGHT_PROXY_CONFIG); flags override them. `starlight-proxy COMMAND
+--help` describes each command.
+
+Examples:
+  starlight-proxy gen-cert --out /etc/starlight --name proxy.example
+  starlight-proxy serve --config /etc/starlight/proxy.toml
+  starlight-proxy index --plain-http 127.0.0.1:5000/app:v1-starlight
+  starlight-proxy toc --summary 127.0.0.1:5000/app:v1-starlight"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +39,13 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Indexes a converted image from the registry into the database.
+    #[command(after_long_help = "\
+Re-indexing is idempotent; an image not indexed yet is also indexed on its
+first bundle request.
+
+Examples:
+  starlight-proxy index --plain-http 127.0.0.1:5000/app:v1-starlight
+  starlight-proxy index --platform linux/arm64 --db /var/lib/starlight-proxy registry.example/app:v1")]
     Index {
         #[command(flatten)]
         common: Common,
@@ -38,6 +59,10 @@ enum Command {
         image: String,
     },
     /// Prints an indexed image's merged table of contents.
+    #[command(after_long_help = "\
+Examples:
+  starlight-proxy toc 127.0.0.1:5000/app:v1-starlight
+  starlight-proxy toc --summary --db /var/lib/starlight-proxy sha256:3f2a...")]
     Toc {
         #[command(flatten)]
         common: Common,
@@ -48,8 +73,18 @@ enum Command {
         image: String,
     },
     /// Serves delta bundles over QUIC (see the `[serve]` config section).
+    #[command(after_long_help = "\
+Examples:
+  starlight-proxy serve --config /etc/starlight/proxy.toml
+  starlight-proxy serve --listen 0.0.0.0:8443 --registry http://127.0.0.1:5000 --plain-http \\
+      --self-signed /tmp/proxy-tls
+  STARLIGHT_PROXY_TOKENS=secret starlight-proxy serve --listen [::]:8443 --db /var/lib/starlight-proxy")]
     Serve(Box<serve_cmd::ServeArgs>),
     /// Writes a self-signed certificate and key (cert.pem, key.pem) for demos.
+    #[command(after_long_help = "\
+Examples:
+  starlight-proxy gen-cert --out /tmp/proxy-tls
+  starlight-proxy gen-cert --out /etc/starlight --name proxy.example --name 10.0.0.5")]
     GenCert {
         /// Directory to write cert.pem and key.pem to (created if missing).
         #[arg(long)]

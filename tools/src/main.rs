@@ -11,7 +11,24 @@ mod cmd;
 
 /// Starlight: fast container provisioning on the edge and over the WAN.
 #[derive(Debug, Parser)]
-#[command(name = "starlight", version, about)]
+#[command(
+    name = "starlight",
+    version,
+    about,
+    after_long_help = "\
+Every command that talks to starlightd uses its API socket (--api, default
+/run/starlight/starlightd.sock); `fetch`, `trace` and `ranks` talk to the
+proxy directly; `convert` to the registries. `starlight COMMAND --help`
+describes each.
+
+Examples:
+  starlight convert --plain-http 127.0.0.1:5000/app:v1 127.0.0.1:5000/app:v1-sl
+  starlight pull 127.0.0.1:5000/app:v1-sl && ctr run --snapshotter starlight \\
+      127.0.0.1:5000/app:v1-sl app1
+  starlight images
+  starlight status
+  starlight gc --dry-run"
+)]
 struct Cli {
     /// The command to run.
     #[command(subcommand)]
@@ -22,19 +39,59 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Convert an image in a registry to the Starlight seekable layer format.
+    #[command(after_long_help = "\
+Examples:
+  starlight convert --plain-http 127.0.0.1:5000/redis:7 127.0.0.1:5000/redis:7-starlight
+  starlight convert --platform linux/arm64 --compression zstd docker.io/library/nginx:1.27 \\
+      registry.example/nginx:1.27-starlight
+  starlight convert --notify proxy.example:8443 --ca ca.pem --token-file token SRC DST")]
     Convert(cmd::convert::Args),
     /// Fetch a delta bundle from a proxy, verify it and write it to a file.
+    #[command(after_long_help = "\
+Exit codes: 3 token refused, 4 certificate not trusted, 5 truncated,
+6 verification failed, 7 other proxy error.
+
+Examples:
+  starlight fetch --proxy localhost:8443 --ca ca.pem --token-file token \\
+      127.0.0.1:5000/app:v2 --from 127.0.0.1:5000/app:v1 -o bundle.bin")]
     Fetch(cmd::fetch::Args),
     /// Pull an image through starlightd (registered in containerd at once).
+    #[command(after_long_help = "\
+Examples:
+  starlight pull 127.0.0.1:5000/app:v1-starlight
+  starlight pull --wait --from 127.0.0.1:5000/app:v1 127.0.0.1:5000/app:v2
+  starlight pull --trace app:v1 && ctr run --snapshotter starlight app:v1 c1")]
     Pull(cmd::pull::Args),
     /// List the images starlightd holds.
+    #[command(after_long_help = "\
+Examples:
+  starlight images
+  starlight images --api /run/starlight/starlightd.sock")]
     Images(cmd::images::Args),
     /// Remove an image from starlightd and free its unused contents.
+    #[command(after_long_help = "\
+Removes the image from containerd too; contents another image names stay.
+
+Examples:
+  starlight rm 127.0.0.1:5000/app:v1
+  starlight rm sha256:3f2a...")]
     Rm(cmd::rm::Args),
     /// Collect startup traces of an image and upload them to the proxy.
+    #[command(after_long_help = "\
+Examples:
+  starlight trace --ready 'READY' 127.0.0.1:5000/app:v1
+  starlight trace --proxy localhost:8443 --ca ca.pem 127.0.0.1:5000/app:v1")]
     Trace(cmd::trace::Args),
     /// Show how the proxy orders an image's files (average rank, hits).
+    #[command(after_long_help = "\
+Examples:
+  starlight ranks 127.0.0.1:5000/app:v1
+  starlight ranks --proxy proxy.example:8443 --ca ca.pem app:v1")]
     Ranks(cmd::ranks::Args),
+    /// Evict unused images now (or show what would go with --dry-run).
+    Gc(cmd::gc::Args),
+    /// Show starlightd's version, proxy reachability, store use and images.
+    Status(cmd::status::Args),
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
@@ -71,6 +128,8 @@ fn main() -> std::process::ExitCode {
             Command::Rm(args) => cmd::rm::run(args).await,
             Command::Trace(args) => cmd::trace::run(args).await,
             Command::Ranks(args) => cmd::ranks::run(args).await,
+            Command::Gc(args) => cmd::gc::run(args).await,
+            Command::Status(args) => cmd::status::run(args).await,
         }
     });
     match result {

@@ -2,8 +2,8 @@
 //! [`DEFAULT_CONFIG_PATH`]) whose settings command-line flags override.
 //!
 //! ```toml
-//! proxy = "127.0.0.1:8443"        # the proxy's QUIC address
-//! server_name = "proxy.example"   # the name its certificate is checked for
+//! proxy = "proxy.example:8443"   # the proxy's QUIC address (HOST:PORT; a name is resolved at each connect)
+//! server_name = "proxy.example"   # the name its certificate is checked for (default: the host)
 //! ca_file = "/etc/starlight/ca.pem"
 //! token = "secret"                # or token_file = "/etc/starlight/token"
 //! state_dir = "/var/lib/starlight"
@@ -16,6 +16,9 @@
 //! api_socket = "/run/starlight/starlightd.sock"
 //! api_group = "starlight"         # may use the API socket besides root (default: root only)
 //! metrics_listen = "127.0.0.1:9465" # Prometheus /metrics, /healthz, /readyz (default: off)
+//! max_store_bytes = 10_000_000_000  # evict unused images LRU-first above this (default: unbounded)
+//! gc_unused_secs = 604800         # evict images unused this long (default: never)
+//! gc_interval_secs = 60           # how often the collection runs besides after each pull
 //! ```
 //!
 //! The token is best given here (or in `token_file`, or the environment
@@ -28,6 +31,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::gc_config::GcConfig;
+pub use crate::proxy_addr::ProxyAddr;
 use crate::receiver::Backoff;
 
 /// Where starlightd looks for its configuration by default.
@@ -80,6 +85,9 @@ pub enum ConfigError {
     /// `api_group` names no group.
     #[error("api_group: {0}")]
     ApiGroup(String),
+    /// A garbage-collection setting out of its bounds.
+    #[error("{0}")]
+    Gc(String),
     /// A `[traces]` setting out of its bounds.
     #[error("[traces] {0}")]
     Traces(String),
@@ -97,8 +105,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The proxy's QUIC address.
-    pub proxy: Option<SocketAddr>,
+    /// The proxy's QUIC address: `HOST:PORT`, the host a DNS name
+    /// (resolved at each connect) or an IP address.
+    pub proxy: Option<ProxyAddr>,
     /// The name the proxy's certificate must be valid for (default: its IP).
     pub server_name: Option<String>,
     /// PEM file of the CA certificates trusted for the proxy.
@@ -132,6 +141,15 @@ pub struct Settings {
     /// TCP address of the Prometheus `/metrics`, `/healthz` and `/readyz`
     /// endpoint (none: no endpoint).
     pub metrics_listen: Option<SocketAddr>,
+    /// The content store's bound in bytes: after each pull and
+    /// periodically, images not in use are evicted least recently used
+    /// first until the store fits (none: unbounded).
+    pub max_store_bytes: Option<u64>,
+    /// Images not used for this many seconds are evicted (none: never for
+    /// age alone).
+    pub gc_unused_secs: Option<u64>,
+    /// Seconds between periodic collections (default 60).
+    pub gc_interval_secs: Option<u64>,
 }
 
 impl Settings {
@@ -180,6 +198,9 @@ impl Settings {
             api_group: flags.api_group.or(self.api_group),
             traces: flags.traces.or(self.traces),
             metrics_listen: flags.metrics_listen.or(self.metrics_listen),
+            max_store_bytes: flags.max_store_bytes.or(self.max_store_bytes),
+            gc_unused_secs: flags.gc_unused_secs.or(self.gc_unused_secs),
+            gc_interval_secs: flags.gc_interval_secs.or(self.gc_interval_secs),
         }
     }
 
@@ -215,7 +236,10 @@ impl Settings {
 
     /// The complete configuration, with defaults for what may default.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let proxy = self.proxy.ok_or(ConfigError::Missing("proxy address"))?;
+        let proxy = self
+            .proxy
+            .clone()
+            .ok_or(ConfigError::Missing("proxy address"))?;
         let ca_file = self
             .ca_file
             .clone()
@@ -223,8 +247,8 @@ impl Settings {
         let token = self.resolve_token()?.ok_or(ConfigError::Missing("token"))?;
         let backoff = self.backoff()?;
         Ok(Config {
+            server_name: self.server_name.unwrap_or_else(|| proxy.host().to_string()),
             proxy,
-            server_name: self.server_name.unwrap_or_else(|| proxy.ip().to_string()),
             ca_file,
             token,
             state_dir: self
@@ -245,6 +269,11 @@ impl Settings {
             api_group: self.api_group,
             traces: self.traces.unwrap_or_default().resolve()?,
             metrics_listen: self.metrics_listen,
+            gc: GcConfig::resolve(
+                self.max_store_bytes,
+                self.gc_unused_secs,
+                self.gc_interval_secs,
+            )?,
         })
     }
 }
@@ -276,8 +305,8 @@ pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
 /// starlightd's complete configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// The proxy's QUIC address.
-    pub proxy: SocketAddr,
+    /// The proxy's QUIC address (a name is resolved at each connect).
+    pub proxy: ProxyAddr,
     /// The name the proxy's certificate must be valid for.
     pub server_name: String,
     /// PEM file of the CA certificates trusted for the proxy.
@@ -306,6 +335,8 @@ pub struct Config {
     pub traces: TraceConfig,
     /// Address of the metrics endpoint, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// The store's bound and the eviction of unused images.
+    pub gc: GcConfig,
 }
 
 impl Config {
@@ -500,216 +531,5 @@ impl TraceSettings {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn file_then_flags_then_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("starlightd.toml");
-        std::fs::write(
-            &path,
-            "proxy = \"127.0.0.1:8443\"\nca_file = \"/etc/ca.pem\"\ntoken = \"file\"\ngrace_secs = 5\n",
-        )
-        .unwrap();
-        let file = Settings::load(&path, true).unwrap();
-        let flags = Settings {
-            token: Some("flag".into()),
-            state_dir: Some("/tmp/state".into()),
-            ..Settings::default()
-        };
-        let config = file.overridden_by(flags).resolve().unwrap();
-        assert_eq!(config.proxy, "127.0.0.1:8443".parse().unwrap());
-        assert_eq!(config.server_name, "127.0.0.1");
-        assert_eq!(config.ca_file, PathBuf::from("/etc/ca.pem"));
-        assert_eq!(config.token, "flag");
-        assert_eq!(config.state_dir, PathBuf::from("/tmp/state"));
-        assert_eq!(config.grace, Duration::from_secs(5));
-        assert_eq!(config.store_dir(), PathBuf::from("/tmp/state/content"));
-    }
-
-    #[test]
-    fn the_reconnect_backoff_defaults_and_is_bounded() {
-        let base = || Settings {
-            proxy: Some("127.0.0.1:8443".parse().unwrap()),
-            ca_file: Some("/etc/ca.pem".into()),
-            token: Some("t".into()),
-            ..Settings::default()
-        };
-        assert_eq!(base().resolve().unwrap().backoff, Backoff::default());
-        let set = |initial, max| Settings {
-            reconnect_initial_ms: initial,
-            reconnect_max_ms: max,
-            ..base()
-        };
-        let b = set(Some(50), Some(800)).resolve().unwrap().backoff;
-        assert_eq!(
-            (b.initial, b.max),
-            (Duration::from_millis(50), Duration::from_millis(800))
-        );
-        // An initial wait above the default bound raises the bound with it.
-        let b = set(Some(8000), None).resolve().unwrap().backoff;
-        assert_eq!(b.max, Duration::from_millis(8000));
-        for (initial, max) in [
-            (Some(0), None),
-            (Some(900), Some(800)),
-            (None, Some(MAX_RECONNECT_MS + 1)),
-            (Some(MAX_RECONNECT_MS + 1), None),
-        ] {
-            assert!(
-                matches!(set(initial, max).resolve(), Err(ConfigError::Reconnect(_))),
-                "{initial:?} {max:?} accepted"
-            );
-        }
-    }
-
-    #[test]
-    fn the_traces_table_is_bounded_and_defaults_on() {
-        let base = "proxy = \"127.0.0.1:8443\"\nca_file = \"/c\"\ntoken = \"t\"\n";
-        let parse = |extra: &str| {
-            toml::from_str::<Settings>(&format!("{base}{extra}"))
-                .map_err(|e| e.to_string())
-                .and_then(|s| s.resolve().map_err(|e| e.to_string()))
-        };
-        let d = parse("").unwrap();
-        assert_eq!(d.traces, TraceConfig::default());
-        assert!(d.traces.enabled);
-        assert_eq!(d.traces_dir(), PathBuf::from("/var/lib/starlight/traces"));
-        let c = parse("[traces]\nenabled = false\nwindow_secs = 5\nmax_records = 10\nupload_interval_ms = 50\n")
-            .unwrap();
-        assert!(!c.traces.enabled);
-        assert_eq!(c.traces.window, Duration::from_secs(5));
-        assert_eq!(c.traces.max_records, 10);
-        assert_eq!(c.traces.upload_interval, Duration::from_millis(50));
-        for bad in [
-            "window_secs = 0",
-            "window_secs = 100000",
-            "max_records = 0",
-            "max_bytes = 99999999999",
-            "upload_interval_ms = 1",
-            "max_spooled = 0",
-        ] {
-            let e = parse(&format!("[traces]\n{bad}\n")).unwrap_err();
-            assert!(e.contains("[traces]"), "{bad}: {e}");
-        }
-        assert!(parse("[traces]\nunknown = 1\n").is_err());
-    }
-
-    #[test]
-    fn the_shipped_example_parses_completely() {
-        let example: Settings = toml::from_str(include_str!("../dist/starlightd.toml")).unwrap();
-        let config = example.resolve().unwrap();
-        assert_eq!(config.server_name, "localhost");
-        assert_eq!(config.grace, Duration::from_secs(30));
-        assert_eq!(config.state_dir, PathBuf::from("/var/lib/starlight"));
-        assert_eq!(config.namespace, "default");
-        assert_eq!(
-            config.api_socket,
-            PathBuf::from("/run/starlight/starlightd.sock")
-        );
-        assert_eq!(
-            config.snapshotter_socket,
-            PathBuf::from("/run/starlight/snapshotter.sock")
-        );
-        assert_eq!(
-            config.containerd_socket,
-            PathBuf::from("/run/containerd/containerd.sock")
-        );
-    }
-
-    #[test]
-    fn the_token_comes_from_the_file_setting_or_a_token_file() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, "from-file\n").unwrap();
-        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let base = Settings {
-            proxy: Some("127.0.0.1:1".parse().unwrap()),
-            ca_file: Some("/ca.pem".into()),
-            ..Settings::default()
-        };
-        let with_file = Settings {
-            token_file: Some(token_file.clone()),
-            ..base.clone()
-        };
-        assert_eq!(with_file.clone().resolve().unwrap().token, "from-file");
-        // A flag's token replaces the file's token_file, and the other way.
-        let flag = Settings {
-            token: Some("flag".into()),
-            ..Settings::default()
-        };
-        assert_eq!(
-            with_file.overridden_by(flag).resolve().unwrap().token,
-            "flag"
-        );
-        let both = Settings {
-            token: Some("a".into()),
-            token_file: Some(token_file),
-            ..base.clone()
-        };
-        assert!(matches!(both.resolve(), Err(ConfigError::TwoTokens)));
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, "  \n").unwrap();
-        let err = Settings {
-            token_file: Some(empty),
-            ..base
-        }
-        .resolve()
-        .unwrap_err();
-        assert!(err.to_string().contains("empty"), "{err}");
-    }
-
-    #[test]
-    fn the_state_dir_is_made_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Settings {
-            proxy: Some("127.0.0.1:1".parse().unwrap()),
-            ca_file: Some("/ca.pem".into()),
-            token: Some("t".into()),
-            state_dir: Some(dir.path().join("state")),
-            ..Settings::default()
-        }
-        .resolve()
-        .unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-        config.prepare_state_dir().unwrap();
-        assert_eq!(mode(&config.state_dir), 0o700);
-        // An older, open state directory and its subdirectories are closed.
-        std::fs::create_dir_all(config.images_db()).unwrap();
-        for d in [config.state_dir.clone(), config.images_db()] {
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        config.prepare_state_dir().unwrap();
-        assert_eq!(mode(&config.state_dir), 0o700);
-        assert_eq!(mode(&config.images_db()), 0o700);
-        // A symlink is refused.
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&config.state_dir, &link).unwrap();
-        config.state_dir = link;
-        let err = config.prepare_state_dir().unwrap_err();
-        assert!(err.to_string().contains("not a directory"), "{err}");
-    }
-
-    #[test]
-    fn missing_bad_and_unknown_settings_are_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let absent = dir.path().join("absent.toml");
-        assert_eq!(Settings::load(&absent, false).unwrap(), Settings::default());
-        assert!(matches!(
-            Settings::load(&absent, true),
-            Err(ConfigError::Read { .. })
-        ));
-        let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, "proxy = \"127.0.0.1:1\"\nproxi = 3\n").unwrap();
-        let err = Settings::load(&bad, true).unwrap_err();
-        assert!(err.to_string().contains("proxi"), "{err}");
-        let err = Settings::default().resolve().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no proxy address configured (set it in the configuration file or with its flag)"
-        );
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -17,13 +17,15 @@
 //! - [`containerd`]: a containerd client that registers images from bundle headers.
 //! - [`registration`]: the image manager's link to [`containerd`].
 //! - [`header_check`]: the checks every bundle header passes before any use.
-//! - [`config`]: starlightd's TOML configuration and flag overrides.
+//! - [`config`]: starlightd's TOML configuration and flag overrides
+//!   ([`proxy_addr`]: the proxy's `HOST:PORT`; [`gc_config`]: the store's bound).
 
 pub mod api;
 pub mod config;
 pub mod containerd;
 pub mod durability;
 pub mod fdstore;
+pub mod gc_config;
 pub mod header_check;
 pub mod imagefs;
 pub mod lock;
@@ -31,6 +33,7 @@ pub mod manager;
 pub mod meta;
 pub mod metrics;
 pub mod notify;
+pub mod proxy_addr;
 pub mod receiver;
 pub mod recovery;
 pub mod registration;

@@ -37,14 +37,30 @@ use transport_quic::{Header, Request};
 use uring_fs::{MountOptions, Session};
 
 #[derive(Parser, Debug)]
-#[command(name = "starlightd", version, about = "The Starlight worker daemon")]
+#[command(
+    name = "starlightd",
+    version,
+    about = "The Starlight worker daemon",
+    after_long_help = "\
+Settings come from the configuration file (default
+/etc/starlight/starlightd.toml; sample in worker/dist/starlightd.toml);
+every flag overrides the setting of the same name. The token is best kept
+in the file or token_file: a token on the command line shows in /proc.
+
+Examples:
+  starlightd run
+  starlightd --config /etc/starlight/starlightd.toml run
+  starlightd --proxy proxy.example:8443 --ca ca.pem --token-file token run
+  starlightd --state-dir /tmp/sl mount 127.0.0.1:5000/app:v1 /mnt/app"
+)]
 struct Cli {
     /// The configuration file (required to exist when given explicitly).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// The proxy's QUIC address (overrides `proxy`).
-    #[arg(long, global = true)]
-    proxy: Option<std::net::SocketAddr>,
+    /// The proxy's QUIC address, HOST:PORT (overrides `proxy`); a DNS name
+    /// is resolved at every connect.
+    #[arg(long, global = true, env = "STARLIGHT_PROXY")]
+    proxy: Option<starlight_worker::config::ProxyAddr>,
     /// The name the proxy's certificate is checked for (overrides `server_name`).
     #[arg(long, global = true)]
     server_name: Option<String>,
@@ -86,6 +102,16 @@ struct Cli {
     /// `metrics_listen`).
     #[arg(long, global = true, env = "STARLIGHT_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The content store's bound in bytes: unused images are evicted least
+    /// recently used first above it (overrides `max_store_bytes`).
+    #[arg(long, global = true, env = "STARLIGHT_MAX_STORE_BYTES")]
+    max_store_bytes: Option<u64>,
+    /// Evict images unused this many seconds (overrides `gc_unused_secs`).
+    #[arg(long, global = true, env = "STARLIGHT_GC_UNUSED_SECS")]
+    gc_unused_secs: Option<u64>,
+    /// Seconds between periodic collections (overrides `gc_interval_secs`).
+    #[arg(long, global = true, env = "STARLIGHT_GC_INTERVAL_SECS")]
+    gc_interval_secs: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -94,9 +120,25 @@ struct Cli {
 enum Command {
     /// Run the daemon: the containerd snapshotter and the API socket, until
     /// SIGINT or SIGTERM.
+    #[command(after_long_help = "\
+Serves containerd's snapshotter plugin ([proxy_plugins.starlight]) and the
+API socket the `starlight` CLI uses, mounts every image it holds, evicts
+unused images (max_store_bytes, gc_unused_secs) and tells systemd it is
+ready (READY=1).
+
+Examples:
+  starlightd run
+  starlightd --config ./starlightd.toml --metrics-listen 127.0.0.1:9465 run")]
     Run,
     /// Pull IMAGE and mount its filesystem at MOUNTPOINT as soon as the
     /// header arrives; serve until SIGINT or SIGTERM, then unmount.
+    #[command(after_long_help = "\
+No containerd is involved: the mount serves each file once its content is
+verified and stored.
+
+Examples:
+  starlightd mount 127.0.0.1:5000/app:v1 /mnt/app
+  starlightd mount --refresh --from 127.0.0.1:5000/app:v1 127.0.0.1:5000/app:v2 /mnt/v2")]
     Mount {
         /// Manifest digests of images whose contents are already in the
         /// store (default: every complete image starlightd holds).
@@ -159,6 +201,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         api_socket: cli.api_socket,
         api_group: cli.api_group,
         metrics_listen: cli.metrics_listen,
+        max_store_bytes: cli.max_store_bytes,
+        gc_unused_secs: cli.gc_unused_secs,
+        gc_interval_secs: cli.gc_interval_secs,
         ..Settings::default()
     };
     let config = Settings::load(&path, required)?
@@ -211,6 +256,7 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     let snapshotter = OverlaySnapshotter::open(&config.snapshotter_dir())
         .with_context(|| "opening the snapshotter state")?;
     snapshotter.set_image_mounts(manager.clone());
+    manager.set_snapshotter(snapshotter.clone());
     let api = api_server::bind(&config.api_socket, &api_policy)
         .with_context(|| format!("binding the API socket {}", config.api_socket.display()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -227,6 +273,8 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     });
     let trace_task =
         starlight_worker::trace_upload::spawn(manager.clone(), &config, stop_rx.clone());
+    // Evicts after each pull and every gc_interval_secs (see `starlight gc`).
+    let gc_task = manager.spawn_gc(stop_rx.clone());
     let api_task = tokio::spawn(api_server::serve(
         api,
         api_policy,
@@ -288,6 +336,7 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     let _ = notify::notify("STOPPING=1");
     let _ = stop_tx.send(true);
     let _ = api_task.await;
+    let _ = gc_task.await;
     if let Ok(Err(e)) = snap_task.await {
         warn!("snapshotter: {e}");
     }
@@ -354,7 +403,7 @@ async fn mount(
     let client = Arc::new(Client::new(ClientTls::CaFile(config.ca_file.clone()))?);
     let receiving = receiver::start(
         client,
-        config.proxy,
+        config.proxy.clone(),
         Request {
             token: config.token.clone(),
             image: image.clone(),

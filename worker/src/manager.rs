@@ -12,8 +12,13 @@
 //! - [`ImageManager::restore`]: after a restart, mounts every recorded image
 //!   again (a complete one runs with no network; an incomplete one serves
 //!   what it has and fails opens of missing files with `EIO`).
-//! - [`ImageManager::remove`]: unmounts, unregisters, forgets the record and
+//! - [`ImageManager::remove`]: unregisters, forgets the record, unmounts and
 //!   deletes every content no remaining image uses.
+//! - [`gc`]: the bounded store: evicts images removed from containerd,
+//!   unused too long, or least recently used over `max_store_bytes`.
+
+pub mod gc;
+mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -31,12 +36,13 @@ use uring_fs::{MountOptions, Session, SessionState};
 
 use crate::api::{ImageInfo, PullAttempt, PullReport, Response};
 use crate::config::Config;
+use crate::containerd::list::NamedImage;
 use crate::fdstore::{self, MountFdName};
 use crate::header_check::CheckedHeader;
 use crate::imagefs::ImageFs;
 use crate::meta::{ImageRecord, MetaDb, MetaError};
 use crate::receiver::{self, ReceiveError, ReceiveOptions, ReceiveReport};
-use crate::snapshotter::ImageMounts;
+use crate::snapshotter::{ImageMounts, OverlaySnapshotter};
 use crate::store::{Store, StoreError};
 use crate::trace::{OpenTrace, TraceRecord};
 use crate::waiters::ContentWaiters;
@@ -62,6 +68,12 @@ pub trait ImageRegistry: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), String>>;
     /// Removes image `name`'s registration.
     fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Every image registered (name and target digest), for the garbage
+    /// collection; `None`: this registry cannot tell (nothing counts as
+    /// removed from it).
+    fn images(&self) -> BoxFuture<'_, Result<Option<Vec<NamedImage>>, String>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Why an image operation failed.
@@ -112,6 +124,9 @@ pub enum ManagerError {
         /// Why.
         reason: String,
     },
+    /// The garbage collection could not tell which images are in use.
+    #[error("garbage collection: {0}")]
+    Gc(String),
     /// A filesystem operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -148,6 +163,9 @@ impl ImageMounts for ImageManager {
         let Ok(digest) = Digest::parse(manifest_digest) else {
             return;
         };
+        if let Err(e) = self.meta.touch(&digest, gc::now_secs()) {
+            warn!(%digest, "cannot note the image's use: {e}");
+        }
         if let Some(m) = self.mounts.blocking_lock().get(&digest) {
             m.trace.arm();
         }
@@ -192,6 +210,16 @@ pub struct ImageManager {
     inherited: Mutex<HashMap<String, (OwnedFd, SessionState)>>,
     /// Traces of images removed since the last [`ImageManager::traces`].
     removed_traces: Mutex<Vec<ImageTrace>>,
+    /// Pulls hold it (read) until their image is recorded and registered;
+    /// a collection or a removal holds it (write), so that no pull names
+    /// as held a content being deleted.
+    gate: tokio::sync::RwLock<()>,
+    /// Images whose bundle is arriving (never evicted meanwhile).
+    receiving: Mutex<HashSet<Digest>>,
+    /// The snapshotter, whose snapshots tell which images are in use.
+    snapshots: std::sync::OnceLock<Arc<OverlaySnapshotter>>,
+    /// Wakes the background collection.
+    gc_wake: tokio::sync::Notify,
 }
 
 /// The trace recorder of one image, for the uploader.
@@ -282,7 +310,22 @@ impl ImageManager {
             mountpoints: Mutex::new(HashMap::new()),
             removed_traces: Mutex::new(Vec::new()),
             inherited: Mutex::new(HashMap::new()),
+            gate: tokio::sync::RwLock::new(()),
+            receiving: Mutex::new(HashSet::new()),
+            snapshots: std::sync::OnceLock::new(),
+            gc_wake: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Gives the garbage collection the snapshotter whose active snapshots
+    /// mark images in use (set once).
+    pub fn set_snapshotter(&self, snapshots: Arc<OverlaySnapshotter>) {
+        let _ = self.snapshots.set(snapshots);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The content store.
@@ -536,6 +579,7 @@ impl ImageManager {
         progress: mpsc::UnboundedSender<Response>,
     ) -> Result<PullReport, ManagerError> {
         let t0 = Instant::now();
+        let gate = self.gate.read().await;
         let reference = ImageReference::parse(image)?;
         let image = reference.as_str();
         let pull_err = |reason: String| ManagerError::Pull {
@@ -585,7 +629,7 @@ impl ImageManager {
         let client = self.client().map_err(pull_err)?;
         let receiving = receiver::start_gated(
             client,
-            self.config.proxy,
+            self.config.proxy.clone(),
             transport_quic::Request {
                 token: self.config.token.clone(),
                 image: image.to_string(),
@@ -610,11 +654,12 @@ impl ImageManager {
                     Ok(Err(e)) => {
                         let unreachable = matches!(
                             &e,
-                            ReceiveError::Fetch(
-                                ClientError::Connect { .. }
-                                    | ClientError::Connection(_)
-                                    | ClientError::Send(_)
-                            )
+                            ReceiveError::Resolve(_)
+                                | ReceiveError::Fetch(
+                                    ClientError::Connect { .. }
+                                        | ClientError::Connection(_)
+                                        | ClientError::Send(_)
+                                )
                         );
                         (e.to_string(), unreachable)
                     }
@@ -675,6 +720,11 @@ impl ImageManager {
             });
         }
         admit.admit();
+        self.receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest);
+        let _ = self.meta.touch(&digest, gc::now_secs());
         let trace = self.ensure_mounted(&record).await?;
         if options.trace {
             trace.enable();
@@ -712,6 +762,9 @@ impl ImageManager {
             "image registered; the body continues in the background"
         );
         crate::metrics::global().image_ready(t0.elapsed());
+        // Recorded and registered: a collection may run (and does, now).
+        drop(gate);
+        self.gc_soon();
         let this = self.clone();
         let (image_owned, digest_owned) = (image.to_string(), digest);
         let finishing = tokio::spawn(async move {
@@ -737,6 +790,11 @@ impl ImageManager {
                 None => false,
             };
             record_receive_metrics(r.as_ref(), complete, t0.elapsed());
+            this.receiving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&digest_owned);
+            this.gc_soon();
             (r, complete, t0.elapsed())
         });
         if options.wait {
@@ -772,6 +830,7 @@ impl ImageManager {
         trace: bool,
         t0: Instant,
     ) -> Result<PullReport, ManagerError> {
+        let _ = self.meta.touch(&record.digest(), gc::now_secs());
         let tracer = self.ensure_mounted(&record).await?;
         if trace {
             tracer.enable();
@@ -875,59 +934,6 @@ impl ImageManager {
             });
         }
         Ok(out)
-    }
-
-    /// Removes `image` (a reference or digest); returns its digest, and the
-    /// number and bytes of the contents freed.
-    pub async fn remove(&self, image: &str) -> Result<(String, usize, u64), ManagerError> {
-        let record = self.find(image)?;
-        let digest = record.digest();
-        {
-            let mut mounts = self.mounts.lock().await;
-            self.mountpoints
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&digest);
-            if let Some(m) = mounts.remove(&digest) {
-                m.session.shutdown().await;
-                // Its last trace is still uploaded.
-                let mut removed = self
-                    .removed_traces
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if removed.len() < 64 {
-                    removed.push(ImageTrace {
-                        image: m.reference,
-                        digest: digest.to_string(),
-                        trace: m.trace,
-                        removed: true,
-                    });
-                }
-            }
-        }
-        if let Ok(dir) = self.mountpoint(&digest) {
-            let _ = std::fs::remove_dir(dir);
-        }
-        if let Err(reason) = self.registry.remove(record.reference.as_str()).await {
-            warn!(image = %record.reference, "containerd: {reason}");
-        }
-        self.meta.remove(&digest)?;
-        let mut keep: HashSet<[u8; 32]> = HashSet::new();
-        for r in self.meta.images()? {
-            keep.extend(r.contents());
-        }
-        let (mut freed, mut bytes) = (0, 0);
-        for sha in self.store.list()? {
-            if !keep.contains(&sha) {
-                self.waiters.forget(&sha);
-                if let Some(size) = self.store.remove(&sha)? {
-                    freed += 1;
-                    bytes += size;
-                }
-            }
-        }
-        info!(image = %record.reference, %digest, freed, bytes, "image removed");
-        Ok((digest.to_string(), freed, bytes))
     }
 
     /// Returns and clears the trace of `image`.

@@ -4,7 +4,8 @@
 //! restarted starlightd needs to serve an image again without the network.
 //!
 //! Keys: `image/<manifest digest>` → the record (postcard), `ref/<reference>`
-//! → the manifest digest.
+//! → the manifest digest, `used/<manifest digest>` → when the image was last
+//! used (Unix seconds, 8 bytes big-endian), for the garbage collection.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -145,6 +146,10 @@ fn ref_key(reference: &ImageReference) -> String {
     format!("ref/{reference}")
 }
 
+fn used_key(digest: &Digest) -> String {
+    format!("used/{digest}")
+}
+
 fn decode(key: &[u8], bytes: &[u8]) -> Result<ImageRecord, MetaError> {
     let key = String::from_utf8_lossy(key).into_owned();
     let wire: RecordWire = postcard::from_bytes(bytes).map_err(|source| MetaError::Codec {
@@ -283,6 +288,24 @@ impl MetaDb {
         Ok(out)
     }
 
+    /// Notes that the image with manifest `digest` was used at `unix_secs`.
+    /// Not synced: a crash may lose the latest use, which only makes the
+    /// image look older to the garbage collection.
+    pub fn touch(&self, digest: &Digest, unix_secs: u64) -> Result<(), MetaError> {
+        self.db
+            .put(used_key(digest).as_bytes(), unix_secs.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// When the image with manifest `digest` was last used (Unix seconds),
+    /// if that was noted.
+    pub fn last_used(&self, digest: &Digest) -> Result<Option<u64>, MetaError> {
+        let value = self.db.get(used_key(digest).as_bytes())?;
+        Ok(value
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes))
+    }
+
     /// Forgets the image with manifest `digest` (and its reference, if it
     /// still points there). Returns whether it was known.
     pub fn remove(&self, digest: &Digest) -> Result<bool, MetaError> {
@@ -291,6 +314,7 @@ impl MetaDb {
         };
         let mut batch = WriteBatch::default();
         batch.delete(image_key(digest).as_bytes());
+        batch.delete(used_key(digest).as_bytes());
         let rkey = ref_key(&record.reference);
         let value = digest.to_string();
         if self.db.get(rkey.as_bytes())?.as_deref() == Some(value.as_bytes()) {
@@ -356,6 +380,9 @@ mod tests {
             db.put(&b).unwrap();
         }
         let db = MetaDb::open(&dir.path().join("meta")).unwrap();
+        assert_eq!(db.last_used(&b.digest()).unwrap(), None);
+        db.touch(&b.digest(), 1234).unwrap();
+        assert_eq!(db.last_used(&b.digest()).unwrap(), Some(1234));
         let mut all = vec![a.clone(), b.clone()];
         all.sort_by_key(|r| r.digest());
         assert_eq!(db.images().unwrap(), all);
@@ -366,6 +393,7 @@ mod tests {
         db.put(&b2).unwrap();
         assert_eq!(db.by_reference(&r("app:v2")).unwrap(), Some(b2.clone()));
         assert!(db.remove(&b.digest()).unwrap());
+        assert_eq!(db.last_used(&b.digest()).unwrap(), None);
         assert_eq!(db.by_reference(&r("app:v2")).unwrap(), Some(b2.clone()));
         assert!(!db.remove(&b.digest()).unwrap());
         assert!(db.remove(&b2.digest()).unwrap());

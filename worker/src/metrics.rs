@@ -19,6 +19,8 @@
 //! | `starlight_blocked_opens_total{outcome}` | counter | opens that waited for their content: `ready`, `failed` |
 //! | `starlight_blocked_open_wait_seconds` | histogram | how long they waited |
 //! | `starlight_store_bytes`, `starlight_store_contents` | gauge | the content store now |
+//! | `starlight_evictions_total{reason}` | counter | images evicted by the garbage collection: `removed` (gone from containerd), `unused` (unused too long), `bound` (over `max_store_bytes`) |
+//! | `starlight_evicted_bytes_total` | counter | content bytes those evictions freed |
 
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex, PoisonError};
@@ -74,6 +76,8 @@ pub struct WorkerMetrics {
     payload_bytes_resent: Counter,
     blocked_opens: Family<Outcome, Counter>,
     blocked_open_wait: Histogram,
+    evictions: Family<Vec<(&'static str, &'static str)>, Counter>,
+    evicted_bytes: Counter,
 }
 
 impl Default for WorkerMetrics {
@@ -89,6 +93,8 @@ impl Default for WorkerMetrics {
             payload_bytes_resent: Counter::default(),
             blocked_opens: Family::default(),
             blocked_open_wait: Histogram::new(buckets::seconds()),
+            evictions: Family::default(),
+            evicted_bytes: Counter::default(),
         }
     }
 }
@@ -142,7 +148,26 @@ impl WorkerMetrics {
             .observe(since.elapsed().as_secs_f64());
     }
 
+    /// The garbage collection evicted an image for `reason` (`removed`,
+    /// `unused`, `bound`), freeing `bytes` of contents.
+    pub fn evicted(&self, reason: &'static str, bytes: u64) {
+        self.evictions
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+        self.evicted_bytes.inc_by(bytes);
+    }
+
     fn register(&self, r: &mut Registry) {
+        r.register(
+            "starlight_evictions",
+            "Images evicted by the garbage collection, by reason",
+            self.evictions.clone(),
+        );
+        r.register(
+            "starlight_evicted_bytes",
+            "Content bytes freed by evictions",
+            self.evicted_bytes.clone(),
+        );
         r.register("starlight_pulls", "Pulls by outcome", self.pulls.clone());
         r.register(
             "starlight_bundle_bytes",
@@ -261,5 +286,32 @@ impl Collector for StoreCollector {
             "Files in the content store",
             i64::try_from(n).unwrap_or(i64::MAX),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn evictions_are_counted_by_reason_with_their_bytes() {
+        let m = WorkerMetrics::default();
+        m.evicted("bound", 1000);
+        m.evicted("bound", 500);
+        m.evicted("removed", 7);
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(
+            text.contains("starlight_evictions_total{reason=\"bound\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("starlight_evictions_total{reason=\"removed\"} 1"));
+        assert!(
+            text.contains("starlight_evicted_bytes_total 1507"),
+            "{text}"
+        );
     }
 }

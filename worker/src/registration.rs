@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use transport_quic::Header;
 
+use crate::containerd::list::NamedImage;
 use crate::containerd::Containerd;
 use crate::manager::{BoxFuture, ImageRegistry};
 
@@ -40,6 +41,17 @@ impl ImageRegistry for ContainerdRegistry {
                 .await?
                 .register_image(name, header, SNAPSHOTTER)
                 .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn images(&self) -> BoxFuture<'_, Result<Option<Vec<NamedImage>>, String>> {
+        Box::pin(async move {
+            self.connect()
+                .await?
+                .list_images()
+                .await
+                .map(Some)
                 .map_err(|e| e.to_string())
         })
     }

@@ -141,11 +141,17 @@ impl Uploader {
                 token: self.config.token.clone(),
                 trace,
             };
-            let sent = tokio::time::timeout(
-                UPLOAD_TIMEOUT,
+            let sent = tokio::time::timeout(UPLOAD_TIMEOUT, async {
+                let addr = self.config.proxy.resolve().await.map_err(|e| {
+                    transport_quic::quic::ClientError::Send(format!(
+                        "cannot resolve {}: {e}",
+                        self.config.proxy
+                    ))
+                })?;
                 self.client
-                    .upload_trace(self.config.proxy, &self.config.server_name, &upload),
-            )
+                    .upload_trace(addr, &self.config.server_name, &upload)
+                    .await
+            })
             .await;
             return match sent {
                 Ok(Ok(ack)) => {

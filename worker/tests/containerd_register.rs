@@ -225,7 +225,7 @@ fn pull_and_mount(
 ) -> Pulled {
     let receiving = receiver::start(
         Arc::new(proxy.client()),
-        proxy.addr,
+        proxy.addr.into(),
         request(image, &[]),
         store.clone(),
         waiters.clone(),

@@ -109,7 +109,7 @@ impl Worker {
         let t0 = Instant::now();
         let receiving = receiver::start(
             self.client.clone(),
-            proxy.addr,
+            proxy.addr.into(),
             request(image, held),
             self.store.clone(),
             self.waiters.clone(),

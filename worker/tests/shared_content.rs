@@ -71,7 +71,7 @@ async fn a_broken_pull_does_not_fail_what_another_pull_still_expects() {
     };
     let recv_b = receiver::start(
         Arc::new(proxy_b.client()),
-        proxy_b.addr,
+        proxy_b.addr.into(),
         request(&b, &[]),
         store.clone(),
         waiters.clone(),
@@ -83,7 +83,7 @@ async fn a_broken_pull_does_not_fail_what_another_pull_still_expects() {
         .unwrap();
     let recv_a = receiver::start(
         Arc::new(proxy_a.client()),
-        proxy_a.addr,
+        proxy_a.addr.into(),
         request(&a, &[]),
         store.clone(),
         waiters.clone(),

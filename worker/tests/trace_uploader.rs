@@ -101,7 +101,7 @@ fn world(enabled: bool) -> World {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, cert).unwrap();
     let config = Settings {
-        proxy: Some(server.local_addr()),
+        proxy: Some(server.local_addr().into()),
         ca_file: Some(ca),
         token: Some(TOKEN.into()),
         state_dir: Some(dir.path().join("state")),

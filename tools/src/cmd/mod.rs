@@ -3,10 +3,12 @@
 pub mod api;
 pub mod convert;
 pub mod fetch;
+pub mod gc;
 pub mod images;
 pub mod pull;
 pub mod ranks;
 pub mod rm;
+pub mod status;
 pub mod trace;
 
 /// The bearer token from `--token` (or `STARLIGHT_TOKEN`) or `--token-file`.

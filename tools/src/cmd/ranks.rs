@@ -21,7 +21,7 @@ pub struct Args {
 
 /// Runs `starlight ranks`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let target = args.proxy.connect()?;
+    let target = args.proxy.connect().await?;
     let query = RanksQuery {
         token: target.token.clone(),
         image: args.image.clone(),

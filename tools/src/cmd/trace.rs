@@ -125,7 +125,7 @@ fn to_trace(id: String, image: &str, digest: &str, records: &[TraceRecord]) -> T
 /// Runs `starlight trace`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let pending = PendingDir::new(&args.pending_dir);
-    let target = args.proxy.connect()?;
+    let target = args.proxy.connect().await?;
     if args.upload_pending {
         let (delivered, failed) = pending.upload_all(&target).await?;
         println!(

@@ -7,9 +7,11 @@
 
 mod client;
 pub mod peer;
+mod report;
 pub mod server;
 
 pub use client::{call, ApiError};
+pub use report::{GcEviction, GcReport, ProxyStatus, StatusReport};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +50,13 @@ pub enum Request {
         /// The image (reference or manifest digest).
         image: String,
     },
+    /// Run a garbage collection now (or only plan it).
+    Gc {
+        /// Report what would be freed, change nothing.
+        dry_run: bool,
+    },
+    /// The daemon's version, proxy reachability, store use and images.
+    Status,
 }
 
 /// Timings and sizes of a pull.
@@ -151,6 +160,10 @@ pub enum Response {
     },
     /// The trace of an image, in order of first open.
     Trace(Vec<TraceRecord>),
+    /// What a collection freed (or would free).
+    Gc(GcReport),
+    /// The daemon's state.
+    Status(StatusReport),
     /// The request failed.
     Error(String),
 }

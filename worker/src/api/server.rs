@@ -157,6 +157,8 @@ async fn handle(
                 })
         }
         Request::TakeTrace { image } => manager.take_trace(&image).await.map(Response::Trace),
+        Request::Gc { dry_run } => manager.collect(dry_run).await.map(Response::Gc),
+        Request::Status => manager.status().await.map(Response::Status),
     };
     result.unwrap_or_else(|e| Response::Error(e.to_string()))
 }

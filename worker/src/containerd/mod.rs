@@ -18,6 +18,7 @@
 //! While registering, a lease keeps half-registered objects alive.
 
 pub mod image;
+pub mod list;
 
 use containerd_client::services::v1::{
     content_client::ContentClient, images_client::ImagesClient, leases_client::LeasesClient,

@@ -2,8 +2,8 @@
 //! body, resumed on a new stream as often as it breaks until every content
 //! arrived or [`ReceiveOptions::grace`] passed without progress.
 
+use crate::proxy_addr::ProxyAddr;
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -163,13 +163,18 @@ async fn receive_body(
 /// reason and whether it is worth retrying.
 async fn open(
     client: &Client,
-    addr: SocketAddr,
+    addr: &ProxyAddr,
     request: &Request,
     options: &ReceiveOptions,
     header_wait: Option<std::time::Duration>,
 ) -> Result<(BundleStream, CheckedHeader), (ReceiveError, bool)> {
+    // Resolved at each connect: a reconnect follows a proxy that moved.
+    let sock = addr
+        .resolve()
+        .await
+        .map_err(|e| (ReceiveError::Resolve(format!("{addr}: {e}")), true))?;
     let mut stream = client
-        .fetch(addr, &options.server_name, request)
+        .fetch(sock, &options.server_name, request)
         .await
         .map_err(|e| (ReceiveError::Fetch(e), true))?;
     // A first request may wait for the proxy to index the image: no bound
@@ -213,7 +218,7 @@ fn held_contents(header: &CheckedHeader, store: &Store) -> Vec<[u8; 32]> {
 /// does not continue `first`), with the reason.
 async fn reconnect(
     client: &Client,
-    addr: SocketAddr,
+    addr: &ProxyAddr,
     request: &Request,
     first: &CheckedHeader,
     (store, options): (&Store, &ReceiveOptions),
@@ -269,7 +274,7 @@ async fn reconnect(
 
 pub(super) async fn run(
     client: Arc<Client>,
-    addr: SocketAddr,
+    addr: ProxyAddr,
     request: Request,
     store: Arc<Store>,
     waiters: Arc<ContentWaiters>,
@@ -277,7 +282,7 @@ pub(super) async fn run(
     header_tx: HeaderTx,
 ) -> Result<ReceiveReport, ReceiveError> {
     let t0 = Instant::now();
-    let (mut stream, header) = open(&client, addr, &request, &options, None)
+    let (mut stream, header) = open(&client, &addr, &request, &options, None)
         .await
         .map_err(|(e, _)| e)?;
     let header = Arc::new(header);
@@ -349,7 +354,7 @@ pub(super) async fn run(
         }
         match reconnect(
             &client,
-            addr,
+            &addr,
             &request,
             &header,
             (&store, &options),

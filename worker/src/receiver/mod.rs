@@ -22,7 +22,7 @@
 mod payload;
 mod resume;
 
-use std::net::SocketAddr;
+use crate::proxy_addr::ProxyAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +69,9 @@ pub enum ReceiveError {
     /// The request failed before the header arrived.
     #[error("fetching the bundle failed before its header: {0}")]
     Fetch(ClientError),
+    /// The proxy's host name did not resolve.
+    #[error("cannot resolve the proxy's address: {0}")]
+    Resolve(String),
     /// The stream ended without a header.
     #[error("the bundle ended without a header")]
     NoHeader,
@@ -137,10 +140,11 @@ pub struct Receiving {
     pub done: JoinHandle<Result<ReceiveReport, ReceiveError>>,
 }
 
-/// Starts receiving the bundle for `request` from the proxy at `addr`.
+/// Starts receiving the bundle for `request` from the proxy at `addr`
+/// (resolved again at every connect).
 pub fn start(
     client: Arc<Client>,
-    addr: SocketAddr,
+    addr: ProxyAddr,
     request: Request,
     store: Arc<Store>,
     waiters: Arc<ContentWaiters>,
@@ -187,7 +191,7 @@ pub struct GatedReceiving {
 /// admits the header (after checking it against what it holds).
 pub fn start_gated(
     client: Arc<Client>,
-    addr: SocketAddr,
+    addr: ProxyAddr,
     request: Request,
     store: Arc<Store>,
     waiters: Arc<ContentWaiters>,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use starlight_worker::config::{Settings, DEFAULT_CONFIG_PATH};
+use starlight_worker::config::{ProxyAddr, Settings, DEFAULT_CONFIG_PATH};
 use transport_quic::quic::{Client, ClientTls};
 
 /// Proxy flags; each defaults to starlightd's configuration file.
@@ -15,9 +15,9 @@ pub struct ProxyArgs {
     /// starlightd's configuration file, read for the proxy, CA and token (if present).
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
-    /// The proxy's QUIC address, `HOST:PORT`.
+    /// The proxy's QUIC address, `HOST:PORT` (a DNS name or an IP).
     #[arg(long)]
-    pub proxy: Option<SocketAddr>,
+    pub proxy: Option<ProxyAddr>,
     /// PEM file of the CA (or self-signed certificate) to trust.
     #[arg(long)]
     pub ca: Option<PathBuf>,
@@ -29,7 +29,7 @@ pub struct ProxyArgs {
     /// A file holding the bearer token.
     #[arg(long, conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
-    /// Name the proxy's certificate must be valid for (default: the proxy's IP).
+    /// Name the proxy's certificate must be valid for (default: the proxy's host).
     #[arg(long)]
     pub server_name: Option<String>,
 }
@@ -48,12 +48,13 @@ pub struct ProxyTarget {
 }
 
 impl ProxyArgs {
-    /// The flags over the configuration file, resolved to a client.
-    pub fn connect(&self) -> anyhow::Result<ProxyTarget> {
+    /// The flags over the configuration file, resolved to a client (the
+    /// proxy's host name is looked up here).
+    pub async fn connect(&self) -> anyhow::Result<ProxyTarget> {
         let file = Settings::load(&self.config, false)
             .with_context(|| format!("reading {}", self.config.display()))?;
         let flags = Settings {
-            proxy: self.proxy,
+            proxy: self.proxy.clone(),
             server_name: self.server_name.clone(),
             ca_file: self.ca.clone(),
             token: self.token.clone(),
@@ -64,16 +65,20 @@ impl ProxyArgs {
         let token = settings.resolve_token()?.context(
             "no token: set `token` or `token_file` in the configuration, STARLIGHT_TOKEN, or pass --token-file",
         )?;
-        let addr = settings
+        let proxy = settings
             .proxy
             .context("no proxy address: pass --proxy or set `proxy` in the configuration")?;
+        let addr = proxy
+            .resolve()
+            .await
+            .with_context(|| format!("resolving {proxy}"))?;
         let ca = settings
             .ca_file
             .context("no CA file: pass --ca or set `ca_file` in the configuration")?;
 
         let server_name = settings
             .server_name
-            .unwrap_or_else(|| addr.ip().to_string());
+            .unwrap_or_else(|| proxy.host().to_string());
         let client = Client::new(ClientTls::CaFile(ca.clone()))
             .with_context(|| format!("loading the CA {}", ca.display()))?;
         Ok(ProxyTarget {

@@ -1,0 +1,20 @@
+//! `starlight --help` and every subcommand's read like man pages: a
+//! description, every option and argument documented, examples.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../proxy/tests/help_support/mod.rs"]
+mod help_support;
+
+#[test]
+fn every_command_has_a_man_style_help() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_starlight"));
+    let checked = help_support::check_all(bin, "starlight");
+    for sub in [
+        "convert", "fetch", "pull", "images", "rm", "trace", "ranks", "gc", "status",
+    ] {
+        assert!(
+            checked.contains(&format!("starlight {sub}")),
+            "{sub} not checked: {checked:?}"
+        );
+    }
+}
