@@ -132,6 +132,9 @@ pub struct Settings {
     /// TCP address of the Prometheus `/metrics`, `/healthz` and `/readyz`
     /// endpoint (none: no endpoint).
     pub metrics_listen: Option<SocketAddr>,
+    /// Keep an authenticated QUIC connection to the proxy open from daemon start
+    /// and reuse it for every pull (default true).
+    pub warm_connection: Option<bool>,
 }
 
 impl Settings {
@@ -180,6 +183,7 @@ impl Settings {
             api_group: flags.api_group.or(self.api_group),
             traces: flags.traces.or(self.traces),
             metrics_listen: flags.metrics_listen.or(self.metrics_listen),
+            warm_connection: flags.warm_connection.or(self.warm_connection),
         }
     }
 
@@ -245,6 +249,7 @@ impl Settings {
             api_group: self.api_group,
             traces: self.traces.unwrap_or_default().resolve()?,
             metrics_listen: self.metrics_listen,
+            warm_connection: self.warm_connection.unwrap_or(true),
         })
     }
 }
@@ -306,6 +311,10 @@ pub struct Config {
     pub traces: TraceConfig,
     /// Address of the metrics endpoint, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Whether a warm, authenticated connection to the proxy is opened at daemon
+    /// start, kept alive and reopened when it fails, so a pull's request goes out
+    /// at once (one round trip to the header instead of Retry, handshake and token).
+    pub warm_connection: bool,
 }
 
 impl Config {
@@ -604,6 +613,7 @@ mod tests {
         assert_eq!(config.grace, Duration::from_secs(30));
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/starlight"));
         assert_eq!(config.namespace, "default");
+        assert!(config.warm_connection);
         assert_eq!(
             config.api_socket,
             PathBuf::from("/run/starlight/starlightd.sock")

@@ -512,6 +512,30 @@ impl ImageManager {
         Ok(c)
     }
 
+    /// With `warm_connection` set: a task that keeps an authenticated connection to
+    /// the proxy open (opened now, kept alive, reopened with the reconnect backoff
+    /// when it fails), which every pull then reuses. `None` when it is off or the
+    /// client cannot be made. Abort the task to close it.
+    pub fn keep_warm(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.config.warm_connection {
+            return None;
+        }
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("no warm connection to the proxy: {e}");
+                return None;
+            }
+        };
+        Some(client.keep_warm(
+            self.config.proxy,
+            self.config.server_name.clone(),
+            self.config.token.clone(),
+            self.config.backoff.initial,
+            self.config.backoff.max,
+        ))
+    }
+
     /// The record named by `image`: a reference or a manifest digest.
     fn find(&self, image: &str) -> Result<ImageRecord, ManagerError> {
         let reference = ImageReference::parse(image)?;
