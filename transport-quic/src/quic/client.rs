@@ -16,7 +16,7 @@ use super::stream::{BundleStream, Drain, MAX_DRAIN_BUDGET, MIN_DRAIN_BUDGET};
 use super::ALPN;
 use crate::codec::{
     encode_auth, encode_message, Auth, AuthReply, AuthReplyDecoder, ClientMessage, ErrorCode,
-    ErrorFrame, Event, FrameKind, Limits, ProtocolError, RanksQuery, RanksReply, Reply,
+    ErrorFrame, FrameKind, Limits, ProtocolError, RanksQuery, RanksReply, Reply,
     ReplyDecoder, Request, RequestEncoder, ResponseDecoder, TraceAck, TraceUpload, PROTOCOL_VERSION,
 };
 use crate::tls::{self, TlsError};
@@ -318,10 +318,17 @@ impl Client {
             }
         }
         let conn = self.connect(addr, server_name).await?;
-        let (auth, sent) = tokio::join!(
-            self.authenticate_in_time(&conn, &key),
-            open_and_send(&conn, bytes)
-        );
+        // The Auth stream first (stream 0, the one the proxy reads the token from),
+        // then the request behind it; then both answers.
+        let (auth, sent) = match self.send_auth(&conn, token).await {
+            Ok(recv) => {
+                tokio::join!(
+                    self.auth_reply_in_time(recv, &key),
+                    open_and_send(&conn, bytes)
+                )
+            }
+            Err(e) => (Err(e), Err(ClientError::Send("no Auth stream".into()))),
+        };
         if let Err(e) = auth {
             conn.close(quinn::VarInt::from_u32(0), b"authentication failed");
             return Err(e);
@@ -434,13 +441,14 @@ impl Client {
         }
     }
 
-    /// Authenticates `conn` with the token of `key`, within the connect timeout.
-    async fn authenticate_in_time(
+    /// Waits for the answer to the Auth stream `recv` of `key`, within the connect
+    /// timeout.
+    async fn auth_reply_in_time(
         &self,
-        conn: &Connection,
+        recv: RecvStream,
         key: &ConnKey,
     ) -> Result<(), ClientError> {
-        tokio::time::timeout(self.options.connect_timeout, self.authenticate(conn, &key.2))
+        tokio::time::timeout(self.options.connect_timeout, self.auth_reply(recv))
             .await
             .unwrap_or_else(|_| {
                 Err(ClientError::Connect {
@@ -462,7 +470,11 @@ impl Client {
 
     async fn new_connection(&self, key: &ConnKey) -> Result<Connection, ClientError> {
         let conn = self.connect(key.0, &key.1).await?;
-        if let Err(e) = self.authenticate_in_time(&conn, key).await {
+        let auth = match self.send_auth(&conn, &key.2).await {
+            Ok(recv) => self.auth_reply_in_time(recv, key).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = auth {
             conn.close(quinn::VarInt::from_u32(0), b"authentication failed");
             return Err(e);
         }
@@ -540,20 +552,19 @@ async fn open_and_send(conn: &Connection, bytes: &[u8]) -> Result<RecvStream, Cl
 }
 
 impl Client {
-    /// Sends the Auth stream and reads the proxy's answer.
-    async fn authenticate(&self, conn: &Connection, token: &str) -> Result<(), ClientError> {
+    /// Sends the Auth stream (the connection's first stream); its receive side.
+    async fn send_auth(&self, conn: &Connection, token: &str) -> Result<RecvStream, ClientError> {
         let bytes = encode_auth(
             &Auth {
                 token: token.to_string(),
             },
             &self.options.limits,
         )?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(ClientError::Connection)?;
-        send.write_all(&bytes)
-            .await
-            .map_err(|e| ClientError::Send(e.to_string()))?;
-        send.finish()
-            .map_err(|e| ClientError::Send(e.to_string()))?;
+        open_and_send(conn, &bytes).await
+    }
+
+    /// Reads the proxy's answer to the Auth stream.
+    async fn auth_reply(&self, mut recv: RecvStream) -> Result<(), ClientError> {
         let mut decoder = AuthReplyDecoder::new(self.options.limits);
         let mut reply = None;
         loop {

@@ -55,7 +55,8 @@ impl BundleWriter {
     /// Answers in protocol `version` (the request's): from version 3 on, the header is
     /// compressed.
     pub(crate) fn with_version(mut self, version: u16) -> Self {
-        self.enc = self.enc.with_version(version);
+        let enc = std::mem::take(&mut self.enc);
+        self.enc = enc.with_version(version);
         self
     }
 
