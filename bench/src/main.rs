@@ -6,12 +6,14 @@
 //! - `link up|down|calibrate` runs the emulated WAN link (see
 //!   `starlight_bench::netem`);
 //! - `transport-matrix` fetches bundles over the link across RTT × rate ×
-//!   loss, beside TCP.
+//!   loss, beside TCP;
+//! - `header-rtt` measures time to header, cold and warm, through the link.
 
 mod apt;
 mod corpus;
 mod cputime;
 mod daemon;
+mod header_rtt;
 mod imagebuild;
 mod images;
 mod matrix;
@@ -63,6 +65,8 @@ enum Command {
     Link(LinkCommand),
     /// Bundles over an emulated link across RTT x rate x loss, beside TCP.
     TransportMatrix(matrix::MatrixArgs),
+    /// Time to header through the emulated link, cold and warm, beside 3 RTT + bytes/rate.
+    HeaderRtt(header_rtt::HeaderRttArgs),
 }
 
 #[derive(Subcommand)]
@@ -198,6 +202,7 @@ fn main() -> Result<()> {
         Command::Report(args) => sweep::report(args),
         Command::Link(cmd) => run_link(cmd),
         Command::TransportMatrix(args) => matrix::run(args),
+        Command::HeaderRtt(args) => header_rtt::run(args),
     }
 }
 

@@ -30,7 +30,7 @@
 //! path_rate = "1gbit"      # expected bottleneck rate (same units as rate_limit)
 //! send_window = 16777216   # QUIC send window per connection, bytes (default: from the path)
 //! congestion = "bbr"       # QUIC congestion controller: bbr, cubic or newreno
-//! initial_window = 131072  # initial congestion window, bytes (paced; 2400..4194304)
+//! initial_window = 524288  # initial congestion window, bytes (paced; 2400..4194304)
 //! rate_limit = "100mbit"   # pace each bundle's body (bytes/s, or "kbit", "mbit", "gbit", "kb", "mb", "gb")
 //! tag_ttl_secs = 300       # re-resolve a tag against the registry after this long (0: every request)
 //! max_held_images = 64     # distinct held images looked at per request (duplicates dropped)

@@ -231,15 +231,24 @@ async fn nothing_large_is_read_before_the_token_and_bad_tokens_are_refused() {
     );
     println!("request-before-token refused in {:?}", started.elapsed());
 
-    // A second stream before the token: not even allowed to open.
+    // Before the token: the Auth stream and one pipelined request stream open, a
+    // third does not, and the two together cannot push more than the
+    // unauthenticated window (16 KiB).
     let conn = endpoint
         .connect(proxy.addr, "127.0.0.1")
         .unwrap()
         .await
         .unwrap();
     let (_s1, _r1) = conn.open_bi().await.unwrap();
-    let second = tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await;
-    assert!(second.is_err(), "a second stream opened before the token");
+    let (mut s2, _r2) = conn.open_bi().await.unwrap();
+    let third = tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await;
+    assert!(third.is_err(), "a third stream opened before the token");
+    let pushed = tokio::time::timeout(
+        Duration::from_millis(500),
+        s2.write_all(&vec![0u8; 64 * 1024]),
+    )
+    .await;
+    assert!(pushed.is_err(), "64 KiB pushed before the token");
 
     // An idle connection is closed after the auth timeout.
     let idle = endpoint

@@ -150,6 +150,9 @@ pub struct Settings {
     pub gc_unused_secs: Option<u64>,
     /// Seconds between periodic collections (default 60).
     pub gc_interval_secs: Option<u64>,
+    /// Keep an authenticated QUIC connection to the proxy open from daemon start
+    /// and reuse it for every pull (default true).
+    pub warm_connection: Option<bool>,
 }
 
 impl Settings {
@@ -201,6 +204,7 @@ impl Settings {
             max_store_bytes: flags.max_store_bytes.or(self.max_store_bytes),
             gc_unused_secs: flags.gc_unused_secs.or(self.gc_unused_secs),
             gc_interval_secs: flags.gc_interval_secs.or(self.gc_interval_secs),
+            warm_connection: flags.warm_connection.or(self.warm_connection),
         }
     }
 
@@ -274,6 +278,7 @@ impl Settings {
                 self.gc_unused_secs,
                 self.gc_interval_secs,
             )?,
+            warm_connection: self.warm_connection.unwrap_or(true),
         })
     }
 }
@@ -337,6 +342,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The store's bound and the eviction of unused images.
     pub gc: GcConfig,
+    /// Whether a warm, authenticated connection to the proxy is opened at daemon
+    /// start, kept alive and reopened when it fails, so a pull's request goes out
+    /// at once (one round trip to the header instead of Retry, handshake and token).
+    pub warm_connection: bool,
 }
 
 impl Config {

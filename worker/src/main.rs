@@ -253,6 +253,8 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
         Err(e) => tracing::warn!("ignoring the inherited fds: {e}"),
     }
     let restored = manager.restore().await?;
+    // Opened before the first pull needs it; aborted when the daemon stops.
+    let warm = manager.keep_warm();
     let snapshotter = OverlaySnapshotter::open(&config.snapshotter_dir())
         .with_context(|| "opening the snapshotter state")?;
     snapshotter.set_image_mounts(manager.clone());
@@ -334,6 +336,9 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
         }
     }
     let _ = notify::notify("STOPPING=1");
+    if let Some(w) = &warm {
+        w.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = api_task.await;
     let _ = gc_task.await;

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::{AsFd, OwnedFd};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use transport_quic::quic::{Client, ClientError, ClientOptions, ClientTls, TransportTuning};
 use transport_quic::{Digest, Header, ImageReference, Source};
 use uring_fs::{MountOptions, Session, SessionState};
@@ -553,6 +553,54 @@ impl ImageManager {
         );
         *guard = Some(c.clone());
         Ok(c)
+    }
+
+    /// With `warm_connection` set: a task that keeps an authenticated connection to
+    /// the proxy open (opened now, kept alive, reopened with the reconnect backoff
+    /// when it fails), which every pull then reuses. `None` when it is off or the
+    /// client cannot be made. Abort the task to close it.
+    pub fn keep_warm(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.config.warm_connection {
+            return None;
+        }
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("no warm connection to the proxy: {e}");
+                return None;
+            }
+        };
+        let proxy = self.config.proxy.clone();
+        let server_name = self.config.server_name.clone();
+        let token = self.config.token.clone();
+        let (retry, max_retry) = (self.config.backoff.initial, self.config.backoff.max);
+        // The name is resolved again for every new connection, so a proxy
+        // that moves (DNS) is followed.
+        Some(tokio::spawn(async move {
+            let mut wait = retry;
+            loop {
+                let opened = match proxy.resolve().await {
+                    Ok(addr) => client
+                        .warm(addr, &server_name, &token)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("cannot resolve {proxy}: {e}")),
+                };
+                match opened {
+                    Ok(conn) => {
+                        wait = retry;
+                        debug!("warm connection to the proxy ready");
+                        let why = conn.closed().await;
+                        debug!(reason = %why, "warm connection closed: reopening");
+                    }
+                    Err(e) => {
+                        debug!(error = %e, ?wait, "cannot open the warm connection");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(max_retry.max(retry));
+                    }
+                }
+            }
+        }))
     }
 
     /// The record named by `image`: a reference or a manifest digest.

@@ -4,7 +4,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 
 use super::bounded::with_limits;
-use super::frame::{check_preamble, parse_frame_header, FrameKind, FRAME_HEADER_LEN, PREAMBLE_LEN};
+use super::compress::decompress_header;
+use super::frame::{
+    check_preamble, parse_frame_header, FrameKind, FRAME_HEADER_LEN, HEADER_ZSTD_VERSION,
+    PREAMBLE_LEN,
+};
 use super::sequence::Sequence;
 use super::types::{End, ErrorFrame, Event, Header, Request};
 use super::validate::{validate_error, validate_header, validate_request};
@@ -16,6 +20,7 @@ use super::{Limits, ProtocolError};
 pub(crate) struct FrameBuffer {
     buf: BytesMut,
     preamble_done: bool,
+    version: Option<u16>,
 }
 
 impl FrameBuffer {
@@ -41,7 +46,7 @@ impl FrameBuffer {
                 }
                 return Ok(None);
             };
-            check_preamble(pre)?;
+            self.version = Some(check_preamble(pre)?);
             self.buf.advance(PREAMBLE_LEN);
             self.preamble_done = true;
         }
@@ -62,6 +67,11 @@ impl FrameBuffer {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
+    }
+
+    /// The version the stream's preamble announced, once it arrived.
+    pub(crate) fn version(&self) -> Option<u16> {
+        self.version
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -152,6 +162,11 @@ impl ResponseDecoder {
         self.frames.feed(bytes);
     }
 
+    /// The protocol version the stream announced, once its preamble arrived.
+    pub fn version(&self) -> Option<u16> {
+        self.frames.version()
+    }
+
     /// Bytes received but not yet decoded (at most one frame and a frame header).
     pub fn buffered(&self) -> usize {
         self.frames.len()
@@ -193,7 +208,12 @@ impl ResponseDecoder {
             };
             let event = match kind {
                 FrameKind::Header => {
-                    let header: Header = decode_bounded(kind, &body, &self.limits)?;
+                    let header: Header = if self.frames.version() >= Some(HEADER_ZSTD_VERSION) {
+                        let raw = decompress_header(&body, self.limits.max_header)?;
+                        decode_bounded(kind, &raw, &self.limits)?
+                    } else {
+                        decode_bounded(kind, &body, &self.limits)?
+                    };
                     validate_header(&header, &self.limits)?;
                     self.seq.on_header(&header)?;
                     Event::Header(header)

@@ -4,7 +4,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
-use super::frame::{frame_header, preamble, FrameKind, FRAME_HEADER_LEN};
+use super::compress::compress_header;
+use super::frame::{
+    frame_header, preamble_for, FrameKind, FRAME_HEADER_LEN, HEADER_ZSTD_VERSION,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use super::sequence::Sequence;
 use super::types::{End, ErrorFrame, Header, Request};
 use super::validate::{validate_error, validate_header, validate_request};
@@ -37,22 +41,42 @@ pub(crate) fn put_message<T: Serialize>(
 }
 
 /// Encodes the client's side of a stream: the preamble and one Request frame.
-#[derive(Debug, Clone, Default)]
+///
+/// The preamble announces [`PROTOCOL_VERSION`] unless [`with_version`](Self::with_version)
+/// says otherwise; the server answers in the version the request announces.
+#[derive(Debug, Clone)]
 pub struct RequestEncoder {
     limits: Limits,
+    version: u16,
+}
+
+impl Default for RequestEncoder {
+    fn default() -> Self {
+        Self::new(Limits::default())
+    }
 }
 
 impl RequestEncoder {
     /// An encoder that refuses requests the peer's `limits` would refuse.
     pub fn new(limits: Limits) -> Self {
-        RequestEncoder { limits }
+        RequestEncoder {
+            limits,
+            version: PROTOCOL_VERSION,
+        }
+    }
+
+    /// The same encoder announcing `version` (clamped to the versions this build
+    /// speaks), e.g. [`MIN_PROTOCOL_VERSION`] for an uncompressed header.
+    pub fn with_version(mut self, version: u16) -> Self {
+        self.version = version.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
+        self
     }
 
     /// The whole client→server stream for `req`.
     pub fn encode(&self, req: &Request) -> Result<Bytes, ProtocolError> {
         validate_request(req, &self.limits)?;
         let mut out = BytesMut::new();
-        out.put_slice(&preamble());
+        out.put_slice(&preamble_for(self.version));
         put_message(FrameKind::Request, req, &self.limits, &mut out)?;
         Ok(out.freeze())
     }
@@ -61,12 +85,16 @@ impl RequestEncoder {
 /// Encodes the server's side of a stream, frame by frame, checking the order as it goes.
 ///
 /// The preamble is written before the first frame. Every method appends to `out`; on
-/// error nothing is appended and the encoder's state is unchanged.
+/// error nothing is appended and the encoder's state is unchanged. The stream speaks
+/// [`MIN_PROTOCOL_VERSION`] (uncompressed header) unless
+/// [`with_version`](Self::with_version) names a newer one: a server answers in the
+/// version of the request.
 #[derive(Debug, Clone)]
 pub struct ResponseEncoder {
     limits: Limits,
     seq: Sequence,
     preamble_sent: bool,
+    version: u16,
 }
 
 impl Default for ResponseEncoder {
@@ -82,7 +110,20 @@ impl ResponseEncoder {
             limits,
             seq: Sequence::new(),
             preamble_sent: false,
+            version: MIN_PROTOCOL_VERSION,
         }
+    }
+
+    /// The same encoder speaking `version` (clamped to the versions this build speaks):
+    /// from [`HEADER_ZSTD_VERSION`] on, the Header frame is zstd-compressed.
+    pub fn with_version(mut self, version: u16) -> Self {
+        self.version = version.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
+        self
+    }
+
+    /// The version this encoder writes.
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// The limits this encoder enforces.
@@ -92,7 +133,7 @@ impl ResponseEncoder {
 
     fn preamble(&mut self, out: &mut BytesMut) {
         if !self.preamble_sent {
-            out.put_slice(&preamble());
+            out.put_slice(&preamble_for(self.version));
             self.preamble_sent = true;
         }
     }
@@ -103,6 +144,23 @@ impl ResponseEncoder {
         self.seq.admit(FrameKind::Header, 0)?;
         let mut frame = BytesMut::new();
         put_message(FrameKind::Header, header, &self.limits, &mut frame)?;
+        if self.version >= HEADER_ZSTD_VERSION {
+            // The uncompressed body passed the limit above (the decoder's bomb limit);
+            // the compressed frame must pass it too.
+            let packed = compress_header(&frame[FRAME_HEADER_LEN..])?;
+            let limit = FrameKind::Header.max_len(&self.limits);
+            let len = u32::try_from(packed.len())
+                .ok()
+                .filter(|&l| l <= limit)
+                .ok_or(ProtocolError::FrameTooLarge {
+                    kind: FrameKind::Header,
+                    len: packed.len() as u64,
+                    limit: u64::from(limit),
+                })?;
+            frame.clear();
+            frame.put_slice(&frame_header(FrameKind::Header, len));
+            frame.put_slice(&packed);
+        }
         self.seq.on_header(header)?;
         self.preamble(out);
         out.put_slice(&frame);

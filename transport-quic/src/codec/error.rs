@@ -1,6 +1,6 @@
 //! Protocol errors: everything a decoder or encoder refuses.
 
-use super::frame::{FrameKind, PROTOCOL_VERSION};
+use super::frame::{FrameKind, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// A violation of the Delta Bundle Protocol (or of a configured [`super::Limits`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,7 +12,9 @@ pub enum ProtocolError {
         found: [u8; 4],
     },
     /// The peer speaks a version this build does not.
-    #[error("protocol version {version} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    #[error(
+        "protocol version {version} is not supported (this build speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})"
+    )]
     UnsupportedVersion {
         /// The version announced by the peer.
         version: u16,

@@ -292,6 +292,13 @@ impl<T: OneFrame> OneFrameDecoder<T> {
     }
 }
 
+impl<T: OneFrame> OneFrameDecoder<T> {
+    /// The protocol version the stream announced, once its preamble arrived.
+    pub fn version(&self) -> Option<u16> {
+        self.frames.version()
+    }
+}
+
 impl MessageDecoder {
     /// The client's message once complete (see [`OneFrameDecoder::next_frame_message`]).
     pub fn next_message(&mut self) -> Result<Option<ClientMessage>, ProtocolError> {

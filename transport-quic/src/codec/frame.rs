@@ -4,9 +4,14 @@ use super::{Limits, ProtocolError};
 
 /// The four bytes every stream (in both directions) starts with.
 pub const MAGIC: [u8; 4] = *b"SLDB";
-/// The protocol version this build speaks (2: the header carries the
-/// per-layer tables the image commits to, [`super::Header::layer_tocs`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The newest protocol version this build speaks. Version 3 compresses the Header
+/// frame with zstd ([`super::compress`]); every other frame is the same as in version 2.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The oldest protocol version this build still speaks (2: the header carries the
+/// per-layer tables the image commits to, [`super::Header::layer_tocs`]; uncompressed).
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// The first version whose Header frame is zstd-compressed.
+pub const HEADER_ZSTD_VERSION: u16 = 3;
 /// Length of the preamble: magic + u16 LE version.
 pub const PREAMBLE_LEN: usize = 6;
 /// Length of a frame header: u8 type + u32 LE length.
@@ -15,23 +20,30 @@ pub const FRAME_HEADER_LEN: usize = 5;
 /// Longest End frame (postcard of two varints).
 const MAX_END_FRAME: u32 = 32;
 
-/// The preamble bytes of this build.
+/// The preamble of streams whose frames are the same in every supported version (the
+/// Auth stream, trace uploads, ranks queries and their replies): version
+/// [`MIN_PROTOCOL_VERSION`], so that peers older than version 3 read them too.
 pub fn preamble() -> [u8; PREAMBLE_LEN] {
-    let v = PROTOCOL_VERSION.to_le_bytes();
+    preamble_for(MIN_PROTOCOL_VERSION)
+}
+
+/// The preamble announcing `version`.
+pub fn preamble_for(version: u16) -> [u8; PREAMBLE_LEN] {
+    let v = version.to_le_bytes();
     [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1]]
 }
 
-/// Checks a received preamble.
-pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<(), ProtocolError> {
+/// Checks a received preamble; the version it announces, if this build speaks it.
+pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<u16, ProtocolError> {
     let found = [bytes[0], bytes[1], bytes[2], bytes[3]];
     if found != MAGIC {
         return Err(ProtocolError::BadMagic { found });
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Err(ProtocolError::UnsupportedVersion { version });
     }
-    Ok(())
+    Ok(version)
 }
 
 /// The type of a frame.
@@ -200,14 +212,15 @@ mod tests {
 
     #[test]
     fn preamble_checks_magic_and_version() {
-        assert_eq!(check_preamble(&preamble()), Ok(()));
-        let mut p = preamble();
-        p[4] = 7;
-        let err = check_preamble(&p).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "protocol version 7 is not supported (this build speaks 2)"
-        );
+        assert_eq!(check_preamble(&preamble()), Ok(2));
+        assert_eq!(check_preamble(&preamble_for(3)), Ok(3));
+        for v in [0u16, 1, 4, 7] {
+            let err = check_preamble(&preamble_for(v)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("protocol version {v} is not supported (this build speaks 2 to 3)")
+            );
+        }
         let err = check_preamble(b"HTTP/1").unwrap_err();
         assert!(matches!(err, ProtocolError::BadMagic { .. }), "{err}");
     }

@@ -67,6 +67,7 @@
 //! ```
 
 mod bounded;
+pub mod compress;
 mod decode;
 mod encode;
 mod error;
@@ -86,7 +87,8 @@ pub use exchange::{
     AuthReplyDecoder, ClientMessage, MessageDecoder, Reply, ReplyDecoder,
 };
 pub use frame::{
-    preamble, FrameKind, FRAME_HEADER_LEN, MAGIC, MAX_AUTH_FRAME, PREAMBLE_LEN, PROTOCOL_VERSION,
+    preamble, preamble_for, FrameKind, FRAME_HEADER_LEN, HEADER_ZSTD_VERSION, MAGIC,
+    MAX_AUTH_FRAME, MIN_PROTOCOL_VERSION, PREAMBLE_LEN, PROTOCOL_VERSION,
 };
 pub use limits::Limits;
 pub use trace::{RankedPath, RanksQuery, RanksReply, Trace, TraceAck, TraceOpen, TraceUpload};

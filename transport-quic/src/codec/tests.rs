@@ -220,7 +220,7 @@ fn wrong_magic_and_version_are_refused() {
     let err = decode(&bytes).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "protocol version 7 is not supported (this build speaks 2)"
+        "protocol version 7 is not supported (this build speaks 2 to 3)"
     );
 
     let mut dec = RequestDecoder::default();
@@ -997,4 +997,79 @@ proptest! {
             prop_assert_eq!(total, h.payloads.iter().map(|p| p.compressed_len).sum::<u64>());
         }
     }
+}
+
+#[test]
+fn version_3_headers_round_trip_compressed_and_bad_ones_are_typed_errors() {
+    let header = header_with(&[5, 0, 9]);
+    let encode = |version: u16| {
+        let mut enc = ResponseEncoder::default().with_version(version);
+        let mut wire = BytesMut::new();
+        enc.header(&header, &mut wire).unwrap();
+        wire
+    };
+    let (v2, v3) = (encode(2), encode(3));
+    assert_eq!(v2[..6], preamble_for(2));
+    assert_eq!(v3[..6], preamble_for(3));
+    for (wire, version) in [(&v2, 2), (&v3, 3)] {
+        let mut dec = ResponseDecoder::default();
+        for piece in wire.chunks(3) {
+            dec.feed(piece);
+        }
+        assert_eq!(
+            dec.next_event().unwrap(),
+            Some(Event::Header(header.clone()))
+        );
+        assert_eq!(dec.version(), Some(version));
+    }
+    // Every cut of the compressed frame body: more bytes needed, then truncation.
+    for cut in PREAMBLE_LEN + FRAME_HEADER_LEN..v3.len() {
+        let mut dec = ResponseDecoder::default();
+        dec.feed(&v3[..cut]);
+        assert_eq!(dec.next_event().unwrap(), None);
+        assert!(matches!(dec.finish(), Err(ProtocolError::Truncated { .. })));
+    }
+    // A frame whose compressed body is garbage: a typed error, never a panic.
+    let body = PREAMBLE_LEN + FRAME_HEADER_LEN;
+    let mut bad = v3.clone();
+    for b in &mut bad[body..] {
+        *b = 0xa5;
+    }
+    let mut dec = ResponseDecoder::default();
+    dec.feed(&bad);
+    let err = dec.next_event().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Malformed {
+                kind: FrameKind::Header,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A version 2 header announced as version 3 (uncompressed bytes): refused.
+    let mut mislabeled = v2.clone();
+    mislabeled[4] = 3;
+    let mut dec = ResponseDecoder::default();
+    dec.feed(&mislabeled);
+    assert!(dec.next_event().is_err());
+    // A small frame that decompresses past max_header: refused while decompressing.
+    let limits = Limits {
+        max_header: 64 * 1024,
+        ..Limits::default()
+    };
+    let bomb = zstd::bulk::compress(&vec![0u8; 8 << 20], 19).unwrap();
+    let mut wire = preamble_for(3).to_vec();
+    wire.extend_from_slice(&frame::frame_header(FrameKind::Header, bomb.len() as u32));
+    wire.extend_from_slice(&bomb);
+    let mut dec = ResponseDecoder::new(limits);
+    dec.feed(&wire);
+    assert!(matches!(
+        dec.next_event().unwrap_err(),
+        ProtocolError::LimitExceeded {
+            what: "decompressed header bytes",
+            ..
+        }
+    ));
 }

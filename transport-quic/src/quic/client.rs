@@ -10,13 +10,14 @@ use quinn::{Connection, ConnectionError, Endpoint, RecvStream};
 use rustls::pki_types::CertificateDer;
 use tracing::debug;
 
+use super::stream::{BundleStream, Drain, MAX_DRAIN_BUDGET, MIN_DRAIN_BUDGET};
 use super::transport::TransportTuning;
 use super::verify::PinnedCertVerifier;
 use super::ALPN;
 use crate::codec::{
     encode_auth, encode_message, Auth, AuthReply, AuthReplyDecoder, ClientMessage, ErrorCode,
-    ErrorFrame, Event, FrameKind, Limits, ProtocolError, RanksQuery, RanksReply, Reply,
-    ReplyDecoder, Request, RequestEncoder, ResponseDecoder, TraceAck, TraceUpload,
+    ErrorFrame, FrameKind, Limits, ProtocolError, RanksQuery, RanksReply, Reply, ReplyDecoder,
+    Request, RequestEncoder, ResponseDecoder, TraceAck, TraceUpload, PROTOCOL_VERSION,
 };
 use crate::tls::{self, TlsError};
 
@@ -42,6 +43,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Largest chunk read from the stream at once.
     pub read_chunk: usize,
+    /// The protocol version bundle requests announce (the proxy answers in it): 3,
+    /// the default, gets a zstd-compressed header; 2 an uncompressed one.
+    pub protocol_version: u16,
 }
 
 impl Default for ClientOptions {
@@ -51,6 +55,7 @@ impl Default for ClientOptions {
             transport: TransportTuning::default(),
             connect_timeout: Duration::from_secs(10),
             read_chunk: 256 * 1024,
+            protocol_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -93,7 +98,7 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    fn from_error_frame(frame: ErrorFrame) -> Self {
+    pub(crate) fn from_error_frame(frame: ErrorFrame) -> Self {
         match frame.code {
             ErrorCode::Unauthorized => ClientError::Unauthorized(frame.message),
             _ => ClientError::Proxy(frame),
@@ -103,7 +108,7 @@ impl ClientError {
 
 /// Whether a connection failure is the local TLS stack refusing the server's
 /// certificate.
-fn certificate_failure(e: &ConnectionError) -> Option<String> {
+pub(crate) fn certificate_failure(e: &ConnectionError) -> Option<String> {
     if let ConnectionError::TransportError(t) = e {
         let code = u64::from(t.code);
         let tls_alert = (0x100..0x200).contains(&code);
@@ -171,6 +176,7 @@ pub struct Client {
     pinned: bool,
     endpoints: Mutex<(Option<Endpoint>, Option<Endpoint>)>,
     connections: Mutex<HashMap<ConnKey, Connection>>,
+    opened: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -201,6 +207,7 @@ impl Client {
             pinned: matches!(tls, ClientTls::PinnedCert(_)),
             endpoints: Mutex::new((None, None)),
             connections: Mutex::new(HashMap::new()),
+            opened: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -268,7 +275,9 @@ impl Client {
         server_name: &str,
         request: &Request,
     ) -> Result<BundleStream, ClientError> {
-        let bytes = RequestEncoder::new(self.options.limits).encode(request)?;
+        let bytes = RequestEncoder::new(self.options.limits)
+            .with_version(self.options.protocol_version)
+            .encode(request)?;
         let (recv, conn) = self
             .send_message(addr, server_name, &request.token, &bytes)
             .await?;
@@ -288,6 +297,11 @@ impl Client {
     }
 
     /// Opens a stream to the proxy, writes `bytes` and finishes the send side.
+    ///
+    /// On a cached connection that is one stream. Otherwise the connection is opened
+    /// and the Auth stream and this stream are sent in the same flight (pipelined): the
+    /// proxy reads the request only once it has accepted the token, so the request
+    /// costs no round trip of its own. A refused token is reported as such.
     async fn send_message(
         &self,
         addr: SocketAddr,
@@ -296,23 +310,31 @@ impl Client {
         bytes: &[u8],
     ) -> Result<(RecvStream, Connection), ClientError> {
         let key = (addr, server_name.to_string(), token.to_string());
-        let mut conn = match self.cached(&key) {
-            Some(c) => c,
-            None => self.new_connection(&key).await?,
-        };
-        let (mut send, recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(_) => {
+        if let Some(conn) = self.cached(&key) {
+            match open_and_send(&conn, bytes).await {
+                Ok(recv) => return Ok((recv, conn)),
                 // The cached connection died since: connect again, once.
-                conn = self.new_connection(&key).await?;
-                conn.open_bi().await.map_err(ClientError::Connection)?
+                Err(e) => debug!(%addr, error = %e, "cached connection unusable: reconnecting"),
             }
+        }
+        let conn = self.connect(addr, server_name).await?;
+        // The Auth stream first (stream 0, the one the proxy reads the token from),
+        // then the request behind it; then both answers.
+        let (auth, sent) = match self.send_auth(&conn, token).await {
+            Ok(recv) => {
+                tokio::join!(
+                    self.auth_reply_in_time(recv, &key),
+                    open_and_send(&conn, bytes)
+                )
+            }
+            Err(e) => (Err(e), Err(ClientError::Send("no Auth stream".into()))),
         };
-        send.write_all(bytes)
-            .await
-            .map_err(|e| ClientError::Send(e.to_string()))?;
-        send.finish()
-            .map_err(|e| ClientError::Send(e.to_string()))?;
+        if let Err(e) = auth {
+            conn.close(quinn::VarInt::from_u32(0), b"authentication failed");
+            return Err(e);
+        }
+        let recv = sent?;
+        self.remember(&key, &conn);
         Ok((recv, conn))
     }
 
@@ -419,47 +441,126 @@ impl Client {
         }
     }
 
+    /// Waits for the answer to the Auth stream `recv` of `key`, within the connect
+    /// timeout.
+    async fn auth_reply_in_time(&self, recv: RecvStream, key: &ConnKey) -> Result<(), ClientError> {
+        tokio::time::timeout(self.options.connect_timeout, self.auth_reply(recv))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Connect {
+                    addr: key.0,
+                    reason: format!(
+                        "the token was not answered within {:?}",
+                        self.options.connect_timeout
+                    ),
+                })
+            })
+    }
+
+    fn remember(&self, key: &ConnKey, conn: &Connection) {
+        self.opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key.clone(), conn.clone());
+    }
+
     async fn new_connection(&self, key: &ConnKey) -> Result<Connection, ClientError> {
         let conn = self.connect(key.0, &key.1).await?;
-        let auth = tokio::time::timeout(
-            self.options.connect_timeout,
-            self.authenticate(&conn, &key.2),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(ClientError::Connect {
-                addr: key.0,
-                reason: format!(
-                    "the token was not answered within {:?}",
-                    self.options.connect_timeout
-                ),
-            })
-        });
+        let auth = match self.send_auth(&conn, &key.2).await {
+            Ok(recv) => self.auth_reply_in_time(recv, key).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = auth {
             conn.close(quinn::VarInt::from_u32(0), b"authentication failed");
             return Err(e);
         }
-        let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(key.clone(), conn.clone());
+        self.remember(key, &conn);
         Ok(conn)
+    }
+
+    /// Connections this client opened and authenticated so far (a warm connection
+    /// reused by a fetch counts once).
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The authenticated connection to the proxy at `addr` for `token`: the cached one
+    /// if it is alive, else a new one (connected and authenticated now). Fetches with
+    /// the same address, name and token then reuse it: no handshake, no Retry, no
+    /// token round trip before their request.
+    pub async fn warm(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        token: &str,
+    ) -> Result<Connection, ClientError> {
+        let key = (addr, server_name.to_string(), token.to_string());
+        match self.cached(&key) {
+            Some(c) => Ok(c),
+            None => self.new_connection(&key).await,
+        }
+    }
+
+    /// Keeps a warm connection to the proxy for as long as the returned task runs:
+    /// opens it now, and whenever it closes (proxy restart, network failure, idle
+    /// timeout) opens a new one, waiting `retry` after a failure, doubling up to
+    /// `max_retry`. Keep-alives ([`TransportTuning::keep_alive`]) hold it open while
+    /// idle. Abort the task to stop.
+    pub fn keep_warm(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        server_name: String,
+        token: String,
+        retry: Duration,
+        max_retry: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.clone();
+        tokio::spawn(async move {
+            let mut wait = retry;
+            loop {
+                match client.warm(addr, &server_name, &token).await {
+                    Ok(conn) => {
+                        wait = retry;
+                        debug!(%addr, "warm connection to the proxy ready");
+                        let why = conn.closed().await;
+                        debug!(%addr, reason = %why, "warm connection closed: reopening");
+                    }
+                    Err(e) => {
+                        debug!(%addr, error = %e, ?wait, "cannot open the warm connection");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(max_retry.max(retry));
+                    }
+                }
+            }
+        })
     }
 }
 
+/// Opens a stream on `conn`, writes `bytes` and finishes the send side.
+async fn open_and_send(conn: &Connection, bytes: &[u8]) -> Result<RecvStream, ClientError> {
+    let (mut send, recv) = conn.open_bi().await.map_err(ClientError::Connection)?;
+    send.write_all(bytes)
+        .await
+        .map_err(|e| ClientError::Send(e.to_string()))?;
+    send.finish()
+        .map_err(|e| ClientError::Send(e.to_string()))?;
+    Ok(recv)
+}
+
 impl Client {
-    /// Sends the Auth stream and reads the proxy's answer.
-    async fn authenticate(&self, conn: &Connection, token: &str) -> Result<(), ClientError> {
+    /// Sends the Auth stream (the connection's first stream); its receive side.
+    async fn send_auth(&self, conn: &Connection, token: &str) -> Result<RecvStream, ClientError> {
         let bytes = encode_auth(
             &Auth {
                 token: token.to_string(),
             },
             &self.options.limits,
         )?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(ClientError::Connection)?;
-        send.write_all(&bytes)
-            .await
-            .map_err(|e| ClientError::Send(e.to_string()))?;
-        send.finish()
-            .map_err(|e| ClientError::Send(e.to_string()))?;
+        open_and_send(conn, &bytes).await
+    }
+
+    /// Reads the proxy's answer to the Auth stream.
+    async fn auth_reply(&self, mut recv: RecvStream) -> Result<(), ClientError> {
         let mut decoder = AuthReplyDecoder::new(self.options.limits);
         let mut reply = None;
         loop {
@@ -487,170 +588,6 @@ impl Client {
             Some(AuthReply::Accepted) => Ok(()),
             Some(AuthReply::Refused(frame)) => Err(ClientError::from_error_frame(frame)),
             None => Err(ClientError::Truncated("no answer to the token".into())),
-        }
-    }
-}
-
-/// Fewest bytes the drain task of a bundle stream reads ahead of its consumer.
-const MIN_DRAIN_BUDGET: u64 = 1 << 20;
-/// Most bytes the drain task of a bundle stream reads ahead of its consumer.
-const MAX_DRAIN_BUDGET: u64 = 64 << 20;
-
-/// What the drain task passes on: a chunk, the end of the stream, or the read error.
-type DrainItem = Result<Option<bytes::Bytes>, quinn::ReadError>;
-
-/// Reads a bundle's stream as fast as it arrives, in its own task, into a buffer of at
-/// most `budget` bytes the consumer empties. quinn closes a connection whose stream
-/// holds more than 1024 out-of-order pieces; a consumer that pauses (a slow disk, an
-/// fsync) must not leave the stream unread while losses are being repaired behind the
-/// read point.
-#[derive(Debug)]
-struct Drain {
-    rx: tokio::sync::mpsc::UnboundedReceiver<DrainItem>,
-    budget: Arc<tokio::sync::Semaphore>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drain {
-    fn spawn(mut recv: RecvStream, read_chunk: usize, budget: usize) -> Drain {
-        let read_chunk = read_chunk.min(budget);
-        let sem = Arc::new(tokio::sync::Semaphore::new(budget));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = {
-            let sem = sem.clone();
-            tokio::spawn(async move {
-                loop {
-                    // Room for a whole chunk first: the buffer never exceeds the budget.
-                    let Ok(permit) = sem.acquire_many(read_chunk as u32).await else {
-                        return;
-                    };
-                    permit.forget();
-                    let item = recv.read_chunk(read_chunk, true).await;
-                    let (used, last) = match &item {
-                        Ok(Some(chunk)) => (chunk.bytes.len(), false),
-                        _ => (0, true),
-                    };
-                    sem.add_permits(read_chunk - used);
-                    if tx.send(item.map(|c| c.map(|c| c.bytes))).is_err() || last {
-                        // Dropping `recv` unread tells the proxy to stop sending.
-                        return;
-                    }
-                }
-            })
-        };
-        Drain {
-            rx,
-            budget: sem,
-            task,
-        }
-    }
-
-    async fn next(&mut self) -> DrainItem {
-        match self.rx.recv().await {
-            Some(Ok(Some(bytes))) => {
-                self.budget.add_permits(bytes.len());
-                Ok(Some(bytes))
-            }
-            Some(other) => other,
-            None => Err(quinn::ReadError::ClosedStream),
-        }
-    }
-
-    /// Stops reading: the task ends and drops the stream (STOP_SENDING to the proxy).
-    fn stop(&mut self) {
-        self.task.abort();
-        self.budget.close();
-    }
-}
-
-impl Drop for Drain {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The events of one bundle as they arrive.
-///
-/// Call [`next_event`](Self::next_event) until it returns `Ok(None)`: that, and only
-/// that, means the bundle arrived complete (End received, stream closed cleanly, nothing
-/// after). An Error frame from the proxy comes back as `Err` ([`ClientError::Unauthorized`]
-/// or [`ClientError::Proxy`]).
-#[derive(Debug)]
-pub struct BundleStream {
-    drain: Drain,
-    decoder: ResponseDecoder,
-    eof: bool,
-    failed: bool,
-    bytes_received: u64,
-    _conn: Connection,
-}
-
-impl BundleStream {
-    /// Bytes received on the stream so far (framing included).
-    pub fn bytes_received(&self) -> u64 {
-        self.bytes_received
-    }
-
-    /// The next event, `Ok(None)` once the bundle is complete.
-    pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
-        if self.failed {
-            return Err(ClientError::Truncated("the stream already failed".into()));
-        }
-        let r = self.next_inner().await;
-        if r.is_err() {
-            self.failed = true;
-            // Tell the proxy to stop sending.
-            self.drain.stop();
-        }
-        r
-    }
-
-    async fn next_inner(&mut self) -> Result<Option<Event>, ClientError> {
-        loop {
-            match self.decoder.next_event()? {
-                Some(Event::Error(frame)) => return Err(ClientError::from_error_frame(frame)),
-                Some(event) => return Ok(Some(event)),
-                None => {}
-            }
-            if self.eof {
-                return match self.decoder.finish() {
-                    Ok(()) => Ok(None),
-                    Err(e @ ProtocolError::Truncated { .. }) => {
-                        Err(ClientError::Truncated(e.to_string()))
-                    }
-                    Err(e) => Err(ClientError::Protocol(e)),
-                };
-            }
-            match self.drain.next().await {
-                Ok(Some(bytes)) => {
-                    self.bytes_received += bytes.len() as u64;
-                    self.decoder.feed(&bytes);
-                }
-                Ok(None) => self.eof = true,
-                Err(quinn::ReadError::Reset(code)) => {
-                    return Err(ClientError::Truncated(format!(
-                        "the proxy reset the stream (code {code}) while expecting {}",
-                        self.expecting()
-                    )))
-                }
-                Err(quinn::ReadError::ConnectionLost(e)) => {
-                    if let Some(reason) = certificate_failure(&e) {
-                        return Err(ClientError::CertificateNotTrusted(reason));
-                    }
-                    return Err(ClientError::Truncated(format!(
-                        "connection lost ({e}) while expecting {}",
-                        self.expecting()
-                    )));
-                }
-                Err(e) => return Err(ClientError::Truncated(e.to_string())),
-            }
-        }
-    }
-
-    fn expecting(&self) -> String {
-        match self.decoder.finish() {
-            Err(ProtocolError::Truncated { expected }) => expected.to_string(),
-            _ => "the end of the stream".to_string(),
         }
     }
 }

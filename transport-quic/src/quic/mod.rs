@@ -2,7 +2,12 @@
 //!
 //! A connection first proves its client's address (QUIC Retry), then sends its bearer
 //! token on its first stream in one Auth frame of at most 4 KiB; until the server
-//! accepts it, the connection may open no other stream and send only a few KiB. Then:
+//! accepts it, the connection may open one other stream (a request pipelined behind
+//! the token in the same flight, read only once the token is accepted) and send only a
+//! few KiB over both. The client sends its Auth and its first request together, so a
+//! new connection costs Retry + handshake + one round trip to the header, and a warm
+//! (cached, authenticated) connection one round trip. No 0-RTT: the server accepts no
+//! early data, so no request can be replayed. Then:
 //! one bidirectional stream per request: the client writes the preamble and its Request
 //! and finishes its send side; the server reads the request (bounded in size and time),
 //! checks the bearer token, and answers with a Header and the body, or an Error frame.
@@ -14,17 +19,19 @@ mod auth;
 mod client;
 mod rate;
 mod server;
+mod stream;
 pub mod transport;
 mod verify;
 mod writer;
 
 pub use admission::ServerStats;
 pub use auth::TokenSet;
-pub use client::{BundleStream, Client, ClientError, ClientOptions, ClientTls};
+pub use client::{Client, ClientError, ClientOptions, ClientTls};
 pub use server::{
     BundleHandler, HandlerError, HandlerFuture, ReplyFuture, Server, ServerError, ServerOptions,
     ServerTls, StatsSource,
 };
+pub use stream::BundleStream;
 pub use transport::{Congestion, PathProfile, TransportTuning, UnknownCongestion};
 pub use writer::{BundleWriter, WriteError};
 

@@ -21,7 +21,7 @@ use super::ALPN;
 use crate::codec::{
     encode_auth_reply, encode_reply, Auth, AuthDecoder, AuthReply, ClientMessage, ErrorCode,
     ErrorFrame, Limits, MessageDecoder, ProtocolError, RanksQuery, RanksReply, Reply, Request,
-    Trace, TraceAck, FRAME_HEADER_LEN, MAX_AUTH_FRAME, PREAMBLE_LEN,
+    Trace, TraceAck, FRAME_HEADER_LEN, MAX_AUTH_FRAME, MIN_PROTOCOL_VERSION, PREAMBLE_LEN,
 };
 use crate::tls::{self, TlsError};
 
@@ -514,12 +514,13 @@ enum ReadRequestError {
 }
 
 /// Reads one message, holding permits of the connection's request budget for the
-/// bytes buffered (released when the message is decoded).
+/// bytes buffered (released when the message is decoded); the message and the protocol
+/// version its stream announced.
 async fn read_message(
     recv: &mut RecvStream,
     limits: &Limits,
     budget: &Arc<Semaphore>,
-) -> Result<ClientMessage, ReadRequestError> {
+) -> Result<(ClientMessage, u16), ReadRequestError> {
     let mut dec = MessageDecoder::new(*limits);
     let mut message = None;
     let mut held = Vec::new();
@@ -534,9 +535,12 @@ async fn read_message(
         }
     }
     dec.finish()?;
-    message.ok_or(ReadRequestError::Protocol(ProtocolError::Truncated {
-        expected: "the Request frame",
-    }))
+    let version = dec.version().unwrap_or(MIN_PROTOCOL_VERSION);
+    message
+        .map(|m| (m, version))
+        .ok_or(ReadRequestError::Protocol(ProtocolError::Truncated {
+            expected: "the Request frame",
+        }))
 }
 
 /// Writes a one-frame reply and finishes the stream.
@@ -575,7 +579,7 @@ async fn serve_stream(
         read_message(&mut recv, &ctx.options.limits, &conn.request_bytes),
     )
     .await;
-    let message = match read.unwrap_or(Err(ReadRequestError::Timeout(timeout))) {
+    let (message, version) = match read.unwrap_or(Err(ReadRequestError::Timeout(timeout))) {
         Ok(m) => m,
         Err(ReadRequestError::Stream(e)) => {
             debug!(%remote, error = %e, "request stream failed");
@@ -661,8 +665,9 @@ async fn serve_stream(
             return;
         }
     };
-    let mut out =
-        BundleWriter::new(send, ctx.options.limits).with_stall_timeout(ctx.options.stall_timeout);
+    let mut out = BundleWriter::new(send, ctx.options.limits)
+        .with_version(version)
+        .with_stall_timeout(ctx.options.stall_timeout);
     let permits = (
         conn.bundles.clone().try_acquire_owned(),
         ctx.bundles.clone().try_acquire_owned(),

@@ -52,6 +52,14 @@ impl BundleWriter {
         }
     }
 
+    /// Answers in protocol `version` (the request's): from version 3 on, the header is
+    /// compressed.
+    pub(crate) fn with_version(mut self, version: u16) -> Self {
+        let enc = std::mem::take(&mut self.enc);
+        self.enc = enc.with_version(version);
+        self
+    }
+
     /// Cancels the bundle (resets the stream) when one write makes no progress for
     /// `timeout`: a client that stops reading cannot pin the handler's buffers.
     pub(crate) fn with_stall_timeout(mut self, timeout: std::time::Duration) -> Self {
