@@ -24,6 +24,7 @@ pub mod config;
 pub mod containerd;
 pub mod durability;
 pub mod fdstore;
+pub mod handover;
 pub mod header_check;
 pub mod imagefs;
 pub mod lock;

@@ -5,8 +5,10 @@
 
 mod service;
 pub mod store;
+mod users;
 
 pub use service::{InfoStream, OverlaySnapshotter, SnapshotError};
+pub use users::{image_users, ImageUsers};
 use transport_quic::Digest;
 
 /// Label of a committed snapshot that belongs to a Starlight image: its
