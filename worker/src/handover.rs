@@ -96,11 +96,7 @@ fn socket_for(path: &Path) -> io::Result<(OwnedFd, libc::sockaddr_un)> {
     }
     // SAFETY: socket with integer arguments.
     let fd = check(unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-        )
+        libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
     })?;
     // SAFETY: a fresh fd that we own.
     Ok((unsafe { OwnedFd::from_raw_fd(fd) }, addr))
@@ -268,11 +264,8 @@ impl Listener {
             )
         })
         .map_err(io_at(path))?;
-        std::fs::set_permissions(
-            path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .map_err(io_at(path))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io_at(path))?;
         // SAFETY: listen with integer arguments.
         check(unsafe { libc::listen(fd.as_raw_fd(), 4) }).map_err(io_at(path))?;
         Ok(Listener {
@@ -407,7 +400,9 @@ pub fn take_over(path: &Path, timeout: Duration) -> Result<Vec<(String, OwnedFd)
                     taken.len()
                 )));
             }
-            let fd = fds.pop().ok_or_else(|| HandOverError::Protocol("no fd".into()))?;
+            let fd = fds
+                .pop()
+                .ok_or_else(|| HandOverError::Protocol("no fd".into()))?;
             taken.push((name.to_owned(), fd));
         } else if let Some(count) = text.strip_prefix("END ") {
             if !fds.is_empty() || count.parse::<usize>().ok() != Some(taken.len()) {

@@ -27,7 +27,12 @@ fn every_fd_arrives_with_its_name_and_the_socket_is_private() {
     let sent = files(dir.path(), 3);
     let inodes: Vec<u64> = sent
         .iter()
-        .map(|(_, fd)| std::fs::File::from(fd.try_clone().unwrap()).metadata().unwrap().ino())
+        .map(|(_, fd)| {
+            std::fs::File::from(fd.try_clone().unwrap())
+                .metadata()
+                .unwrap()
+                .ino()
+        })
         .collect();
     let server = std::thread::spawn(move || {
         let r = l.accept().unwrap();
@@ -53,8 +58,14 @@ fn a_bad_hello_is_dropped_and_the_next_request_served() {
     });
     let (sock, addr) = socket_for(&path).unwrap();
     // SAFETY: connect with a sockaddr_un of the stated size.
-    check(unsafe { libc::connect(sock.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), ADDR_LEN) })
-        .unwrap();
+    check(unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            ADDR_LEN,
+        )
+    })
+    .unwrap();
     send(sock.as_fd(), b"give me everything", None).unwrap();
     let got = take_over(&path, Duration::from_secs(5)).unwrap();
     assert_eq!(got.len(), 1);
@@ -62,7 +73,9 @@ fn a_bad_hello_is_dropped_and_the_next_request_served() {
 }
 
 /// A fake old daemon that answers the hello with `messages`.
-fn fake_old(messages: Vec<(Vec<u8>, usize)>) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<()>) {
+fn fake_old(
+    messages: Vec<(Vec<u8>, usize)>,
+) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<()>) {
     let (dir, path, l) = listener();
     let extra = dir.path().join("extra");
     let handle = std::thread::spawn(move || {
@@ -139,7 +152,11 @@ fn a_silent_old_daemon_times_out() {
     let t = std::time::Instant::now();
     let r = take_over(&path, Duration::from_millis(200));
     assert!(r.is_err());
-    assert!(t.elapsed() < Duration::from_millis(700), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        t.elapsed()
+    );
     server.join().unwrap();
 }
 

@@ -186,6 +186,9 @@ pub struct PullOptions {
     pub trace: bool,
     /// Layer order instead of ranks.
     pub unordered: bool,
+    /// Do not register the image in containerd (the caller does: a pull
+    /// resumed at start, before containerd reconnected).
+    pub no_register: bool,
 }
 
 /// The images starlightd holds.
@@ -420,7 +423,10 @@ impl ImageManager {
         }
         let resumed = self.resume_incomplete(&records);
         if resumed > 0 {
-            info!(images = resumed, "resuming the pulls cut short by the last stop");
+            info!(
+                images = resumed,
+                "resuming the pulls cut short by the last stop"
+            );
         }
         Ok(n)
     }
@@ -707,13 +713,15 @@ impl ImageManager {
         if options.trace {
             trace.enable();
         }
-        self.registry
-            .register(image, &header)
-            .await
-            .map_err(|reason| ManagerError::Register {
-                image: image.to_string(),
-                reason,
-            })?;
+        if !options.no_register {
+            self.registry
+                .register(image, &header)
+                .await
+                .map_err(|reason| ManagerError::Register {
+                    image: image.to_string(),
+                    reason,
+                })?;
+        }
         let mut report = PullReport {
             image: image.to_string(),
             digest: digest.to_string(),

@@ -404,9 +404,18 @@ fn run_container(
     let mut child = Command::new("timeout")
         .args(["300", "ctr", "--address"])
         .arg(&world.ctrd.socket)
-        .args(["--namespace", &world.namespace, "run", "--snapshotter", "starlight"])
+        .args([
+            "--namespace",
+            &world.namespace,
+            "run",
+            "--snapshotter",
+            "starlight",
+        ])
         .arg("--mount")
-        .arg(format!("type=bind,src={},dst=/ctl,options=rbind:rw", ctl.display()))
+        .arg(format!(
+            "type=bind,src={},dst=/ctl,options=rbind:rw",
+            ctl.display()
+        ))
         .args([image, id, "sh", "-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -464,10 +473,20 @@ fn a_container_on_an_image_still_arriving_survives_kill9_and_the_pull_resumes() 
         .unwrap();
     let mut store = FdStore::new();
     let paced = world.proxy(Some(600_000));
-    let mut daemon = start_as_systemd(&setup, paced.addr, &notify, &notify_path, &mut store, "first.log");
+    let mut daemon = start_as_systemd(
+        &setup,
+        paced.addr,
+        &notify,
+        &notify_path,
+        &mut store,
+        "first.log",
+    );
     world.wait_for_snapshotter();
     let report = daemon.pull(&world.rt, &c_ref, false);
-    assert_eq!(report.complete, None, "answered at registration: {report:?}");
+    assert_eq!(
+        report.complete, None,
+        "answered at registration: {report:?}"
+    );
 
     let ctl = world.dir.path().join("ctl");
     std::fs::create_dir(&ctl).unwrap();
@@ -478,8 +497,14 @@ fn a_container_on_an_image_still_arriving_survives_kill9_and_the_pull_resumes() 
     let id = support::containerd::unique_name("arriving");
     let (mut ctr, lines) = run_container(&world, &c_ref, &id, &ctl, script);
     let first = lines.recv_timeout(Duration::from_secs(120)).unwrap();
-    assert!(first.starts_with(&hex::encode(Sha256::digest(&c["app/a-small.bin"]))), "{first}");
-    assert_eq!(lines.recv_timeout(Duration::from_secs(60)).unwrap(), "started");
+    assert!(
+        first.starts_with(&hex::encode(Sha256::digest(&c["app/a-small.bin"]))),
+        "{first}"
+    );
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(60)).unwrap(),
+        "started"
+    );
 
     // The crash, while the bundle is still arriving.
     let info = find(&daemon.images(&world.rt), &c_ref).clone();
@@ -487,14 +512,26 @@ fn a_container_on_an_image_still_arriving_survives_kill9_and_the_pull_resumes() 
         !info.complete && info.contents_held < info.contents,
         "the bundle must still be arriving at the kill: {info:?}"
     );
-    println!("killed with {} of {} contents held", info.contents_held, info.contents);
-    let kept = drain(&notify, &mut store, Duration::from_secs(10), &|_, s| !s.is_empty());
+    println!(
+        "killed with {} of {} contents held",
+        info.contents_held, info.contents
+    );
+    let kept = drain(&notify, &mut store, Duration::from_secs(10), &|_, s| {
+        !s.is_empty()
+    });
     assert!(kept, "no FDSTORE message:\n{}", daemon.log_text());
     let _ = daemon.child.kill();
     let _ = daemon.child.wait();
     drop(paced);
     let proxy = world.proxy(None);
-    let daemon2 = start_as_systemd(&setup, proxy.addr, &notify, &notify_path, &mut store, "second.log");
+    let daemon2 = start_as_systemd(
+        &setup,
+        proxy.addr,
+        &notify,
+        &notify_path,
+        &mut store,
+        "second.log",
+    );
     std::fs::write(ctl.join("go"), b"").unwrap();
 
     let mut got = Vec::new();
@@ -506,7 +543,11 @@ fn a_container_on_an_image_still_arriving_survives_kill9_and_the_pull_resumes() 
     ctr.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     let log = daemon2.log_text();
     assert!(status.success(), "{status}: {err}\n{got:?}\n{log}");
-    assert_eq!(got.last().map(String::as_str), Some("finished"), "{got:?} {err}");
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("finished"),
+        "{got:?} {err}"
+    );
     assert!(got[0].starts_with(&hex::encode(Sha256::digest(&c["app/b-held.bin"]))));
     for (i, l) in got[1..got.len() - 1].iter().enumerate() {
         let path = format!("app/c-large-{i:02}.bin");
@@ -514,18 +555,31 @@ fn a_container_on_an_image_still_arriving_survives_kill9_and_the_pull_resumes() 
         assert_eq!(l, &want);
     }
     assert_eq!(got.len(), 14, "{got:?}");
-    assert!(log.contains("serving the connection kept across the restart"), "{log}");
+    assert!(
+        log.contains("serving the connection kept across the restart"),
+        "{log}"
+    );
     let held: usize = log
         .lines()
         .find(|l| l.contains("resuming a partly present image"))
         .and_then(|l| l.split("held=").nth(1))
         .and_then(|h| h.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         .unwrap_or_else(|| panic!("no resumed pull in:\n{log}"));
-    assert!(held >= info.contents_held && held > 0, "held {held}, {info:?}");
-    assert!(log.contains("resumed the pull cut short by the last stop"), "{log}");
+    assert!(
+        held >= info.contents_held && held > 0,
+        "held {held}, {info:?}"
+    );
+    assert!(
+        log.contains("resumed the pull cut short by the last stop"),
+        "{log}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !find(&daemon2.images(&world.rt), &c_ref).complete {
-        assert!(Instant::now() < deadline, "never complete:\n{}", daemon2.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "never complete:\n{}",
+            daemon2.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     println!("resumed with {held} contents named held; the container read every file");
@@ -565,20 +619,35 @@ fn without_systemd_a_new_daemon_takes_the_mounts_over_through_the_socket() {
     let new = setup
         .try_start_with(proxy.addr, "new.log", &["--take-over"])
         .unwrap_or_else(|e| panic!("the new daemon did not start: {e}\n{}", old.log_text()));
-    println!("taken over, the new starlightd ready after {:?}", t.elapsed());
+    println!(
+        "taken over, the new starlightd ready after {:?}",
+        t.elapsed()
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = old.child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the old daemon did not exit:\n{}", old.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "the old daemon did not exit:\n{}",
+            old.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}:\n{}", old.log_text());
-    assert!(old.log_text().contains("handed the mounts over to a new starlightd"));
+    assert!(old
+        .log_text()
+        .contains("handed the mounts over to a new starlightd"));
     let log = new.log_text();
-    assert!(log.contains("mount connections handed over by the running starlightd"), "{log}");
-    assert!(log.contains("serving the connection kept across the restart"), "{log}");
+    assert!(
+        log.contains("mount connections handed over by the running starlightd"),
+        "{log}"
+    );
+    assert!(
+        log.contains("serving the connection kept across the restart"),
+        "{log}"
+    );
     assert!(starlight_worker_mounts_has(&mount), "the mount stays");
 
     finish_user(&mut user, &b);
@@ -594,5 +663,8 @@ fn without_systemd_a_new_daemon_takes_the_mounts_over_through_the_socket() {
         Ok(_) => panic!("--take-over started with no daemon to take over from"),
         Err(e) => e,
     };
-    assert!(err.contains("taking the mounts over from the running starlightd"), "{err}");
+    assert!(
+        err.contains("taking the mounts over from the running starlightd"),
+        "{err}"
+    );
 }

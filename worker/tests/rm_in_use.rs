@@ -53,7 +53,10 @@ fn rm_of_an_image_a_container_stands_on_is_refused_unless_forced() {
     let Response::Error(e) = &refused else {
         panic!("an image in use was removed: {refused:?}");
     };
-    assert!(e.contains("is used by 1 snapshot(s)") && e.contains(&id), "{e}");
+    assert!(
+        e.contains("is used by 1 snapshot(s)") && e.contains(&id),
+        "{e}"
+    );
     assert!(e.contains("force"), "{e}");
     // Nothing changed: still listed, mounted, and readable.
     let info = find(&daemon.images(&world.rt), &image).clone();

@@ -136,6 +136,7 @@ async fn handle(
                     wait,
                     trace,
                     unordered,
+                    no_register: false,
                 },
                 progress,
             )

@@ -15,12 +15,7 @@ impl ImageManager {
         record: &ImageRecord,
         force: bool,
     ) -> Result<(), ManagerError> {
-        let Some(users) = self
-            .users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
+        let Some(users) = self.users.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
             return Ok(());
         };
         let digest = record.digest().to_string();

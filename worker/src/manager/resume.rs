@@ -13,13 +13,17 @@
 //! given up and the opens still waiting fail with `EIO`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use super::{contents_of, ImageManager, ManagerError, PullOptions};
+use super::{contents_of, ImageManager, PullOptions};
 use crate::meta::ImageRecord;
+
+/// How long a resumed image's registration is retried while containerd
+/// reconnects to the snapshotter (gRPC's reconnect backoff reaches 2 min).
+const REGISTER_FOR: Duration = Duration::from_secs(300);
 
 impl ImageManager {
     /// Every content of the images recorded incomplete (announced by
@@ -75,7 +79,13 @@ impl ImageManager {
         loop {
             attempt += 1;
             let (progress, _ignored) = mpsc::unbounded_channel();
-            let err = match self.pull(&image, PullOptions::default(), progress).await {
+            // containerd may not have reconnected to the snapshotter yet:
+            // the image is registered once the receive goes on.
+            let options = PullOptions {
+                no_register: true,
+                ..PullOptions::default()
+            };
+            let err = match self.pull(&image, options, progress).await {
                 Ok(report) => {
                     info!(
                         image = %image,
@@ -85,16 +95,11 @@ impl ImageManager {
                         payloads = report.payloads,
                         "resumed the pull cut short by the last stop"
                     );
+                    self.register_again(record).await;
                     return false;
                 }
                 Err(e) => e,
             };
-            if let ManagerError::Register { .. } = err {
-                // The receive goes on (contents still arrive); only
-                // containerd refused. Pulling again would start a second one.
-                warn!(image = %image, "resumed, but {err}");
-                return false;
-            }
             if !matches!(self.meta.get(&digest), Ok(Some(_))) {
                 return true; // removed meanwhile
             }
@@ -109,6 +114,31 @@ impl ImageManager {
             warn!(image = %image, attempt, "resuming the pull failed, trying again: {err}");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(self.config.backoff.max);
+        }
+    }
+
+    /// Registers a resumed image in containerd again (idempotent; it was
+    /// registered before the stop, unless that stop cut its registration),
+    /// retrying while containerd reconnects, for at most [`REGISTER_FOR`].
+    async fn register_again(&self, record: &ImageRecord) {
+        let began = Instant::now();
+        let mut delay = self.config.backoff.initial;
+        loop {
+            match self
+                .registry
+                .register(record.reference.as_str(), &record.header)
+                .await
+            {
+                Ok(()) => return,
+                Err(e) if began.elapsed() >= REGISTER_FOR => {
+                    error!(image = %record.reference, "cannot register the resumed image in containerd: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.config.backoff.max);
+                }
+            }
         }
     }
 }

@@ -8,8 +8,8 @@ pub mod store;
 mod users;
 
 pub use service::{InfoStream, OverlaySnapshotter, SnapshotError};
-pub use users::{image_users, ImageUsers};
 use transport_quic::Digest;
+pub use users::{image_users, ImageUsers};
 
 /// Label of a committed snapshot that belongs to a Starlight image: its
 /// value is the image's manifest digest. Such a snapshot has no files of its

@@ -91,12 +91,27 @@ mod tests {
     fn containers_above_an_image_use_it_and_its_own_layers_do_not() {
         let top_b = top_of_label(B);
         let records = vec![
-            rec("a0", "", Kind::Committed, &[(LABEL_IMAGE, A), (LABEL_LAYER, "0")]),
-            rec("a1", "a0", Kind::Committed, &[(LABEL_IMAGE, A), (LABEL_LAYER, "1")]),
+            rec(
+                "a0",
+                "",
+                Kind::Committed,
+                &[(LABEL_IMAGE, A), (LABEL_LAYER, "0")],
+            ),
+            rec(
+                "a1",
+                "a0",
+                Kind::Committed,
+                &[(LABEL_IMAGE, A), (LABEL_LAYER, "1")],
+            ),
             // Being registered: an image layer, not a user.
             rec("a2-tmp", "a1", Kind::Active, &[(LABEL_IMAGE, A)]),
             // B shares A's top chain.
-            rec("b1", "a0", Kind::Committed, &[(LABEL_IMAGE, B), (top_b.as_str(), "1")]),
+            rec(
+                "b1",
+                "a0",
+                Kind::Committed,
+                &[(LABEL_IMAGE, B), (top_b.as_str(), "1")],
+            ),
             rec("container-1", "a1", Kind::Active, &[]),
             rec("committed-on-top", "a1", Kind::Committed, &[]),
             rec("above-that", "committed-on-top", Kind::View, &[]),

@@ -246,12 +246,26 @@ pub fn push_runnable(reg: &TestRegistry, repo: &str, files: &Files) -> String {
             None => b.append_data(&mut h, path, data).unwrap(),
         }
     };
-    for d in ["bin/", "etc/", "dev/", "proc/", "sys/", "tmp/", "ctl/", "app/"] {
+    for d in [
+        "bin/", "etc/", "dev/", "proc/", "sys/", "tmp/", "ctl/", "app/",
+    ] {
         add(d, tar::EntryType::Directory, &[], None, 0o755);
     }
-    add("bin/busybox", tar::EntryType::Regular, &busybox, None, 0o755);
+    add(
+        "bin/busybox",
+        tar::EntryType::Regular,
+        &busybox,
+        None,
+        0o755,
+    );
     for applet in ["sh", "cat", "echo", "sleep", "sha256sum", "test", "["] {
-        add(&format!("bin/{applet}"), tar::EntryType::Symlink, &[], Some("busybox"), 0o777);
+        add(
+            &format!("bin/{applet}"),
+            tar::EntryType::Symlink,
+            &[],
+            Some("busybox"),
+            0o777,
+        );
     }
     for (path, data) in files {
         add(path, tar::EntryType::Regular, data, None, 0o644);
