@@ -72,10 +72,11 @@ fn a_bad_hello_is_dropped_and_the_next_request_served() {
     server.join().unwrap();
 }
 
+/// A message of a fake old daemon and how many fds it carries.
+type Message = (Vec<u8>, usize);
+
 /// A fake old daemon that answers the hello with `messages`.
-fn fake_old(
-    messages: Vec<(Vec<u8>, usize)>,
-) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<()>) {
+fn fake_old(messages: Vec<Message>) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<()>) {
     let (dir, path, l) = listener();
     let extra = dir.path().join("extra");
     let handle = std::thread::spawn(move || {
@@ -124,7 +125,7 @@ fn send_two(sock: BorrowedFd<'_>, message: &[u8], fd: BorrowedFd<'_>) {
 fn malformed_answers_are_refused() {
     let name = format!("{:064x}.v1.42.1.131072.32", 1).into_bytes();
     let fd_msg = |n: usize| (b"FD ".iter().chain(&name).copied().collect::<Vec<u8>>(), n);
-    let cases: Vec<(&str, Vec<(Vec<u8>, usize)>)> = vec![
+    let cases: Vec<(&str, Vec<Message>)> = vec![
         ("no fd", vec![fd_msg(0)]),
         ("two fds", vec![fd_msg(2)]),
         ("wrong count", vec![fd_msg(1), (b"END 2".to_vec(), 0)]),
