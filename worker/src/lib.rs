@@ -26,6 +26,7 @@ pub mod containerd;
 pub mod durability;
 pub mod fdstore;
 pub mod gc_config;
+pub mod handover;
 pub mod header_check;
 pub mod imagefs;
 pub mod lock;

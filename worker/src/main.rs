@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 use starlight_worker::api::peer::PeerPolicy;
 use starlight_worker::api::server as api_server;
 use starlight_worker::config::{Settings, DEFAULT_CONFIG_PATH};
+use starlight_worker::handover;
 use starlight_worker::imagefs::ImageFs;
 use starlight_worker::lock::StateLock;
 use starlight_worker::manager::ImageManager;
@@ -30,6 +31,7 @@ use starlight_worker::registration::ContainerdRegistry;
 use starlight_worker::snapshotter::{serve_snapshotter, OverlaySnapshotter};
 use starlight_worker::store::Store;
 use starlight_worker::waiters::ContentWaiters;
+use std::os::fd::OwnedFd;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use transport_quic::quic::{Client, ClientTls};
@@ -119,17 +121,26 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: the containerd snapshotter and the API socket, until
-    /// SIGINT or SIGTERM.
+    /// SIGINT or SIGTERM (or until a new daemon takes its mounts over).
     #[command(after_long_help = "\
 Serves containerd's snapshotter plugin ([proxy_plugins.starlight]) and the
 API socket the `starlight` CLI uses, mounts every image it holds, evicts
 unused images (max_store_bytes, gc_unused_secs) and tells systemd it is
-ready (READY=1).
+ready (READY=1). With --take-over, a new daemon takes the mounts of the
+running one (no systemd needed) and the old one exits without unmounting.
 
 Examples:
   starlightd run
+  starlightd run --take-over
   starlightd --config ./starlightd.toml --metrics-listen 127.0.0.1:9465 run")]
-    Run,
+    Run {
+        /// Take the mounts over from the starlightd running on the same
+        /// state directory, through its hand-over socket
+        /// (`<state>/handover.sock`): it hands every mount's connection
+        /// over and exits without unmounting; this one then serves them.
+        #[arg(long)]
+        take_over: bool,
+    },
     /// Pull IMAGE and mount its filesystem at MOUNTPOINT as soon as the
     /// header arrives; serve until SIGINT or SIGTERM, then unmount.
     #[command(after_long_help = "\
@@ -210,7 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .overridden_by(flags)
         .resolve()?;
     match cli.command {
-        Command::Run => daemon(config).await,
+        Command::Run { take_over } => daemon(config, take_over).await,
         Command::Mount {
             from,
             refresh,
@@ -222,16 +233,85 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Made in the state directory before a restart that keeps the mounts.
 const KEEP_MOUNTS: &str = "keep-mounts";
+/// How long a taking-over daemon waits for each hand-over message, and
+/// then for the old daemon to release the state lock.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The state lock, and (with `take_over`) the mount connections the
+/// running daemon handed over first (it holds the lock until it exits).
+async fn lock_state(
+    config: &starlight_worker::config::Config,
+    take_over: bool,
+) -> anyhow::Result<(StateLock, Vec<(String, OwnedFd)>)> {
+    if !take_over {
+        return Ok((StateLock::acquire(&config.state_dir)?, Vec::new()));
+    }
+    let path = config.state_dir.join(handover::SOCKET);
+    let fds = tokio::task::spawn_blocking(move || handover::take_over(&path, HANDOVER_TIMEOUT))
+        .await?
+        .context("taking the mounts over from the running starlightd")?;
+    info!(
+        connections = fds.len(),
+        "mount connections handed over by the running starlightd"
+    );
+    let dir = config.state_dir.clone();
+    let lock =
+        tokio::task::spawn_blocking(move || StateLock::acquire_within(&dir, HANDOVER_TIMEOUT))
+            .await??;
+    Ok((lock, fds))
+}
+
+/// The next hand-over request, or never (no socket).
+async fn next_hand_over(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<handover::Request>>,
+) -> handover::Request {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(r) => r,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends every mount's connection to the new daemon behind `request`;
+/// their names once it acknowledged, `None` (keep serving) on failure.
+async fn hand_over_to(manager: &ImageManager, request: handover::Request) -> Option<Vec<String>> {
+    let fds = manager.connections().await;
+    let names: Vec<String> = fds.iter().map(|(n, _)| n.clone()).collect();
+    match tokio::task::spawn_blocking(move || request.send(&fds)).await {
+        Ok(Ok(())) => {
+            info!(
+                mounts = names.len(),
+                "handed the mounts over to a new starlightd: stopping"
+            );
+            Some(names)
+        }
+        Ok(Err(e)) => {
+            warn!("the hand-over failed, serving on: {e}");
+            None
+        }
+        Err(e) => {
+            warn!("the hand-over task failed, serving on: {e}");
+            None
+        }
+    }
+}
 
 /// The daemon: restores the images, serves the snapshotter and the API,
 /// notifies systemd, and on SIGINT/SIGTERM stops serving and unmounts.
-async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> {
+async fn daemon(config: starlight_worker::config::Config, take_over: bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     // Before anything touches the state: a second daemon stops here.
-    let _lock = StateLock::acquire(&config.state_dir)?;
+    let (_lock, handed) = lock_state(&config, take_over).await?;
     config.prepare_state_dir()?;
+    let mut handover_rx = if handover::enabled() {
+        Some(handover::Listener::bind(&config.state_dir.join(handover::SOCKET))?.spawn())
+    } else {
+        None
+    };
     let api_policy = PeerPolicy::root_or_group(config.api_gid()?);
     let registry = Arc::new(ContainerdRegistry {
         socket: config.containerd_socket.clone(),
@@ -241,16 +321,18 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
         .with_context(|| format!("opening the state in {}", config.state_dir.display()))?;
     // Mount connections kept in systemd's fd store across a restart or a
     // crash: served again instead of mounted anew.
-    match starlight_worker::fdstore::take_inherited() {
-        Ok(fds) if !fds.is_empty() => {
-            let n = manager.adopt_inherited(fds);
-            tracing::info!(
-                connections = n,
-                "mount connections inherited from the fd store"
-            );
+    let mut inherited = match starlight_worker::fdstore::take_inherited() {
+        Ok(fds) => fds,
+        Err(e) => {
+            warn!("ignoring the inherited fds: {e}");
+            Vec::new()
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("ignoring the inherited fds: {e}"),
+    };
+    // Or handed over through the socket.
+    inherited.extend(handed);
+    if !inherited.is_empty() {
+        let n = manager.adopt_inherited(inherited);
+        info!(connections = n, "mount connections inherited");
     }
     let restored = manager.restore().await?;
     // Opened before the first pull needs it; aborted when the daemon stops.
@@ -259,6 +341,7 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
         .with_context(|| "opening the snapshotter state")?;
     snapshotter.set_image_mounts(manager.clone());
     manager.set_snapshotter(snapshotter.clone());
+    manager.set_image_users(snapshotter.clone());
     let api = api_server::bind(&config.api_socket, &api_policy)
         .with_context(|| format!("binding the API socket {}", config.api_socket.display()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -322,19 +405,26 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
         snapshotter = %config.snapshotter_socket.display(),
         "starlightd ready"
     );
-    tokio::select! {
-        _ = interrupt.recv() => info!("SIGINT: stopping"),
-        _ = terminate.recv() => info!("SIGTERM: stopping"),
-        r = &mut snap_task => {
-            let _ = stop_tx.send(true);
-            manager.unmount_all().await;
-            return match r {
-                Ok(Ok(())) => Err(anyhow::anyhow!("the snapshotter stopped")),
-                Ok(Err(e)) => Err(anyhow::Error::new(e).context("serving the snapshotter")),
-                Err(e) => Err(anyhow::Error::new(e).context("the snapshotter task")),
-            };
+    let handed_over = loop {
+        tokio::select! {
+            _ = interrupt.recv() => { info!("SIGINT: stopping"); break None; }
+            _ = terminate.recv() => { info!("SIGTERM: stopping"); break None; }
+            request = next_hand_over(&mut handover_rx) => {
+                if let Some(names) = hand_over_to(&manager, request).await {
+                    break Some(names);
+                }
+            }
+            r = &mut snap_task => {
+                let _ = stop_tx.send(true);
+                manager.unmount_all().await;
+                return match r {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the snapshotter stopped")),
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("serving the snapshotter")),
+                    Err(e) => Err(anyhow::Error::new(e).context("the snapshotter task")),
+                };
+            }
         }
-    }
+    };
     let _ = notify::notify("STOPPING=1");
     if let Some(w) = &warm {
         w.abort();
@@ -349,6 +439,12 @@ async fn daemon(config: starlight_worker::config::Config) -> anyhow::Result<()> 
     if let Some(t) = trace_task {
         // It spools the traces still being recorded, then stops.
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    if let Some(names) = handed_over {
+        // The new daemon holds every connection: stop serving, unmount nothing.
+        manager.finish_hand_over(&names).await;
+        info!("starlightd stopped; mounts handed over to the new starlightd");
+        return Ok(());
     }
     // A restart that keeps the mounts: systemd's fd store holds their fds
     // and `<state>/keep-mounts` was made for this stop. Any other stop

@@ -10,9 +10,9 @@
 //!   If the proxy cannot be reached, an image held complete is provisioned
 //!   from local state alone.
 //! - [`ImageManager::restore`]: after a restart, mounts every recorded image
-//!   again (a complete one runs with no network; an incomplete one serves
-//!   what it has and fails opens of missing files with `EIO`).
-//! - [`ImageManager::remove`]: unregisters, forgets the record, unmounts and
+//!   again (a complete one runs with no network; the pull of an incomplete
+//!   one is resumed on its own, and opens of its missing files wait for it).
+//! - [`ImageManager::remove`]: unmounts, unregisters, forgets the record and
 //!   deletes every content no remaining image uses.
 //! - [`gc`]: the bounded store: evicts images removed from containerd,
 //!   unused too long, or least recently used over `max_store_bytes`.
@@ -42,10 +42,14 @@ use crate::header_check::CheckedHeader;
 use crate::imagefs::ImageFs;
 use crate::meta::{ImageRecord, MetaDb, MetaError};
 use crate::receiver::{self, ReceiveError, ReceiveOptions, ReceiveReport};
-use crate::snapshotter::{ImageMounts, OverlaySnapshotter};
+use crate::snapshotter::{ImageMounts, ImageUsers, OverlaySnapshotter};
 use crate::store::{Store, StoreError};
 use crate::trace::{OpenTrace, TraceRecord};
 use crate::waiters::ContentWaiters;
+
+mod handover;
+mod in_use;
+mod resume;
 
 /// The cache timeout the kernel gets for an image's (immutable) tree.
 const TREE_TTL: Duration = Duration::from_secs(3600);
@@ -127,6 +131,15 @@ pub enum ManagerError {
     /// The garbage collection could not tell which images are in use.
     #[error("garbage collection: {0}")]
     Gc(String),
+    /// The image is the lower layer of snapshots (containers' root
+    /// filesystems): not removed without `force`.
+    #[error("{image} is used by {} snapshot(s) ({}): remove those containers first, or force", .snapshots.len(), .snapshots.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
+    InUse {
+        /// The image.
+        image: String,
+        /// The keys of the snapshots using it.
+        snapshots: Vec<String>,
+    },
     /// A filesystem operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -191,6 +204,9 @@ pub struct PullOptions {
     pub trace: bool,
     /// Layer order instead of ranks.
     pub unordered: bool,
+    /// Do not register the image in containerd (the caller does: a pull
+    /// resumed at start, before containerd reconnected).
+    pub no_register: bool,
 }
 
 /// The images starlightd holds.
@@ -220,6 +236,9 @@ pub struct ImageManager {
     snapshots: std::sync::OnceLock<Arc<OverlaySnapshotter>>,
     /// Wakes the background collection.
     gc_wake: tokio::sync::Notify,
+    /// The snapshots standing on the images (the snapshotter), asked
+    /// before a removal.
+    users: Mutex<Option<Arc<dyn ImageUsers>>>,
 }
 
 /// The trace recorder of one image, for the uploader.
@@ -314,6 +333,7 @@ impl ImageManager {
             receiving: Mutex::new(HashSet::new()),
             snapshots: std::sync::OnceLock::new(),
             gc_wake: tokio::sync::Notify::new(),
+            users: Mutex::new(None),
         }))
     }
 
@@ -364,14 +384,15 @@ impl ImageManager {
     }
 
     /// Mount options of every image mount. With systemd's fd store
-    /// ([`fdstore::available`]) mounts outlive the process: their fds go to
-    /// the store.
+    /// ([`fdstore::available`]) or the hand-over socket
+    /// ([`crate::handover::enabled`]) mounts can outlive the process: their
+    /// fds go to the store, or to the next daemon.
     fn mount_options(record: &ImageRecord) -> MountOptions {
         MountOptions::default()
             .fs_name(format!("starlight:{}", record.reference))
             .allow_other(true)
             .default_permissions(true)
-            .survive_exit(fdstore::available())
+            .survive_exit(fdstore::available() || crate::handover::enabled())
     }
 
     /// Serves an inherited connection of `record`'s image, if one was
@@ -404,11 +425,14 @@ impl ImageManager {
         }
     }
 
-    /// Mounts every recorded image (after a start). Images that cannot be
-    /// mounted are logged and skipped.
-    pub async fn restore(&self) -> Result<usize, ManagerError> {
+    /// Mounts every recorded image (after a start), and resumes in the
+    /// background the pull of each image recorded incomplete (see
+    /// [`resume`]). Images that cannot be mounted are logged and skipped.
+    pub async fn restore(self: &Arc<Self>) -> Result<usize, ManagerError> {
         let mut n = 0;
         let records = self.meta.images()?;
+        // Before any mount is served: opens of files still to come wait.
+        self.expect_resumes(&records);
         // Only a complete record vouches for a content: every other one is
         // re-verified or dropped before anything serves the store.
         let store = self.store.clone();
@@ -419,12 +443,12 @@ impl ImageManager {
                 path: self.config.store_dir(),
                 source: std::io::Error::other(e),
             })??;
-        for record in records {
+        for record in &records {
             let missing = contents_of(&record.header)
                 .keys()
                 .filter(|s| !self.store.has(s))
                 .count();
-            if let Err(e) = self.ensure_mounted(&record).await {
+            if let Err(e) = self.ensure_mounted(record).await {
                 error!(image = %record.reference, "cannot restore the image: {e}");
                 continue;
             }
@@ -436,9 +460,16 @@ impl ImageManager {
                     image = %record.reference,
                     digest = %record.digest(),
                     missing,
-                    "image restored incomplete: opens of its {missing} missing contents fail with EIO (pull it again to complete it)"
+                    "image restored incomplete: resuming its pull; opens of its {missing} missing contents wait for it"
                 );
             }
+        }
+        let resumed = self.resume_incomplete(&records);
+        if resumed > 0 {
+            info!(
+                images = resumed,
+                "resuming the pulls cut short by the last stop"
+            );
         }
         Ok(n)
     }
@@ -504,7 +535,10 @@ impl ImageManager {
                 let session = Session::mount(&mountpoint, fs, Self::mount_options(record))
                     .await
                     .map_err(|e| mount_err(e.to_string()))?;
-                if let Ok(fd) = session.clone_fd() {
+                // Kept in systemd's fd store if there is one (a mount made
+                // for the hand-over socket alone is not announced).
+                let fd = session.clone_fd().ok().filter(|_| fdstore::available());
+                if let Some(fd) = fd {
                     let name = MountFdName {
                         image_hex: digest.hex(),
                         state: session.state(),
@@ -777,13 +811,15 @@ impl ImageManager {
         if options.trace {
             trace.enable();
         }
-        self.registry
-            .register(image, &header)
-            .await
-            .map_err(|reason| ManagerError::Register {
-                image: image.to_string(),
-                reason,
-            })?;
+        if !options.no_register {
+            self.registry
+                .register(image, &header)
+                .await
+                .map_err(|reason| ManagerError::Register {
+                    image: image.to_string(),
+                    reason,
+                })?;
+        }
         let mut report = PullReport {
             image: image.to_string(),
             digest: digest.to_string(),
@@ -982,6 +1018,12 @@ impl ImageManager {
             });
         }
         Ok(out)
+    }
+
+    /// Tells the manager who uses its images' mounts (the snapshotter):
+    /// [`ImageManager::remove`] refuses an image in use unless forced.
+    pub fn set_image_users(&self, users: Arc<dyn ImageUsers>) {
+        *self.users.lock().unwrap_or_else(|p| p.into_inner()) = Some(users);
     }
 
     /// Returns and clears the trace of `image`.

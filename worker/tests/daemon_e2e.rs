@@ -882,7 +882,13 @@ fn starlightd_end_to_end_with_containerd() {
         .iter()
         .map(|(p, _)| files1.iter().find(|(q, _)| q == p).unwrap().1.len() as u64)
         .sum();
-    let removed = daemon.call(&rt, Request::Remove { image: v1.clone() });
+    let removed = daemon.call(
+        &rt,
+        Request::Remove {
+            image: v1.clone(),
+            force: false,
+        },
+    );
     assert!(
         matches!(removed, Response::Removed { contents_freed: 2, bytes_freed, .. } if bytes_freed == v1_only),
         "{removed:?}"
@@ -1016,7 +1022,13 @@ fn starlightd_end_to_end_with_containerd() {
     assert_eq!(images.len(), 3, "{images:?}");
     let v2_info = images.iter().find(|i| i.name == v2).unwrap();
     assert!(v2_info.complete && v2_info.contents_held == v2_info.contents);
-    let removed = daemon.call(&rt, Request::Remove { image: v1.clone() });
+    let removed = daemon.call(
+        &rt,
+        Request::Remove {
+            image: v1.clone(),
+            force: false,
+        },
+    );
     let Response::Removed {
         contents_freed,
         bytes_freed,

@@ -391,3 +391,280 @@ fn starlight_worker_mounts_has(path: &Path) -> bool {
     let p = path.to_string_lossy();
     info.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
 }
+
+/// A foreground `ctr run` of `image` with the host directory `ctl` at
+/// `/ctl`: the child and a channel of its stdout lines.
+fn run_container(
+    world: &World,
+    image: &str,
+    id: &str,
+    ctl: &Path,
+    script: &str,
+) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new("timeout")
+        .args(["300", "ctr", "--address"])
+        .arg(&world.ctrd.socket)
+        .args([
+            "--namespace",
+            &world.namespace,
+            "run",
+            "--snapshotter",
+            "starlight",
+        ])
+        .arg("--mount")
+        .arg(format!(
+            "type=bind,src={},dst=/ctl,options=rbind:rw",
+            ctl.display()
+        ))
+        .args([image, id, "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The runnable image whose bundle is cut: busybox, a small file and a
+/// held one (first in the bundle), then large incompressible ones.
+fn arriving_image() -> Files {
+    let mut c = Files::new();
+    c.insert("app/a-small.bin".into(), serve_support::noise(300, 3000));
+    c.insert("app/b-held.bin".into(), serve_support::noise(301, 100_000));
+    for i in 0..12u64 {
+        c.insert(
+            format!("app/c-large-{i:02}.bin"),
+            serve_support::noise(310 + i, 1 << 20),
+        );
+    }
+    c
+}
+
+/// Issue 13, item 2: a container started from an image whose bundle is
+/// still arriving (the proxy paced to 600 kB/s) keeps running across
+/// `kill -9` of starlightd; the next starlightd (given the fd store's fds)
+/// resumes the pull on its own, naming the verified contents as held, and
+/// the container's later reads of files it had not opened yet (and of the
+/// one it held open) return exact bytes, no ENOTCONN, EIO or ESTALE.
+#[test]
+#[ignore = "needs root: containerd, runc, FUSE mounts"]
+fn a_container_on_an_image_still_arriving_survives_kill9_and_the_pull_resumes() {
+    if let Some(reason) = skip_reason() {
+        panic!("needs root and /dev/fuse: {reason}");
+    }
+    let world = World::new();
+    let c = arriving_image();
+    let c_ref = push_runnable(&world.reg, "survive/arriving", &c);
+    let setup = world.setup(world.dir.path().join("state"));
+    let notify_path = world.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut store = FdStore::new();
+    let paced = world.proxy(Some(600_000));
+    let mut daemon = start_as_systemd(
+        &setup,
+        paced.addr,
+        &notify,
+        &notify_path,
+        &mut store,
+        "first.log",
+    );
+    world.wait_for_snapshotter();
+    let report = daemon.pull(&world.rt, &c_ref, false);
+    assert_eq!(
+        report.complete, None,
+        "answered at registration: {report:?}"
+    );
+
+    let ctl = world.dir.path().join("ctl");
+    std::fs::create_dir(&ctl).unwrap();
+    let script = "sha256sum /app/a-small.bin || exit 9; exec 5</app/b-held.bin || exit 8; \
+                  echo started; while [ ! -e /ctl/go ]; do sleep 0.1 || exit 6; done; \
+                  cat <&5 | sha256sum; for f in /app/c-large-*.bin; do sha256sum \"$f\" || exit 7; done; \
+                  echo finished";
+    let id = support::containerd::unique_name("arriving");
+    let (mut ctr, lines) = run_container(&world, &c_ref, &id, &ctl, script);
+    let first = lines.recv_timeout(Duration::from_secs(120)).unwrap();
+    assert!(
+        first.starts_with(&hex::encode(Sha256::digest(&c["app/a-small.bin"]))),
+        "{first}"
+    );
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(60)).unwrap(),
+        "started"
+    );
+
+    // The crash, while the bundle is still arriving.
+    let info = find(&daemon.images(&world.rt), &c_ref).clone();
+    assert!(
+        !info.complete && info.contents_held < info.contents,
+        "the bundle must still be arriving at the kill: {info:?}"
+    );
+    println!(
+        "killed with {} of {} contents held",
+        info.contents_held, info.contents
+    );
+    let kept = drain(&notify, &mut store, Duration::from_secs(10), &|_, s| {
+        !s.is_empty()
+    });
+    assert!(kept, "no FDSTORE message:\n{}", daemon.log_text());
+    let _ = daemon.child.kill();
+    let _ = daemon.child.wait();
+    drop(paced);
+    let proxy = world.proxy(None);
+    let daemon2 = start_as_systemd(
+        &setup,
+        proxy.addr,
+        &notify,
+        &notify_path,
+        &mut store,
+        "second.log",
+    );
+    std::fs::write(ctl.join("go"), b"").unwrap();
+
+    let mut got = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(120)) {
+        got.push(line);
+    }
+    let status = ctr.wait().unwrap();
+    let mut err = String::new();
+    ctr.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let log = daemon2.log_text();
+    assert!(status.success(), "{status}: {err}\n{got:?}\n{log}");
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("finished"),
+        "{got:?} {err}"
+    );
+    assert!(got[0].starts_with(&hex::encode(Sha256::digest(&c["app/b-held.bin"]))));
+    for (i, l) in got[1..got.len() - 1].iter().enumerate() {
+        let path = format!("app/c-large-{i:02}.bin");
+        let want = format!("{}  /{path}", hex::encode(Sha256::digest(&c[&path])));
+        assert_eq!(l, &want);
+    }
+    assert_eq!(got.len(), 14, "{got:?}");
+    assert!(
+        log.contains("serving the connection kept across the restart"),
+        "{log}"
+    );
+    let held: usize = log
+        .lines()
+        .find(|l| l.contains("resuming a partly present image"))
+        .and_then(|l| l.split("held=").nth(1))
+        .and_then(|h| h.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no resumed pull in:\n{log}"));
+    assert!(
+        held >= info.contents_held && held > 0,
+        "held {held}, {info:?}"
+    );
+    assert!(
+        log.contains("resumed the pull cut short by the last stop"),
+        "{log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !find(&daemon2.images(&world.rt), &c_ref).complete {
+        assert!(
+            Instant::now() < deadline,
+            "never complete:\n{}",
+            daemon2.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("resumed with {held} contents named held; the container read every file");
+    world.wait_for_snapshotter();
+    world.ctrd.ctr_ok(&["containers", "rm", &id]);
+    drop(store);
+}
+
+/// Issue 13, item 2, where there is no systemd (no fd store): starlightd A
+/// serves an image; a process holds a file of it open with its working
+/// directory in the mount. `starlightd run --take-over` (B) connects to
+/// A's hand-over socket and receives every mount's `/dev/fuse` fd and
+/// session state; A exits without unmounting; the process keeps reading
+/// (the held file, and a file it never opened) and B serves the mount.
+/// A `--take-over` with no daemon running fails, and changes nothing.
+#[test]
+#[ignore = "needs root: containerd, FUSE mounts"]
+fn without_systemd_a_new_daemon_takes_the_mounts_over_through_the_socket() {
+    if let Some(reason) = skip_reason() {
+        panic!("needs root and /dev/fuse: {reason}");
+    }
+    let world = World::new();
+    let (_, b) = images();
+    let b_ref = push(&world.reg, "handover/b", &b);
+    let state = world.dir.path().join("state");
+    let setup = world.setup(state.clone());
+    let proxy = world.proxy(None);
+    let mut old = setup.start(proxy.addr, "old.log");
+    world.wait_for_snapshotter();
+    let report = old.pull(&world.rt, &b_ref, true);
+    assert_eq!(report.complete, Some(true), "{report:?}");
+    let mount = mount_of(find(&old.images(&world.rt), &b_ref));
+    assert!(state.join("handover.sock").exists());
+    let mut user = user_of(&mount);
+
+    let t = Instant::now();
+    let new = setup
+        .try_start_with(proxy.addr, "new.log", &["--take-over"])
+        .unwrap_or_else(|e| panic!("the new daemon did not start: {e}\n{}", old.log_text()));
+    println!(
+        "taken over, the new starlightd ready after {:?}",
+        t.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = old.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old daemon did not exit:\n{}",
+            old.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}:\n{}", old.log_text());
+    assert!(old
+        .log_text()
+        .contains("handed the mounts over to a new starlightd"));
+    let log = new.log_text();
+    assert!(
+        log.contains("mount connections handed over by the running starlightd"),
+        "{log}"
+    );
+    assert!(
+        log.contains("serving the connection kept across the restart"),
+        "{log}"
+    );
+    assert!(starlight_worker_mounts_has(&mount), "the mount stays");
+
+    finish_user(&mut user, &b);
+    let got = read_all(&mount, &b);
+    assert!(got.values().all(Result::is_ok), "{got:?}");
+    assert!(find(&new.images(&world.rt), &b_ref).complete);
+
+    // The new daemon is the one serving: a stop unmounts.
+    let mut new = new;
+    sigterm_and_wait(&mut new);
+    assert!(!starlight_worker_mounts_has(&mount), "a stop unmounts");
+    let err = match setup.try_start_with(proxy.addr, "nobody.log", &["--take-over"]) {
+        Ok(_) => panic!("--take-over started with no daemon to take over from"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("taking the mounts over from the running starlightd"),
+        "{err}"
+    );
+}

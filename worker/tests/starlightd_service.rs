@@ -96,6 +96,7 @@ fn run_notifies_systemd_serves_the_api_and_stops_on_sigterm() {
             &api,
             &Request::Remove {
                 image: "nothing:here".into(),
+                force: false,
             },
             |_| {},
         ))

@@ -11,6 +11,10 @@ use super::api::{human_bytes, request, ApiArgs};
 pub struct Args {
     #[command(flatten)]
     api: ApiArgs,
+    /// Remove the image even if containers use it (their root filesystems
+    /// lose its files); without it, an image in use is refused.
+    #[arg(long)]
+    force: bool,
     /// The image (reference or manifest digest).
     image: String,
 }
@@ -19,6 +23,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let req = Request::Remove {
         image: args.image.clone(),
+        force: args.force,
     };
     let response = request(&args.api, &req, |_| {}).await?;
     let Response::Removed {

@@ -167,6 +167,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             &args.api.socket,
             &Request::Remove {
                 image: image.clone(),
+                force: false,
             },
             |_| {},
         )

@@ -40,10 +40,14 @@ pub enum Request {
     /// List the images starlightd holds.
     Images,
     /// Remove an image (by reference or manifest digest) and the contents
-    /// no other image uses.
+    /// no other image uses. Refused while snapshots (containers' root
+    /// filesystems) stand on it, unless `force`.
     Remove {
         /// The image.
         image: String,
+        /// Remove it even if containers use it (they lose its files).
+        #[serde(default)]
+        force: bool,
     },
     /// Return and clear the trace recorded for an image pulled with `trace`.
     TakeTrace {

@@ -136,6 +136,7 @@ async fn handle(
                     wait,
                     trace,
                     unordered,
+                    no_register: false,
                 },
                 progress,
             )
@@ -146,9 +147,9 @@ async fn handle(
             })
             .map(Response::Pulled),
         Request::Images => manager.images().map(Response::Images),
-        Request::Remove { image } => {
+        Request::Remove { image, force } => {
             manager
-                .remove(&image)
+                .remove(&image, force)
                 .await
                 .map(|(digest, contents_freed, bytes_freed)| Response::Removed {
                     digest,

@@ -340,9 +340,16 @@ impl ImageManager {
 
     /// Removes `image` (a reference or digest) and the contents no other
     /// image uses; returns its digest, and the contents and bytes freed.
-    pub async fn remove(&self, image: &str) -> Result<(String, usize, u64), ManagerError> {
+    /// An image that snapshots stand on (a container's root filesystem) is
+    /// refused unless `force`.
+    pub async fn remove(
+        &self,
+        image: &str,
+        force: bool,
+    ) -> Result<(String, usize, u64), ManagerError> {
         let _gate = self.gate.write().await;
         let record = self.find(image)?;
+        self.check_unused(&record, force).await?;
         let digest = record.digest();
         // Whatever containerd names it (the reference, by definition here).
         if let Err(reason) = self.registry.remove(record.reference.as_str()).await {

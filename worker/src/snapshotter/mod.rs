@@ -5,9 +5,11 @@
 
 mod service;
 pub mod store;
+mod users;
 
 pub use service::{InfoStream, OverlaySnapshotter, SnapshotError};
 use transport_quic::Digest;
+pub use users::{image_users, ImageUsers};
 
 /// Label of a committed snapshot that belongs to a Starlight image: its
 /// value is the image's manifest digest. Such a snapshot has no files of its

@@ -64,6 +64,16 @@ impl Setup {
     /// Starts `starlightd run`; `Ok` once it said READY=1, `Err` with its
     /// exit status and log if it exited first.
     pub fn try_start(&self, proxy: std::net::SocketAddr, log_name: &str) -> Result<Daemon, String> {
+        self.try_start_with(proxy, log_name, &[])
+    }
+
+    /// [`Setup::try_start`] with `args` after `run`.
+    pub fn try_start_with(
+        &self,
+        proxy: std::net::SocketAddr,
+        log_name: &str,
+        args: &[&str],
+    ) -> Result<Daemon, String> {
         let config = self.config(proxy);
         let notify_path = self.dir.join(format!("{}.sock", unique_name("notify")));
         let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -76,6 +86,7 @@ impl Setup {
             .arg("--config")
             .arg(&config)
             .arg("run")
+            .args(args)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info,polyfuse=warn")
             .envs(self.env.iter().copied())
@@ -213,6 +224,55 @@ pub fn push(reg: &TestRegistry, repo: &str, files: &Files) -> String {
     let layer = starlight_layer(&serve_support::tar_of(&list, 1), Compression::Gzip);
     let mut layout = common::layout::OciLayout::new();
     let desc = layout.add_image("linux", "amd64", &[layer], &["/app/main"]);
+    layout.tag("v1", &desc);
+    let reference = format!("{}/{repo}:v1", reg.addr);
+    layout.push("v1", &reference, false);
+    reference
+}
+
+/// Pushes an image a container can run: busybox (`/bin/sh` and a few
+/// applets, first in the layer so it arrives first) and `files`.
+pub fn push_runnable(reg: &TestRegistry, repo: &str, files: &Files) -> String {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt install busybox-static)");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>, mode: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        match link {
+            Some(target) => b.append_link(&mut h, path, target).unwrap(),
+            None => b.append_data(&mut h, path, data).unwrap(),
+        }
+    };
+    for d in [
+        "bin/", "etc/", "dev/", "proc/", "sys/", "tmp/", "ctl/", "app/",
+    ] {
+        add(d, tar::EntryType::Directory, &[], None, 0o755);
+    }
+    add(
+        "bin/busybox",
+        tar::EntryType::Regular,
+        &busybox,
+        None,
+        0o755,
+    );
+    for applet in ["sh", "cat", "echo", "sleep", "sha256sum", "test", "["] {
+        add(
+            &format!("bin/{applet}"),
+            tar::EntryType::Symlink,
+            &[],
+            Some("busybox"),
+            0o777,
+        );
+    }
+    for (path, data) in files {
+        add(path, tar::EntryType::Regular, data, None, 0o644);
+    }
+    let layer = starlight_layer(&b.into_inner().unwrap(), Compression::Gzip);
+    let mut layout = common::layout::OciLayout::new();
+    let desc = layout.add_image("linux", "amd64", &[layer], &["/bin/sh"]);
     layout.tag("v1", &desc);
     let reference = format!("{}/{repo}:v1", reg.addr);
     layout.push("v1", &reference, false);
