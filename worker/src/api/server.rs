@@ -136,6 +136,7 @@ async fn handle(
                     wait,
                     trace,
                     unordered,
+                    skip_registration: false,
                 },
                 progress,
             )

@@ -3,9 +3,11 @@
 //! (`[proxy_plugins.starlight] type = "snapshot"`), with its metadata in
 //! RocksDB under the state directory.
 
+pub mod remote;
 mod service;
 pub mod store;
 
+pub use remote::{RemoteImage, RemoteImages};
 pub use service::{InfoStream, OverlaySnapshotter, SnapshotError};
 use transport_quic::Digest;
 
