@@ -102,9 +102,15 @@ impl RemotePuller {
                 let not_starlight = matches!(&e, ManagerError::Pull { reason, .. }
                     if reason.contains(&ErrorCode::NotStarlight.to_string()));
                 if not_starlight {
-                    info!(image = reference, "not a Starlight image: containerd unpacks it");
+                    info!(
+                        image = reference,
+                        "not a Starlight image: containerd unpacks it"
+                    );
                 } else {
-                    warn!(image = reference, "cannot pull through Starlight ({e}): containerd unpacks it");
+                    warn!(
+                        image = reference,
+                        "cannot pull through Starlight ({e}): containerd unpacks it"
+                    );
                 }
                 return Ok(None);
             }

@@ -98,7 +98,11 @@ disabled_plugins = [{cri}
                 state = dir.path().join("state").display(),
                 socket = socket.display(),
                 opt = dir.path().join("opt").display(),
-                cri = if cri { "" } else { "\n  \"io.containerd.grpc.v1.cri\"," },
+                cri = if cri {
+                    ""
+                } else {
+                    "\n  \"io.containerd.grpc.v1.cri\","
+                },
             ),
         )
         .expect("write containerd config");

@@ -136,10 +136,7 @@ impl OverlaySnapshotter {
         let _serial = self.remote_lock.lock().await;
         let name = remote_name(&req.target, parent);
         if let Ok(r) = self.record(&name) {
-            let held = r
-                .labels
-                .get(LABEL_IMAGE)
-                .is_some_and(|d| remote.holds(d));
+            let held = r.labels.get(LABEL_IMAGE).is_some_and(|d| remote.holds(d));
             if r.kind == Kind::Committed && held {
                 tracing::debug!(target = %req.target, name, "remote snapshot present");
                 return Ok(true);
@@ -321,7 +318,9 @@ mod tests {
         assert_eq!(*remote.pulls.lock().unwrap(), 1);
         let r1 = sn.record(&remote_name("sha256:c1", &c0)).unwrap();
         assert_eq!(r1.parent, c0);
-        assert!(r1.labels.contains_key(&top_of_label(&image().manifest_digest)));
+        assert!(r1
+            .labels
+            .contains_key(&top_of_label(&image().manifest_digest)));
         // A layer that is not the image's: an ordinary snapshot.
         sn.prepare("ns/3/x".into(), String::new(), labels("sha256:other"))
             .await

@@ -23,13 +23,16 @@ use k8s_cri::v1::{
 /// The CRI plugin's settings for containerd 1.6's config (version 2):
 /// images pulled for the `starlight` snapshotter with the snapshot
 /// annotations on, `registry` reached over plain HTTP, `sandbox_image` as
-/// the pause image.
+/// the pause image (AppArmor off and the OOM score capped: test hosts).
 pub fn cri_config(registry: &str, sandbox_image: &str, cni_dir: &Path) -> String {
     format!(
         r#"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox_image}"
   disable_apparmor = true
+  # Sandboxed test hosts refuse a lower oom_score_adj (CRI sets -998 on
+  # pod sandboxes): keep containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "starlight"
     disable_snapshot_annotations = false
@@ -108,7 +111,8 @@ impl Cri {
                 namespace: "starlight-test".into(),
                 attempt: 0,
             }),
-            hostname: "starlight-test".into(),
+            // Host network shares the host's UTS namespace: no hostname.
+            hostname: String::new(),
             log_directory: log_dir.display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
