@@ -31,6 +31,9 @@ enum Command {
     Images(cmd::images::Args),
     /// Remove an image from starlightd and free its unused contents.
     Rm(cmd::rm::Args),
+    /// Pull an image into containerd through starlightd's remote snapshots
+    /// (containerd-client pull with the image labels; no layer download).
+    Rpull(cmd::rpull::Args),
     /// Collect startup traces of an image and upload them to the proxy.
     Trace(cmd::trace::Args),
     /// Show how the proxy orders an image's files (average rank, hits).
@@ -69,6 +72,7 @@ fn main() -> std::process::ExitCode {
             Command::Pull(args) => cmd::pull::run(args).await,
             Command::Images(args) => cmd::images::run(args).await,
             Command::Rm(args) => cmd::rm::run(args).await,
+            Command::Rpull(args) => cmd::rpull::run(args).await,
             Command::Trace(args) => cmd::trace::run(args).await,
             Command::Ranks(args) => cmd::ranks::run(args).await,
         }

@@ -192,3 +192,76 @@ fn cri_pull_of_a_plain_image_falls_back_to_unpacking() {
     let held = s.daemon.images(&s.world.rt);
     assert!(held.iter().all(|i| i.name != plain.reference), "{held:?}");
 }
+
+/// What `starlight rpull` does: resolve in the registry, then pull into
+/// containerd with the image labels on every layer's Prepare.
+fn rpull(
+    s: &Setup,
+    image: &Pushed,
+) -> Result<starlight_worker::containerd::RemotePullReport, String> {
+    use starlight_worker::containerd::{remote_pull, Containerd};
+    s.world.rt.block_on(async {
+        let resolved = RegistryClient::new(true)
+            .resolve_image(&image.reference, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let pull = remote_pull(
+            &image.reference,
+            &resolved.manifest_digest,
+            &resolved.manifest_media_type,
+            &resolved.manifest_raw,
+            &resolved.config_raw,
+        )
+        .map_err(|e| e.to_string())?;
+        let containerd = Containerd::connect(&s.world.ctrd.socket, &s.world.namespace)
+            .await
+            .map_err(|e| e.to_string())?;
+        containerd
+            .pull_remote(&pull, "starlight")
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+#[ignore = "needs root: containerd, runc and FUSE"]
+fn client_pull_with_the_image_labels_runs_with_ctr_run() {
+    let s = setup();
+    let app = push_app(&s.world.reg, "rapp", true);
+    index(&s, &app);
+    let log_from = s.world.reg.log().len();
+
+    let report = rpull(&s, &app).unwrap_or_else(|e| panic!("{e}\n{}", s.daemon.log_text()));
+    assert_eq!((report.remote, report.present), (2, 0));
+    let id = support::containerd::unique_name("rpull");
+    let script = format!("cat /etc/greeting; echo {READY}");
+    let out = s.world.ctrd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "starlight",
+        &app.reference,
+        &id,
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), [GREETING, READY], "{out}");
+    let full = full_blob_gets(&s.world.reg.log(), log_from, &app);
+    assert!(full.is_empty(), "full blob GETs: {full:#?}");
+    let images = s.world.ctrd.ctr_ok(&["images", "ls", "-q"]);
+    assert!(images.lines().any(|l| l == app.reference), "{images}");
+    let log = s.daemon.log_text();
+    assert_eq!(log.matches("pulled for containerd").count(), 1, "{log}");
+    // Again: every layer is there already.
+    let again = rpull(&s, &app).unwrap();
+    assert_eq!((again.remote, again.present), (0, 2));
+
+    // A plain image is refused (it needs containerd's own unpacking), and
+    // leaves no image record.
+    let plain = push_app(&s.world.reg, "rplain", false);
+    let err = rpull(&s, &plain).unwrap_err();
+    assert!(err.contains("no remote snapshot"), "{err}");
+    let images = s.world.ctrd.ctr_ok(&["images", "ls", "-q"]);
+    assert!(!images.lines().any(|l| l == plain.reference), "{images}");
+}

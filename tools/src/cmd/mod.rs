@@ -7,6 +7,7 @@ pub mod images;
 pub mod pull;
 pub mod ranks;
 pub mod rm;
+pub mod rpull;
 pub mod trace;
 
 /// The bearer token from `--token` (or `STARLIGHT_TOKEN`) or `--token-file`.
