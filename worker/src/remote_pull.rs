@@ -119,7 +119,7 @@ impl RemotePuller {
         self.pulled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.clone());
+            .insert(digest);
         if wanted.as_ref().is_some_and(|w| *w != digest) {
             warn!(
                 image = reference,

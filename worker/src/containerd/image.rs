@@ -109,7 +109,7 @@ pub fn plan_of(
         manifest_media_type,
         config: config_raw,
     };
-    let actual = sha256_digest(&header.manifest);
+    let actual = sha256_digest(header.manifest);
     if actual != header.manifest_digest {
         return Err(PlanError::Digest {
             what: "manifest",
@@ -117,7 +117,7 @@ pub fn plan_of(
             actual,
         });
     }
-    let manifest: serde_json::Value = serde_json::from_slice(&header.manifest)
+    let manifest: serde_json::Value = serde_json::from_slice(header.manifest)
         .map_err(|e| PlanError::Malformed(format!("manifest is not JSON: {e}")))?;
     let config_desc = manifest
         .get("config")
@@ -127,7 +127,7 @@ pub fn plan_of(
         .and_then(|d| d.as_str())
         .filter(|d| is_sha256_digest(d))
         .ok_or_else(|| PlanError::Malformed("manifest config has no sha256 digest".into()))?;
-    let actual = sha256_digest(&header.config);
+    let actual = sha256_digest(header.config);
     if actual != config_digest {
         return Err(PlanError::Digest {
             what: "config",
@@ -149,7 +149,7 @@ pub fn plan_of(
             .unwrap_or(OCI_MANIFEST)
             .to_string()
     };
-    let config: serde_json::Value = serde_json::from_slice(&header.config)
+    let config: serde_json::Value = serde_json::from_slice(header.config)
         .map_err(|e| PlanError::Malformed(format!("config is not JSON: {e}")))?;
     let diff_ids = config
         .get("rootfs")

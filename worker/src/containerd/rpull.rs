@@ -232,27 +232,22 @@ impl Containerd {
     }
 }
 
-/// The manifest, config and layer digests of a pull, checked.
+/// The manifest, config and layer digests of a pull of `name`, checked.
 pub fn remote_pull(
     name: &str,
     manifest_digest: &str,
     manifest_media_type: &str,
     manifest_raw: &[u8],
     config_raw: &[u8],
-) -> Result<RemotePull, ContainerdError> {
-    let bad = |source| ContainerdError::Image {
-        name: name.to_string(),
-        source,
-    };
+) -> Result<RemotePull, super::PlanError> {
     let plan = super::image::plan_of(
         manifest_digest,
         manifest_raw,
         manifest_media_type,
         config_raw,
-    )
-    .map_err(bad)?;
+    )?;
     let manifest: serde_json::Value = serde_json::from_slice(manifest_raw)
-        .map_err(|e| bad(super::PlanError::Malformed(e.to_string())))?;
+        .map_err(|e| super::PlanError::Malformed(e.to_string()))?;
     let layers: Vec<String> = manifest
         .get("layers")
         .and_then(|l| l.as_array())
