@@ -76,6 +76,9 @@ Examples:
   starlight rm 127.0.0.1:5000/app:v1
   starlight rm sha256:3f2a...")]
     Rm(cmd::rm::Args),
+    /// Pull an image into containerd through starlightd's remote snapshots
+    /// (containerd-client pull with the image labels; no layer download).
+    Rpull(cmd::rpull::Args),
     /// Collect startup traces of an image and upload them to the proxy.
     #[command(after_long_help = "\
 Examples:
@@ -126,6 +129,7 @@ fn main() -> std::process::ExitCode {
             Command::Pull(args) => cmd::pull::run(args).await,
             Command::Images(args) => cmd::images::run(args).await,
             Command::Rm(args) => cmd::rm::run(args).await,
+            Command::Rpull(args) => cmd::rpull::run(args).await,
             Command::Trace(args) => cmd::trace::run(args).await,
             Command::Ranks(args) => cmd::ranks::run(args).await,
             Command::Gc(args) => cmd::gc::run(args).await,

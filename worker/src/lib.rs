@@ -16,6 +16,8 @@
 //! - [`notify`]: systemd readiness notification.
 //! - [`containerd`]: a containerd client that registers images from bundle headers.
 //! - [`registration`]: the image manager's link to [`containerd`].
+//! - [`remote_pull`]: the images of the snapshotter's remote snapshots
+//!   (containerd's own pulls, CRI), pulled by the image manager.
 //! - [`header_check`]: the checks every bundle header passes before any use.
 //! - [`config`]: starlightd's TOML configuration and flag overrides
 //!   ([`proxy_addr`]: the proxy's `HOST:PORT`; [`gc_config`]: the store's bound).
@@ -38,6 +40,7 @@ pub mod proxy_addr;
 pub mod receiver;
 pub mod recovery;
 pub mod registration;
+pub mod remote_pull;
 pub mod snapshotter;
 pub mod store;
 pub mod trace;

@@ -342,6 +342,10 @@ async fn daemon(config: starlight_worker::config::Config, take_over: bool) -> an
     snapshotter.set_image_mounts(manager.clone());
     manager.set_snapshotter(snapshotter.clone());
     manager.set_image_users(snapshotter.clone());
+    // containerd's own pulls (CRI) of Starlight images: one bundle each.
+    snapshotter.set_remote_images(Arc::new(starlight_worker::remote_pull::RemotePuller::new(
+        manager.clone(),
+    )));
     let api = api_server::bind(&config.api_socket, &api_policy)
         .with_context(|| format!("binding the API socket {}", config.api_socket.display()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

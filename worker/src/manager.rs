@@ -204,9 +204,11 @@ pub struct PullOptions {
     pub trace: bool,
     /// Layer order instead of ranks.
     pub unordered: bool,
-    /// Do not register the image in containerd (the caller does: a pull
-    /// resumed at start, before containerd reconnected).
-    pub no_register: bool,
+    /// Leave containerd alone: the image is mounted but not registered
+    /// (a remote-snapshot pull, where containerd's own pull makes the
+    /// image record and the snapshotter the snapshots; or a pull resumed at
+    /// start, registered by its caller once containerd reconnected).
+    pub skip_registration: bool,
 }
 
 /// The images starlightd holds.
@@ -637,6 +639,11 @@ impl ImageManager {
         }))
     }
 
+    /// The record of the image with manifest digest `digest`, if held.
+    pub fn record(&self, digest: &Digest) -> Result<Option<ImageRecord>, ManagerError> {
+        Ok(self.meta.get(digest)?)
+    }
+
     /// The record named by `image`: a reference or a manifest digest.
     fn find(&self, image: &str) -> Result<ImageRecord, ManagerError> {
         let reference = ImageReference::parse(image)?;
@@ -754,7 +761,7 @@ impl ImageManager {
                     if let Some(record) = self.meta.by_reference(&reference)? {
                         if record.complete && record.contents_present(&self.store) {
                             warn!(image, "the proxy is unreachable ({reason}); using the complete local image");
-                            return self.pull_local(record, options.trace, t0).await;
+                            return self.pull_local(record, &options, t0).await;
                         }
                     }
                 }
@@ -811,7 +818,7 @@ impl ImageManager {
         if options.trace {
             trace.enable();
         }
-        if !options.no_register {
+        if !options.skip_registration {
             self.registry
                 .register(image, &header)
                 .await
@@ -911,21 +918,23 @@ impl ImageManager {
     async fn pull_local(
         &self,
         record: ImageRecord,
-        trace: bool,
+        options: &PullOptions,
         t0: Instant,
     ) -> Result<PullReport, ManagerError> {
         let _ = self.meta.touch(&record.digest(), gc::now_secs());
         let tracer = self.ensure_mounted(&record).await?;
-        if trace {
+        if options.trace {
             tracer.enable();
         }
-        self.registry
-            .register(record.reference.as_str(), &record.header)
-            .await
-            .map_err(|reason| ManagerError::Register {
-                image: record.reference.to_string(),
-                reason,
-            })?;
+        if !options.skip_registration {
+            self.registry
+                .register(record.reference.as_str(), &record.header)
+                .await
+                .map_err(|reason| ManagerError::Register {
+                    image: record.reference.to_string(),
+                    reason,
+                })?;
+        }
         let elapsed = secs(t0.elapsed());
         Ok(PullReport {
             image: record.reference.to_string(),

@@ -8,6 +8,7 @@ pub mod images;
 pub mod pull;
 pub mod ranks;
 pub mod rm;
+pub mod rpull;
 pub mod status;
 pub mod trace;
 

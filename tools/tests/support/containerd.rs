@@ -56,6 +56,18 @@ impl Containerd {
     /// Like [`Containerd::start`], with `extra` appended to the config file
     /// (for example a `[proxy_plugins.NAME]` table).
     pub fn start_with(extra: &str) -> Self {
+        Self::start_configured(extra, false)
+    }
+
+    /// Like [`Containerd::start_with`], with the CRI plugin enabled (its
+    /// settings belong in `extra`). CRI works in the `k8s.io` namespace.
+    pub fn start_with_cri(extra: &str) -> Self {
+        let mut c = Self::start_configured(extra, true);
+        c.namespace = "k8s.io".into();
+        c
+    }
+
+    fn start_configured(extra: &str, cri: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("starlight-containerd.")
             .tempdir()
@@ -68,8 +80,7 @@ impl Containerd {
                 r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
+disabled_plugins = [{cri}
   "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper",
@@ -87,6 +98,11 @@ disabled_plugins = [
                 state = dir.path().join("state").display(),
                 socket = socket.display(),
                 opt = dir.path().join("opt").display(),
+                cri = if cri {
+                    ""
+                } else {
+                    "\n  \"io.containerd.grpc.v1.cri\","
+                },
             ),
         )
         .expect("write containerd config");

@@ -136,7 +136,7 @@ async fn handle(
                     wait,
                     trace,
                     unordered,
-                    no_register: false,
+                    skip_registration: false,
                 },
                 progress,
             )

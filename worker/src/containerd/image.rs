@@ -77,17 +77,47 @@ fn is_sha256_digest(d: &str) -> bool {
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// The pieces of a header [`plan_of`] reads.
+struct Blobs<'a> {
+    manifest_digest: &'a str,
+    manifest: &'a [u8],
+    manifest_media_type: &'a str,
+    config: &'a [u8],
+}
+
 /// Checks the header's manifest and config and computes the chain ids.
 pub fn plan(header: &Header) -> Result<ImagePlan, PlanError> {
-    let actual = sha256_digest(&header.manifest);
+    plan_of(
+        &header.manifest_digest,
+        &header.manifest,
+        &header.manifest_media_type,
+        &header.config,
+    )
+}
+
+/// [`plan`] of a manifest (named by `manifest_digest`, of media type
+/// `manifest_media_type`, empty: the document's own) and its config.
+pub fn plan_of(
+    manifest_digest: &str,
+    manifest_raw: &[u8],
+    manifest_media_type: &str,
+    config_raw: &[u8],
+) -> Result<ImagePlan, PlanError> {
+    let header = Blobs {
+        manifest_digest,
+        manifest: manifest_raw,
+        manifest_media_type,
+        config: config_raw,
+    };
+    let actual = sha256_digest(header.manifest);
     if actual != header.manifest_digest {
         return Err(PlanError::Digest {
             what: "manifest",
-            expected: header.manifest_digest.clone(),
+            expected: header.manifest_digest.to_string(),
             actual,
         });
     }
-    let manifest: serde_json::Value = serde_json::from_slice(&header.manifest)
+    let manifest: serde_json::Value = serde_json::from_slice(header.manifest)
         .map_err(|e| PlanError::Malformed(format!("manifest is not JSON: {e}")))?;
     let config_desc = manifest
         .get("config")
@@ -97,7 +127,7 @@ pub fn plan(header: &Header) -> Result<ImagePlan, PlanError> {
         .and_then(|d| d.as_str())
         .filter(|d| is_sha256_digest(d))
         .ok_or_else(|| PlanError::Malformed("manifest config has no sha256 digest".into()))?;
-    let actual = sha256_digest(&header.config);
+    let actual = sha256_digest(header.config);
     if actual != config_digest {
         return Err(PlanError::Digest {
             what: "config",
@@ -111,7 +141,7 @@ pub fn plan(header: &Header) -> Result<ImagePlan, PlanError> {
         .unwrap_or(OCI_CONFIG)
         .to_string();
     let manifest_media_type = if !header.manifest_media_type.is_empty() {
-        header.manifest_media_type.clone()
+        header.manifest_media_type.to_string()
     } else {
         manifest
             .get("mediaType")
@@ -119,7 +149,7 @@ pub fn plan(header: &Header) -> Result<ImagePlan, PlanError> {
             .unwrap_or(OCI_MANIFEST)
             .to_string()
     };
-    let config: serde_json::Value = serde_json::from_slice(&header.config)
+    let config: serde_json::Value = serde_json::from_slice(header.config)
         .map_err(|e| PlanError::Malformed(format!("config is not JSON: {e}")))?;
     let diff_ids = config
         .get("rootfs")
@@ -143,14 +173,14 @@ pub fn plan(header: &Header) -> Result<ImagePlan, PlanError> {
         .collect::<Result<_, _>>()?;
     Ok(ImagePlan {
         manifest: Blob {
-            digest: header.manifest_digest.clone(),
+            digest: header.manifest_digest.to_string(),
             media_type: manifest_media_type,
-            data: header.manifest.clone(),
+            data: header.manifest.to_vec(),
         },
         config: Blob {
             digest: config_digest.to_string(),
             media_type: config_media_type,
-            data: header.config.clone(),
+            data: header.config.to_vec(),
         },
         chain_ids: chain_ids(&diff_ids),
     })

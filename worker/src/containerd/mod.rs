@@ -19,14 +19,16 @@
 
 pub mod image;
 pub mod list;
+mod rpull;
+
+pub use rpull::{remote_pull, RemotePull, RemotePullReport};
 
 use containerd_client::services::v1::{
     content_client::ContentClient, images_client::ImagesClient, leases_client::LeasesClient,
     snapshots::snapshots_client::SnapshotsClient, snapshots::CommitSnapshotRequest,
     snapshots::Info as SnapshotInfo, snapshots::PrepareSnapshotRequest,
     snapshots::RemoveSnapshotRequest, snapshots::StatSnapshotRequest,
-    snapshots::UpdateSnapshotRequest, AddResourceRequest, CreateImageRequest,
-    CreateRequest as CreateLeaseRequest, DeleteImageRequest, DeleteRequest as DeleteLeaseRequest,
+    snapshots::UpdateSnapshotRequest, AddResourceRequest, CreateImageRequest, DeleteImageRequest,
     GetImageRequest, Image, InfoRequest, Resource, UpdateImageRequest,
     UpdateRequest as UpdateContentRequest, WriteAction, WriteContentRequest,
 };
@@ -84,6 +86,14 @@ pub enum ContainerdError {
         op: &'static str,
         /// containerd's answer.
         status: Status,
+    },
+    /// A layer was not answered as a remote snapshot (no Starlight image).
+    #[error("image {name}: layer {layer} is no remote snapshot (not a Starlight image?): pull it with `ctr images pull --snapshotter starlight`")]
+    NotRemote {
+        /// The image name.
+        name: String,
+        /// The layer's digest.
+        layer: String,
     },
     /// A containerd call did not answer in time.
     #[error("containerd {0}: no answer within {CALL_TIMEOUT:?}")]
@@ -199,41 +209,13 @@ impl Containerd {
             name: name.to_string(),
             source,
         })?;
-        let lease_id = format!("starlight-register-{}", unique_suffix());
-        let expire = humantime::format_rfc3339_seconds(SystemTime::now() + LEASE_TTL).to_string();
-        call(
-            "create lease",
-            LeasesClient::new(self.channel.clone()).create(self.request(
-                CreateLeaseRequest {
-                    id: lease_id.clone(),
-                    labels: labels(&[(GC_EXPIRE, &expire)]),
-                },
-                None,
-            )),
-        )
-        .await?;
-        let lease: MetadataValue<Ascii> = lease_id
-            .parse()
-            .map_err(|_| ContainerdError::Namespace(lease_id.clone()))?;
+        let (lease_id, lease) = self.create_lease("starlight-register").await?;
         let result = self
             .register_under_lease(name, &plan, snapshotter, &lease_id, &lease)
             .await;
         // The lease goes whatever happened: on success the image record now
         // holds everything; on failure GC takes the pieces.
-        let deleted = call(
-            "delete lease",
-            LeasesClient::new(self.channel.clone()).delete(self.request(
-                DeleteLeaseRequest {
-                    id: lease_id.clone(),
-                    sync: false,
-                },
-                None,
-            )),
-        )
-        .await;
-        if let Err(e) = &deleted {
-            tracing::warn!(lease = %lease_id, "cannot delete registration lease: {e}");
-        }
+        self.delete_lease(&lease_id).await;
         result?;
         tracing::info!(
             image = name,

@@ -82,7 +82,7 @@ impl ImageManager {
             // containerd may not have reconnected to the snapshotter yet:
             // the image is registered once the receive goes on.
             let options = PullOptions {
-                no_register: true,
+                skip_registration: true,
                 ..PullOptions::default()
             };
             let err = match self.pull(&image, options, progress).await {

@@ -3,10 +3,12 @@
 //! (`[proxy_plugins.starlight] type = "snapshot"`), with its metadata in
 //! RocksDB under the state directory.
 
+pub mod remote;
 mod service;
 pub mod store;
 mod users;
 
+pub use remote::{RemoteImage, RemoteImages};
 pub use service::{InfoStream, OverlaySnapshotter, SnapshotError};
 use transport_quic::Digest;
 pub use users::{image_users, ImageUsers};

@@ -1,14 +1,9 @@
 //! The overlayfs snapshotter behind containerd's snapshots gRPC service:
 //! records in [`MetaStore`], directories under `<state>/snapshots/<id>/{fs,work}`.
 //!
-//! Remote snapshots (a later step): `prepare` of a layer's extraction
-//! snapshot carries the labels `containerd.io/snapshot.ref` (the chain id it
-//! will be committed as) and the target-reference labels
-//! (`containerd.io/snapshot/remote/...`, CRI's
-//! `containerd.io/snapshot/cri.layer-digest`, `...image-ref`). That is where
-//! a snapshot would be committed at once from a bundle header (answering
-//! `AlreadyExists`, which containerd takes as "layer present") instead of
-//! being filled by containerd's tar applier. Only the local path exists now.
+//! Remote snapshots: `prepare` of a layer's extraction snapshot carrying
+//! `containerd.io/snapshot.ref` and CRI's image labels is answered from a
+//! Starlight bundle (see `super::remote`).
 //!
 //! Starlight images: committed snapshots labelled [`LABEL_IMAGE`] (made by
 //! `crate::containerd` from a bundle header) have no files of their own. In
@@ -91,6 +86,10 @@ pub struct OverlaySnapshotter {
     root: PathBuf,
     store: Mutex<Option<MetaStore>>,
     image_mounts: RwLock<Option<Arc<dyn ImageMounts>>>,
+    /// Where remote Prepares get their images ([`super::remote`]).
+    pub(super) remote: RwLock<Option<Arc<dyn super::RemoteImages>>>,
+    /// Serializes remote Prepares.
+    pub(super) remote_lock: tokio::sync::Mutex<()>,
 }
 
 /// What a snapshot's mounts are made of, decided from its records (under
@@ -160,6 +159,8 @@ impl OverlaySnapshotter {
             root: state_dir.to_path_buf(),
             store: Mutex::new(Some(store)),
             image_mounts: RwLock::new(None),
+            remote: RwLock::new(None),
+            remote_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -181,7 +182,7 @@ impl OverlaySnapshotter {
         }
     }
 
-    fn with_store<T>(
+    pub(super) fn with_store<T>(
         &self,
         f: impl FnOnce(&MetaStore) -> Result<T, SnapshotError>,
     ) -> Result<T, SnapshotError> {
@@ -431,7 +432,16 @@ impl containerd_snapshots::Snapshotter for OverlaySnapshotter {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Self::Error> {
-        // Hook for remote snapshots: see the module documentation.
+        // A layer of an image containerd is pulling: a Starlight image's
+        // layers are committed from its bundle (see `super::remote`).
+        if let Some(req) = super::remote::RemoteRequest::of(&labels) {
+            if self.prepare_remote(&parent, &req).await? {
+                return Err(SnapshotError::Store(StoreError::AlreadyExists(format!(
+                    "target snapshot {}",
+                    req.target
+                ))));
+            }
+        }
         self.create(&key, &parent, Kind::Active, labels).await
     }
 

@@ -388,6 +388,17 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        Self::build(None)
+    }
+
+    /// A world whose containerd runs its CRI plugin, with the settings
+    /// `cri(registry address, world dir)` returns appended to its config.
+    pub fn with_cri(cri: impl FnOnce(&str, &Path) -> String) -> World {
+        Self::build(Some(Box::new(cri)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn build(cri: Option<Box<dyn FnOnce(&str, &Path) -> String + '_>>) -> World {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let reg = {
             let _guard = rt.enter();
@@ -397,12 +408,24 @@ impl World {
             .prefix("starlight-crash.")
             .tempdir()
             .unwrap();
-        let namespace = unique_name("crash");
-        let mut ctrd = Containerd::start_with(&format!(
+        let plugin = format!(
             "\n[proxy_plugins.starlight]\n  type = \"snapshot\"\n  address = \"{}\"\n",
             dir.path().join("run/snapshotter.sock").display()
-        ));
-        ctrd.namespace = namespace.clone();
+        );
+        let (ctrd, namespace) = match cri {
+            None => {
+                let namespace = unique_name("crash");
+                let mut ctrd = Containerd::start_with(&plugin);
+                ctrd.namespace = namespace.clone();
+                (ctrd, namespace)
+            }
+            Some(cri) => {
+                let extra = format!("{plugin}{}", cri(&reg.addr, dir.path()));
+                let ctrd = Containerd::start_with_cri(&extra);
+                let namespace = ctrd.namespace.clone();
+                (ctrd, namespace)
+            }
+        };
         World {
             rt,
             reg,
