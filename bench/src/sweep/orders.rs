@@ -151,6 +151,7 @@ pub fn prepare(
             }
         }
     }
+    std::fs::create_dir_all(work_dir)?;
     let scratch = work_dir.join(format!("warm-{}.bundle", order.name()));
     cloud.warm(&proxy.access, &bins.starlight, &v2s, None, &scratch)?;
     cloud.warm(&proxy.access, &bins.starlight, &v2s, Some(&v1s), &scratch)?;
