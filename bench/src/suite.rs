@@ -89,6 +89,31 @@ if __name__ == "__main__":
     app.run(host="127.0.0.1", port=8080)
 "#;
 
+/// The import-heavy application: numpy and pandas are imported (and used)
+/// before the server answers, as a data service would at start.
+const PANDAS_APP: &str = r#"import http.server
+import os
+
+import numpy as np
+import pandas as pd
+
+VERSION = os.environ.get("APP_VERSION", "dev")
+frame = pd.DataFrame({"x": np.arange(1000), "y": np.random.default_rng(1).normal(size=1000)})
+summary = frame.describe().to_json()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ('{"version": "%s", "summary": %s}' % (VERSION, summary)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+http.server.HTTPServer(("127.0.0.1", 8080), Handler).serve_forever()
+"#;
+
 const NODE_APP: &str = r#"const express = require("express");
 const app = express();
 const version = process.env.APP_VERSION || "dev";
@@ -155,6 +180,19 @@ wait
         packages: &[&["python3"]],
         deps: Deps::Pip(&["flask==3.0.2"], &["flask==3.0.3"]),
         script: r#"python3 /app/app.py &
+wait-tcp 8080
+echo READY
+wait
+"#,
+    },
+    BenchImage {
+        name: "pandas",
+        packages: &[&["python3"]],
+        deps: Deps::Pip(
+            &["numpy==1.26.3", "pandas==2.1.4"],
+            &["numpy==1.26.4", "pandas==2.2.2"],
+        ),
+        script: r#"python3 /app/report.py &
 wait-tcp 8080
 echo READY
 wait
@@ -238,6 +276,18 @@ pub fn app_files(image: &BenchImage, version: Version) -> Vec<(String, u32, Stri
         )],
         "python" => vec![
             ("app/app.py", FLASK_APP.replace("\"dev\"", &format!("\"{tag}\""))),
+            (
+                "app/requirements.txt",
+                match image.deps {
+                    Deps::Pip(v1, v2) => {
+                        (if version == Version::V1 { v1 } else { v2 }).join("\n") + "\n"
+                    }
+                    _ => String::new(),
+                },
+            ),
+        ],
+        "pandas" => vec![
+            ("app/report.py", PANDAS_APP.replace("\"dev\"", &format!("\"{tag}\""))),
             (
                 "app/requirements.txt",
                 match image.deps {

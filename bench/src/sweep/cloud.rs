@@ -1,17 +1,21 @@
-//! The cloud side of a sweep: the corpus registry and a Starlight proxy,
+//! The cloud side of a sweep: the corpus registry and Starlight proxies,
 //! in the cloud network namespace of an emulated link (or on loopback).
+//! Each bundle order the sweep measures has a proxy of its own (its own
+//! database, so its own traces): the never-traced proxy never sees a trace
+//! of what the traced ones learn.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::daemon::{run_bounded, Daemon, Place};
 use crate::registry::{free_port, Registry};
+use crate::sweep::methods::Order;
 use crate::sweep::worker::ProxyAccess;
 
-/// Bearer token the harness's proxy accepts.
+/// Bearer token the harness's proxies accept.
 pub const TOKEN: &str = "starlight-bench";
 
 /// Where the cloud services listen.
@@ -23,39 +27,46 @@ pub struct CloudAddrs {
     pub registry_port: u16,
 }
 
-/// Registry plus proxy; stopped on drop (proxy first).
+/// One proxy of the cloud.
+pub struct CloudProxy {
+    /// The bundle order it serves.
+    pub order: Order,
+    /// How workers reach it.
+    pub access: ProxyAccess,
+    /// A client configuration naming it (`starlight ranks --config`).
+    pub client_config: PathBuf,
+    daemon: Daemon,
+}
+
+/// Registry plus proxies; stopped on drop (proxies first).
 pub struct Cloud {
     /// The addresses.
     pub addrs: CloudAddrs,
-    /// How workers reach the proxy.
-    pub proxy: ProxyAccess,
-    proxy_daemon: Option<Daemon>,
+    proxies: Vec<CloudProxy>,
     registry: Option<Registry>,
     place: Place,
 }
 
 impl Cloud {
-    /// Starts the registry (storage `storage`) and the proxy (database and
-    /// certificate under `dir`) in `place`, listening on `host`.
+    /// Starts the registry (storage `storage`) and one proxy per order of
+    /// `orders` (databases and certificate under `dir`) in `place`,
+    /// listening on `host`.
     pub fn start(
         place: &Place,
         host: &str,
         storage: &Path,
         dir: &Path,
         proxy_bin: &Path,
-        with_proxy: bool,
+        orders: &[Order],
         send_window: u64,
     ) -> Result<Self> {
         fs::create_dir_all(dir)?;
-        let (registry_port, proxy_port) = if host.starts_with("127.") {
-            (free_port()?, free_port()?)
-        } else {
-            (5000, 4433)
-        };
+        let loopback = host.starts_with("127.");
+        let registry_port = if loopback { free_port()? } else { 5000 };
         let reg_addr = format!("{host}:{registry_port}");
         let registry = Registry::start(
             storage,
-            &if host.starts_with("127.") {
+            &if loopback {
                 reg_addr.clone()
             } else {
                 format!("0.0.0.0:{registry_port}")
@@ -64,26 +75,19 @@ impl Cloud {
             place,
             &dir.join("registry"),
         )?;
-        let certs = dir.join("certs");
-        let ca_file = certs.join("cert.pem");
         let mut cloud = Cloud {
             addrs: CloudAddrs {
                 host: host.to_string(),
                 registry_port,
             },
-            proxy: ProxyAccess {
-                addr: format!("{host}:{proxy_port}"),
-                server_name: host.to_string(),
-                ca_file: ca_file.clone(),
-                token: TOKEN.to_string(),
-            },
-            proxy_daemon: None,
+            proxies: Vec::new(),
             registry: Some(registry),
             place: place.clone(),
         };
-        if !with_proxy {
+        if orders.is_empty() {
             return Ok(cloud);
         }
+        let certs = dir.join("certs");
         run_bounded(
             std::process::Command::new(proxy_bin)
                 .args(["gen-cert", "--out"])
@@ -98,34 +102,53 @@ impl Cloud {
         // a tail-drop link; the window is sized to the path instead.
         let config = dir.join("proxy.toml");
         fs::write(&config, format!("[serve]\nsend_window = {send_window}\n"))?;
-        let mut cmd = place.command(proxy_bin);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(format!("{host}:{proxy_port}"))
-            .arg("--registry")
-            .arg(&reg_addr)
-            .arg("--plain-http")
-            .arg("--db")
-            .arg(dir.join("proxy-db"))
-            .arg("--cert")
-            .arg(&ca_file)
-            .arg("--key")
-            .arg(certs.join("key.pem"))
-            .arg("--token")
-            .arg(TOKEN)
-            .env(
-                "RUST_LOG",
-                std::env::var("PROXY_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        let out = dir.join("proxy.log");
-        let mut daemon = Daemon::spawn("starlight-proxy", cmd, &out)?;
-        daemon.wait_until(Duration::from_secs(30), || {
-            fs::read_to_string(&out).is_ok_and(|t| t.contains("listening on"))
-        })?;
-        cloud.proxy_daemon = Some(daemon);
+        for (i, order) in orders.iter().enumerate() {
+            let port = if loopback {
+                free_port()?
+            } else {
+                4433 + i as u16
+            };
+            let access = ProxyAccess {
+                addr: format!("{host}:{port}"),
+                server_name: host.to_string(),
+                ca_file: certs.join("cert.pem"),
+                token: TOKEN.to_string(),
+            };
+            let pdir = dir.join(format!("proxy-{}", order.name()));
+            fs::create_dir_all(&pdir)?;
+            let daemon = start_proxy(place, proxy_bin, &config, &access, &reg_addr, &pdir)?;
+            let client_config = pdir.join("client.toml");
+            fs::write(
+                &client_config,
+                format!(
+                    "proxy = \"{}\"\nserver_name = \"{}\"\nca_file = \"{}\"\ntoken = \"{}\"\n",
+                    access.addr,
+                    access.server_name,
+                    access.ca_file.display(),
+                    access.token
+                ),
+            )?;
+            cloud.proxies.push(CloudProxy {
+                order: *order,
+                access,
+                client_config,
+                daemon,
+            });
+        }
         Ok(cloud)
+    }
+
+    /// The proxy serving `order`.
+    pub fn proxy(&self, order: Order) -> Result<&CloudProxy> {
+        self.proxies
+            .iter()
+            .find(|p| p.order == order)
+            .with_context(|| format!("no proxy for order {}", order.name()))
+    }
+
+    /// Every proxy.
+    pub fn proxies(&self) -> &[CloudProxy] {
+        &self.proxies
     }
 
     /// `HOST:PORT/NAME:TAG` of an image in the registry.
@@ -141,11 +164,12 @@ impl Cloud {
         self.registry.as_ref().is_some_and(|r| r.has(name, tag))
     }
 
-    /// Has the proxy index `image` (and build its bundle once) by fetching
-    /// it from inside the cloud namespace, so the timed runs measure
+    /// Has `proxy` index `image` (and build its bundle once) by fetching it
+    /// from inside the cloud namespace, so the timed runs measure
     /// provisioning, not first-time indexing.
     pub fn warm(
         &self,
+        proxy: &ProxyAccess,
         starlight: &Path,
         image: &str,
         from: Option<&str>,
@@ -154,11 +178,11 @@ impl Cloud {
         let mut cmd = self.place.command(starlight);
         cmd.arg("fetch")
             .arg("--proxy")
-            .arg(&self.proxy.addr)
+            .arg(&proxy.addr)
             .arg("--ca")
-            .arg(&self.proxy.ca_file)
+            .arg(&proxy.ca_file)
             .arg("--token")
-            .arg(&self.proxy.token);
+            .arg(&proxy.token);
         if let Some(from) = from {
             cmd.arg("--from").arg(from);
         }
@@ -170,10 +194,48 @@ impl Cloud {
     }
 }
 
+/// Starts one `starlight-proxy serve` with its database and log in `dir`.
+fn start_proxy(
+    place: &Place,
+    proxy_bin: &Path,
+    config: &Path,
+    access: &ProxyAccess,
+    reg_addr: &str,
+    dir: &Path,
+) -> Result<Daemon> {
+    let mut cmd = place.command(proxy_bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--listen")
+        .arg(&access.addr)
+        .arg("--registry")
+        .arg(reg_addr)
+        .arg("--plain-http")
+        .arg("--db")
+        .arg(dir.join("db"))
+        .arg("--cert")
+        .arg(&access.ca_file)
+        .arg("--key")
+        .arg(access.ca_file.with_file_name("key.pem"))
+        .arg("--token")
+        .arg(&access.token)
+        .env(
+            "RUST_LOG",
+            std::env::var("PROXY_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    let out = dir.join("proxy.log");
+    let mut daemon = Daemon::spawn("starlight-proxy", cmd, &out)?;
+    daemon.wait_until(Duration::from_secs(30), || {
+        fs::read_to_string(&out).is_ok_and(|t| t.contains("listening on"))
+    })?;
+    Ok(daemon)
+}
+
 impl Drop for Cloud {
     fn drop(&mut self) {
-        if let Some(mut d) = self.proxy_daemon.take() {
-            d.stop_within(Duration::from_secs(3));
+        for mut p in self.proxies.drain(..) {
+            p.daemon.stop_within(Duration::from_secs(3));
         }
         if let Some(r) = self.registry.take() {
             r.stop();

@@ -9,9 +9,13 @@
 //! everything runs in the host namespace on 127.0.0.1 (no emulation).
 
 pub mod cloud;
+pub mod coverage;
+pub mod estargz;
 pub mod methods;
+pub mod orders;
 pub mod plot;
 pub mod report;
+pub mod site;
 pub mod stats;
 pub mod worker;
 
@@ -23,10 +27,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use starlight_bench::netem::{self, calibrate, parse_duration, parse_rate, Link, LinkConfig};
+use starlight_bench::netem::{self, calibrate, parse_duration, parse_rate, LinkConfig};
 
-use crate::daemon::{interrupted, Place, INTERRUPTED};
-use crate::imagebuild::{load_corpus, sibling_binary, CorpusImage, REGISTRY_DIR};
+use crate::daemon::{interrupted, INTERRUPTED};
+use crate::imagebuild::{load_corpus, sibling_binary};
+use coverage::Coverage;
 use methods::{run_one, Method, RunContext, RunResult, Scenario};
 use worker::Binaries;
 
@@ -39,11 +44,13 @@ pub struct SweepArgs {
     /// Images (comma-separated); all of the corpus by default.
     #[arg(long, value_delimiter = ',')]
     pub images: Option<Vec<String>>,
-    /// Methods: containerd, starlight, wget, estargz.
+    /// Methods: containerd, starlight-never, starlight-prod,
+    /// starlight-trace, wget, estargz, estargz-opt (and starlight, the
+    /// same as starlight-never).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "containerd,starlight,wget"
+        default_value = "containerd,starlight-never,starlight-prod,starlight-trace,wget"
     )]
     pub methods: Vec<String>,
     /// Scenarios: fresh, update.
@@ -77,6 +84,20 @@ pub struct SweepArgs {
     /// Bound on each step of a run (pull, ready line), seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Warm-up starts (other workers, production traces on) before the
+    /// starlight-prod runs of each image and RTT.
+    #[arg(long, default_value_t = 2)]
+    pub warmups: u32,
+    /// `starlight trace --runs` before the starlight-trace runs.
+    #[arg(long, default_value_t = 2)]
+    pub trace_runs: u32,
+    /// `[traces] window_secs` of the warm-up workers.
+    #[arg(long, default_value_t = 10)]
+    pub prod_window: u64,
+    /// Directory of containerd-stargz-grpc and ctr-remote
+    /// (bench/estargz/build.sh; default: target/estargz, else PATH).
+    #[arg(long)]
+    pub estargz_dir: Option<PathBuf>,
 }
 
 /// Installs the interrupt handling: SIGINT, SIGTERM and SIGHUP set
@@ -134,25 +155,22 @@ pub fn run(args: SweepArgs) -> Result<()> {
     fs::create_dir_all(&out)?;
     fs::write(out.join("command.txt"), format!("{command}\n"))?;
 
-    // Methods: estargz needs containerd-stargz-grpc, which is not packaged here.
-    let mut methods = Vec::new();
-    let mut skipped = Vec::new();
-    for m in &args.methods {
-        if m == "estargz" {
-            let found = std::env::var_os("PATH").is_some_and(|p| {
-                std::env::split_paths(&p).any(|d| d.join("containerd-stargz-grpc").exists())
-            });
-            let why = if found {
-                "containerd-stargz-grpc found, but the estargz method is not implemented"
-            } else {
-                "containerd-stargz-grpc not on PATH"
-            };
-            tracing::warn!("method estargz skipped: {why}");
-            skipped.push(format!("estargz: {why}"));
-            continue;
-        }
-        methods.push(Method::parse(m)?);
-    }
+    let methods = args
+        .methods
+        .iter()
+        .map(|m| Method::parse(m))
+        .collect::<Result<Vec<_>>>()?;
+    let skipped: Vec<String> = Vec::new();
+    let estargz_tools = if methods.iter().any(|m| m.is_estargz()) {
+        let default = PathBuf::from("target/estargz");
+        let dir = args
+            .estargz_dir
+            .clone()
+            .or_else(|| default.is_dir().then_some(default));
+        Some(estargz::Tools::find(dir.as_deref())?)
+    } else {
+        None
+    };
     let scenarios = args
         .scenarios
         .iter()
@@ -200,14 +218,16 @@ pub fn run(args: SweepArgs) -> Result<()> {
     });
     let bin_dir = work.path().join("bin");
     fs::create_dir_all(&bin_dir)?;
-    let needs_proxy = methods.iter().any(|m| *m != Method::Containerd);
+    let needs_proxy = methods.iter().any(|m| m.order().is_some());
     let starlight = copy_bin(&bin_src, &bin_dir, "starlight", needs_proxy)?;
     let proxy_bin = copy_bin(&bin_src, &bin_dir, "starlight-proxy", needs_proxy)?;
     let starlightd = copy_bin(
         &bin_src,
         &bin_dir,
         "starlightd",
-        methods.contains(&Method::Starlight),
+        methods
+            .iter()
+            .any(|m| m.order().is_some() && *m != Method::Wget),
     )?;
     let bins = Binaries {
         starlightd: starlightd.unwrap_or_default(),
@@ -249,20 +269,33 @@ pub fn run(args: SweepArgs) -> Result<()> {
         )?
         .progress_chars("=> "),
     );
+    let plan = site::Plan {
+        images: &images,
+        methods: &methods,
+        bins: &bins,
+        proxy_bin: proxy_bin.as_deref(),
+        corpus_dir: &corpus_dir,
+        work: work.path(),
+        prep: orders::Prep {
+            warmups: args.warmups,
+            trace_runs: args.trace_runs,
+            window_secs: args.prod_window,
+            timeout: Duration::from_secs(args.timeout),
+        },
+        estargz: estargz_tools.as_ref(),
+        loopback: args.loopback,
+        rate_bps,
+    };
     let mut results: Vec<RunResult> = Vec::new();
+    let mut coverage: Vec<Coverage> = Vec::new();
     let outcome = sweep_links(
         &args,
+        &plan,
         &rtts,
-        rate_bps,
-        &images,
-        &methods,
         &scenarios,
-        &bins,
-        proxy_bin.as_deref(),
-        &corpus_dir,
-        work.path(),
         &pb,
         &mut results,
+        &mut coverage,
         &out,
         &command,
     );
@@ -275,6 +308,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         &calibrations,
         &results,
         &rows,
+        &coverage,
         &skipped,
     )?;
     outcome?;
@@ -306,21 +340,15 @@ fn say(pb: &ProgressBar, line: String) {
 #[allow(clippy::too_many_arguments)]
 fn sweep_links(
     args: &SweepArgs,
+    plan: &site::Plan<'_>,
     rtts: &[Duration],
-    rate_bps: u64,
-    images: &[CorpusImage],
-    methods: &[Method],
     scenarios: &[Scenario],
-    bins: &Binaries,
-    proxy_bin: Option<&Path>,
-    corpus_dir: &Path,
-    work: &Path,
     pb: &ProgressBar,
     results: &mut Vec<RunResult>,
+    coverage: &mut Vec<Coverage>,
     out: &Path,
     command: &str,
 ) -> Result<()> {
-    let storage = corpus_dir.join(REGISTRY_DIR);
     // One link and cloud per RTT, all up for the whole sweep (idle links
     // cost nothing), so the grid runs run-major: an interrupted sweep has
     // every RTT measured the same number of times, give or take one.
@@ -329,125 +357,48 @@ fn sweep_links(
         if interrupted() {
             return Ok(());
         }
-        let link = if args.loopback {
-            None
-        } else {
-            Some(Link::up(LinkConfig::new(*rtt, rate_bps))?)
-        };
-        let (worker_place, cloud_place, host) = match &link {
-            Some(l) => (
-                Place::netns(l.worker_ns()),
-                Place::netns(l.cloud_ns()),
-                l.cloud_addr().to_string(),
-            ),
-            None => (Place::host(), Place::host(), "127.0.0.1".to_string()),
-        };
-        let cloud_dir = work.join(format!("cloud-{}", rtt.as_millis()));
-        let needs_proxy = methods.iter().any(|m| *m != Method::Containerd);
-        let cloud = cloud::Cloud::start(
-            &cloud_place,
-            &host,
-            &storage,
-            &cloud_dir,
-            proxy_bin.unwrap_or(Path::new("starlight-proxy")),
-            needs_proxy,
-            proxy_send_window(*rtt, rate_bps),
-        )?;
-        for image in images {
-            let mut tags = Vec::new();
-            if methods.contains(&Method::Containerd) {
-                tags.extend([&image.v1, &image.v2]);
-            }
-            if needs_proxy {
-                tags.extend([&image.v1_starlight, &image.v2_starlight]);
-            }
-            for tag in tags {
-                if !cloud.has(&image.name, tag) {
-                    bail!("{}:{tag} is missing from the corpus registry", image.name);
-                }
-            }
-            if needs_proxy {
-                pb.set_message(format!("indexing {}", image.name));
-                let scratch = cloud_dir.join("warm.bundle");
-                let v1 = cloud.reference(&image.name, &image.v1_starlight);
-                let v2 = cloud.reference(&image.name, &image.v2_starlight);
-                cloud.warm(&bins.starlight, &v1, None, &scratch)?;
-                cloud.warm(&bins.starlight, &v2, None, &scratch)?;
-                cloud.warm(&bins.starlight, &v2, Some(&v1), &scratch)?;
-            }
+        let first = sites.is_empty();
+        let site = site::setup(plan, *rtt, pb, first.then_some(&mut *coverage))?;
+        if first && !coverage.is_empty() {
+            let _ = report::write(out, "static-coverage.tsv", &coverage::tsv(coverage));
         }
-        sites.push((*rtt, link, cloud, worker_place));
+        sites.push(site);
     }
     for run in 1..=args.runs {
-        for (rtt, link, cloud, worker_place) in &sites {
+        for site in &sites {
             let ctx = RunContext {
-                worker: worker_place.clone(),
-                work_dir: work.join("workers"),
-                bins,
-                cloud,
-                link: link.as_ref(),
+                worker: site.worker.clone(),
+                work_dir: plan.work.join("workers"),
+                bins: plan.bins,
+                cloud: &site.cloud,
+                link: site.link.as_ref(),
                 timeout: Duration::from_secs(args.timeout),
+                estargz: plan.estargz,
             };
-            for image in images {
+            for image in plan.images {
                 for scenario in scenarios {
-                    for method in methods {
+                    for method in plan.methods {
                         if interrupted() {
                             break;
                         }
+                        let rtt_ms = site.rtt.as_millis();
                         pb.set_message(format!(
-                            "rtt {}ms run {run} {} {scenario} {method}",
-                            rtt.as_millis(),
+                            "rtt {rtt_ms}ms run {run} {} {scenario} {method}",
                             image.name
                         ));
-                        let mut result = RunResult {
-                            image: image.name.clone(),
-                            method: *method,
-                            scenario: *scenario,
-                            rtt_ms: link.as_ref().map(|_| rtt.as_secs_f64() * 1e3),
-                            rate_bps: link.as_ref().map(|_| rate_bps),
+                        let mut result = RunResult::pending(
+                            &image.name,
+                            *method,
+                            *scenario,
+                            site.link.as_ref().map(|_| site.rtt.as_secs_f64() * 1e3),
+                            site.link.as_ref().map(|_| plan.rate_bps),
                             run,
-                            ok: false,
-                            error: None,
-                            time_s: f64::NAN,
-                            pull_s: f64::NAN,
-                            bytes_down: None,
-                            bytes_up: None,
-                            daemon_cpu_s: 0.0,
-                            client_cpu_s: 0.0,
-                            peak_rss: 0,
-                        };
+                        );
                         if let Err(e) = run_one(&ctx, image, *method, *scenario, &mut result) {
                             result.ok = false;
                             result.error = Some(format!("{e:#}"));
                         }
-                        say(
-                            pb,
-                            format!(
-                                "{:>4}ms run {run} {:<10} {:<7} {:<11} {}",
-                                rtt.as_millis(),
-                                image.name,
-                                scenario.name(),
-                                method.name(),
-                                if result.ok {
-                                    format!(
-                                        "{:>7.2} s  ({:.1} MB down)",
-                                        result.time_s,
-                                        result.bytes_down.unwrap_or(0) as f64 / 1e6
-                                    )
-                                } else {
-                                    format!(
-                                        "FAILED: {}",
-                                        result
-                                            .error
-                                            .as_deref()
-                                            .unwrap_or("")
-                                            .lines()
-                                            .next()
-                                            .unwrap_or("")
-                                    )
-                                }
-                            ),
-                        );
+                        say(pb, report::progress_line(&result));
                         results.push(result);
                         pb.inc(1);
                         // Keep partial results on disk as the sweep goes.
@@ -457,15 +408,16 @@ fn sweep_links(
             }
         }
     }
-    for (_, link, cloud, _) in sites {
-        drop(cloud);
-        if let Some(link) = link {
+    for site in sites {
+        drop(site.cloud);
+        if let Some(link) = site.link {
             link.down()?;
         }
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_outputs<C: serde::Serialize>(
     out: &Path,
     command: &str,
@@ -473,6 +425,7 @@ fn write_outputs<C: serde::Serialize>(
     calibrations: &[C],
     results: &[RunResult],
     rows: &[stats::SummaryRow],
+    coverage: &[Coverage],
     skipped: &[String],
 ) -> Result<()> {
     report::write(out, "runs.tsv", &report::runs_tsv(command, results))?;
@@ -482,6 +435,7 @@ fn write_outputs<C: serde::Serialize>(
         calibration: &calibrations,
         runs: results,
         summary: rows,
+        static_coverage: coverage,
     };
     report::write(
         out,
@@ -494,10 +448,17 @@ fn write_outputs<C: serde::Serialize>(
     for s in skipped {
         md.push_str(&format!("Skipped method {s}\n\n"));
     }
-    md.push_str("## Summary\n\n");
+    md.push_str("## Speedup over containerd (fresh, harmonic mean over images)\n\n");
+    md.push_str(&report::speedup_markdown(rows));
+    md.push_str("\n## Summary\n\n");
     md.push_str(&report::summary_markdown(rows));
     md.push_str("\n## Per image\n\n");
     md.push_str(&report::per_image_markdown(results));
+    if !coverage.is_empty() {
+        md.push_str("\n## Static coverage\n\nPer image, the files (and bytes) the traces opened that the static start-up order (never traced) already puts first.\n\n");
+        md.push_str(&coverage::markdown(coverage));
+        report::write(out, "static-coverage.tsv", &coverage::tsv(coverage))?;
+    }
     report::write(out, "summary.md", &md)?;
     if results.iter().any(|r| r.ok) {
         if let Err(e) = plot::write_all(out, results, rows) {
@@ -523,6 +484,7 @@ pub struct ReportArgs {
 pub fn report(args: ReportArgs) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut runs: Vec<RunResult> = Vec::new();
+    let mut coverage: Vec<Coverage> = Vec::new();
     let mut calibrations = Vec::new();
     let mut commands = Vec::new();
     for dir in &args.from {
@@ -534,6 +496,14 @@ pub fn report(args: ReportArgs) -> Result<()> {
         let part: Vec<RunResult> = serde_json::from_value(doc["runs"].clone())
             .with_context(|| format!("runs of {}", path.display()))?;
         runs.extend(part);
+        if let Some(c) = doc.get("static_coverage").filter(|c| !c.is_null()) {
+            let part: Vec<Coverage> = serde_json::from_value(c.clone())
+                .with_context(|| format!("static coverage of {}", path.display()))?;
+            for row in part {
+                coverage.retain(|r| r.image != row.image);
+                coverage.push(row);
+            }
+        }
         calibrations.push(serde_json::json!({
             "sweep": dir.display().to_string(),
             "command": doc["command"].clone(),
@@ -550,6 +520,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
         &calibrations,
         &runs,
         &rows,
+        &coverage,
         &[],
     )?;
     report::write(

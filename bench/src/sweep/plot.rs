@@ -39,8 +39,12 @@ fn register_font() -> bool {
 fn color(method: Method) -> RGBColor {
     match method {
         Method::Containerd => RGBColor(214, 39, 40),
-        Method::Starlight => RGBColor(31, 119, 180),
+        Method::Starlight | Method::StarlightNever => RGBColor(31, 119, 180),
+        Method::StarlightProd => RGBColor(23, 190, 207),
+        Method::StarlightTrace => RGBColor(148, 103, 189),
         Method::Wget => RGBColor(44, 160, 44),
+        Method::Estargz => RGBColor(255, 127, 14),
+        Method::EstargzOpt => RGBColor(140, 86, 75),
     }
 }
 

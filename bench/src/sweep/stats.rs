@@ -113,6 +113,30 @@ pub struct SummaryRow {
     pub speedup_range: Option<(f64, f64)>,
     /// Mean seconds to ready across images (arithmetic).
     pub mean_time_s: f64,
+    /// Mean seconds to header across images with one (per-image means).
+    pub mean_header_s: Option<f64>,
+    /// Mean seconds to the last byte across images with one.
+    pub mean_last_byte_s: Option<f64>,
+}
+
+/// Mean over images of each image's mean of `f` in a cell (runs without a
+/// value are left out); `None` when no run has one.
+fn image_mean_of(
+    runs: &[RunResult],
+    key: CellKey,
+    f: fn(&RunResult) -> Option<f64>,
+) -> Option<f64> {
+    let mut per_image: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in runs
+        .iter()
+        .filter(|r| r.ok && (r.scenario, rtt_key(r.rtt_ms), r.method) == key)
+    {
+        if let Some(v) = f(r) {
+            per_image.entry(&r.image).or_default().push(v);
+        }
+    }
+    let means: Vec<f64> = per_image.values().map(|v| mean(v)).collect();
+    (!means.is_empty()).then(|| mean(&means))
 }
 
 /// The summary: normalization baseline is containerd's fresh mean at the
@@ -161,6 +185,8 @@ pub fn summarize(runs: &[RunResult]) -> Vec<SummaryRow> {
             speedup: (!speedups.is_empty()).then(|| harmonic_ci(&speedups)),
             speedup_range: range,
             mean_time_s: mean(&means.values().copied().collect::<Vec<_>>()),
+            mean_header_s: image_mean_of(runs, (scenario, rtt, method), |r| r.header_s),
+            mean_last_byte_s: image_mean_of(runs, (scenario, rtt, method), |r| r.last_byte_s),
         });
     }
     rows
@@ -188,6 +214,8 @@ mod tests {
             daemon_cpu_s: 0.0,
             client_cpu_s: 0.0,
             peak_rss: 0,
+            header_s: None,
+            last_byte_s: None,
         }
     }
 

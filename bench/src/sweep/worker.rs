@@ -1,6 +1,7 @@
 //! One fresh worker per run: a private containerd (own root, state, socket
-//! and containerd namespace) and, for the Starlight method, a starlightd
-//! with its own state, both in the worker's network namespace. Dropping it
+//! and containerd namespace) and, for the Starlight methods, a starlightd
+//! with its own state (for eStargz, the stargz snapshotter), all in the
+//! worker's network namespace. Dropping it
 //! kills what it started, unmounts what is mounted below its directory and
 //! removes its files.
 
@@ -39,6 +40,27 @@ pub struct Binaries {
     pub starlight: PathBuf,
 }
 
+/// The eStargz snapshotter of a worker.
+#[derive(Debug, Clone)]
+pub struct StargzSetup {
+    /// `containerd-stargz-grpc` (bench/estargz/build.sh).
+    pub daemon: PathBuf,
+    /// The registry (`HOST:PORT`) it reads layers from, over plain HTTP.
+    pub registry: String,
+}
+
+/// What a worker runs besides containerd.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerOptions<'a> {
+    /// starlightd, talking to this proxy.
+    pub proxy: Option<&'a ProxyAccess>,
+    /// starlightd records and uploads traces of real starts, each lasting
+    /// this many seconds (`[traces] window_secs`); `None`: switched off.
+    pub trace_window_secs: Option<u64>,
+    /// The stargz snapshotter.
+    pub stargz: Option<&'a StargzSetup>,
+}
+
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A unique name for this process and call.
@@ -60,7 +82,12 @@ pub struct Worker {
     pub namespace: String,
     /// starlightd's API socket (Starlight workers only).
     pub api_socket: Option<PathBuf>,
+    /// starlightd's configuration file (Starlight workers only).
+    pub starlightd_config: Option<PathBuf>,
+    /// starlightd's metrics address inside the worker's namespace.
+    metrics_addr: Option<String>,
     starlightd: Option<Daemon>,
+    stargz: Option<Daemon>,
     containerd: Option<Daemon>,
     containers: Vec<RunningContainer>,
 }
@@ -73,14 +100,15 @@ pub struct RunningContainer {
 }
 
 impl Worker {
-    /// Starts containerd (and starlightd when `proxy` is given) in `place`,
-    /// under a new directory in `base`.
+    /// Starts containerd (and what `opts` asks for) in `place`, under a
+    /// new directory in `base`.
     pub fn start(
         place: &Place,
         base: &Path,
         bins: &Binaries,
-        proxy: Option<&ProxyAccess>,
+        opts: WorkerOptions<'_>,
     ) -> Result<Self> {
+        let proxy = opts.proxy;
         fs::create_dir_all(base)?;
         let dir = tempfile::Builder::new()
             .prefix("worker.")
@@ -95,13 +123,16 @@ impl Worker {
             socket: socket.clone(),
             namespace: namespace.clone(),
             api_socket: proxy.map(|_| api_socket.clone()),
+            starlightd_config: None,
+            metrics_addr: None,
             dir,
             starlightd: None,
+            stargz: None,
             containerd: None,
             containers: Vec::new(),
         };
         let d = worker.dir.path();
-        let plugin = if proxy.is_some() {
+        let mut plugin = if proxy.is_some() {
             format!(
                 "\n[proxy_plugins.starlight]\n  type = \"snapshot\"\n  address = \"{}\"\n",
                 snap_socket.display()
@@ -109,6 +140,13 @@ impl Worker {
         } else {
             String::new()
         };
+        let stargz_socket = d.join("stargz.sock");
+        if opts.stargz.is_some() {
+            plugin.push_str(&format!(
+                "\n[proxy_plugins.stargz]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+                stargz_socket.display()
+            ));
+        }
         let config = d.join("containerd.toml");
         fs::write(
             &config,
@@ -138,13 +176,26 @@ disabled_plugins = [
         )?;
         // starlightd first: containerd dials its proxy snapshotter at start and
         // backs off after a refused connection, failing the first pulls.
+        if let Some(stargz) = opts.stargz {
+            worker.stargz = Some(start_stargz(place, stargz, d, &stargz_socket)?);
+        }
         if let Some(proxy) = proxy {
             let state_dir = d.join("starlight");
             let sl_config = d.join("starlightd.toml");
+            let metrics_addr = format!(
+                "127.0.0.1:{}",
+                20000 + NEXT.fetch_add(1, Ordering::Relaxed) % 20000
+            );
+            let traces = match opts.trace_window_secs {
+                Some(w) => format!(
+                    "[traces]\nenabled = true\nwindow_secs = {w}\nupload_interval_ms = 100\n"
+                ),
+                None => "[traces]\nenabled = false\n".to_string(),
+            };
             fs::write(
                 &sl_config,
                 format!(
-                    "proxy = \"{}\"\nserver_name = \"{}\"\nca_file = \"{}\"\ntoken = \"{}\"\nstate_dir = \"{}\"\ncontainerd_socket = \"{}\"\nnamespace = \"{namespace}\"\nsnapshotter_socket = \"{}\"\napi_socket = \"{}\"\n",
+                    "proxy = \"{}\"\nserver_name = \"{}\"\nca_file = \"{}\"\ntoken = \"{}\"\nstate_dir = \"{}\"\ncontainerd_socket = \"{}\"\nnamespace = \"{namespace}\"\nsnapshotter_socket = \"{}\"\napi_socket = \"{}\"\nmetrics_listen = \"{metrics_addr}\"\n{traces}",
                     proxy.addr,
                     proxy.server_name,
                     proxy.ca_file.display(),
@@ -155,6 +206,8 @@ disabled_plugins = [
                     api_socket.display(),
                 ),
             )?;
+            worker.starlightd_config = Some(sl_config.clone());
+            worker.metrics_addr = Some(metrics_addr);
             let notify_path = d.join("notify.sock");
             let notify = UnixDatagram::bind(&notify_path).context("binding NOTIFY_SOCKET")?;
             notify.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -198,13 +251,35 @@ disabled_plugins = [
         Ok(worker)
     }
 
-    /// Process ids of the daemons (containerd, then starlightd if any).
+    /// Process ids of the daemons (containerd, then starlightd or the
+    /// stargz snapshotter if any).
     pub fn daemon_pids(&self) -> Vec<u32> {
         self.containerd
             .iter()
             .chain(self.starlightd.iter())
+            .chain(self.stargz.iter())
             .map(Daemon::pid)
             .collect()
+    }
+
+    /// The worker's place (network namespace).
+    pub fn place(&self) -> &Place {
+        &self.place
+    }
+
+    /// The worker's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// starlightd's Prometheus metrics text, read from inside the worker's
+    /// namespace.
+    pub fn metrics(&self) -> Result<String> {
+        let addr = self.metrics_addr.as_ref().context("no starlightd")?;
+        let mut cmd = self.place.command("curl");
+        cmd.args(["-sf", "--max-time", "5"])
+            .arg(format!("http://{addr}/metrics"));
+        run_bounded(&mut cmd, Duration::from_secs(10)).context("scraping starlightd's metrics")
     }
 
     /// A `ctr` command for this worker (in its network namespace).
@@ -365,12 +440,15 @@ disabled_plugins = [
         if let Some(mut d) = self.containerd.take() {
             d.stop_within(Duration::from_secs(5));
         }
+        if let Some(mut d) = self.stargz.take() {
+            d.stop_within(Duration::from_secs(5));
+        }
         kill_shims(&self.namespace);
         unmount_below(self.dir.path());
         if std::env::var_os("STARLIGHT_BENCH_KEEP_LOGS").is_some() {
             let keep = std::env::temp_dir().join(format!("starlight-bench-{}", self.namespace));
             let _ = fs::create_dir_all(&keep);
-            for name in ["containerd.log", "starlightd.log"] {
+            for name in ["containerd.log", "starlightd.log", "stargz.log"] {
                 let _ = fs::copy(self.dir.path().join(name), keep.join(name));
             }
         }
@@ -382,6 +460,32 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Starts the stargz snapshotter (root and socket in `dir`) and waits for
+/// its socket.
+fn start_stargz(place: &Place, setup: &StargzSetup, dir: &Path, socket: &Path) -> Result<Daemon> {
+    let config = dir.join("stargz.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[resolver.host.\"{r}\".mirrors]]\nhost = \"{r}\"\ninsecure = true\n",
+            r = setup.registry
+        ),
+    )?;
+    let mut cmd = place.command(&setup.daemon);
+    cmd.arg("-address")
+        .arg(socket)
+        .arg("-root")
+        .arg(dir.join("stargz-root"))
+        .arg("-config")
+        .arg(&config)
+        .arg("-log-level")
+        .arg("warn");
+    let mut daemon = Daemon::spawn("containerd-stargz-grpc", cmd, &dir.join("stargz.log"))?;
+    let probe = socket.to_path_buf();
+    daemon.wait_until(Duration::from_secs(30), || probe.exists())?;
+    Ok(daemon)
 }
 
 /// Kills containerd shims (and so their containers) serving `namespace`:
