@@ -65,7 +65,21 @@ fn rm_of_an_image_a_container_stands_on_is_refused_unless_forced() {
 
     // The container gone, the removal goes through.
     world.ctrd.ctr_ok(&["containers", "rm", &id]);
-    let removed = remove(&daemon, &world, &image, false);
+    // containerd removes the container's snapshot from its metadata at once
+    // and from the snapshotter in its next garbage collection (asynchronous):
+    // until then the snapshot still stands on the image.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let removed = loop {
+        let r = remove(&daemon, &world, &image, false);
+        match &r {
+            Response::Error(e)
+                if e.contains("is used by") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            _ => break r,
+        }
+    };
     assert!(matches!(removed, Response::Removed { .. }), "{removed:?}");
     assert!(daemon.images(&world.rt).iter().all(|i| i.name != image));
 
