@@ -248,7 +248,12 @@ async fn nothing_large_is_read_before_the_token_and_bad_tokens_are_refused() {
         s2.write_all(&vec![0u8; 64 * 1024]),
     )
     .await;
-    assert!(pushed.is_err(), "64 KiB pushed before the token");
+    // Either flow control holds the write (timeout) or the server closes
+    // the connection on a stream that is no request: never accepted whole.
+    assert!(
+        !matches!(pushed, Ok(Ok(()))),
+        "64 KiB pushed before the token: {pushed:?}"
+    );
 
     // An idle connection is closed after the auth timeout.
     let idle = endpoint
