@@ -78,6 +78,15 @@ Examples:
     Rm(cmd::rm::Args),
     /// Pull an image into containerd through starlightd's remote snapshots
     /// (containerd-client pull with the image labels; no layer download).
+    #[command(after_long_help = "\
+Reads the manifest and config from the registry, prepares each layer with the
+labels containerd's CRI plugin sets (starlightd answers them from one bundle),
+and writes the image record with its GC labels. A plain image is refused: pull
+it with `ctr images pull --snapshotter starlight`.
+
+Examples:
+  starlight rpull --plain-http 127.0.0.1:5000/app:v1
+  ctr run --snapshotter starlight 127.0.0.1:5000/app:v1 app1")]
     Rpull(cmd::rpull::Args),
     /// Collect startup traces of an image and upload them to the proxy.
     #[command(after_long_help = "\

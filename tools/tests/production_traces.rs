@@ -501,9 +501,15 @@ async fn a_plain_ctr_run_traces_itself_and_reorders_the_next_bundle() {
         &s.snap,
         4,
     );
+    s.containerd.wait_for_snapshotter("starlight");
     let api = daemon.api.to_str().unwrap().to_string();
     let pull = starlight(&["pull", "--api", &api, &s.image]);
-    assert!(pull.status.success(), "pull failed:\n{}", daemon.log());
+    assert!(
+        pull.status.success(),
+        "pull failed:\n{}\ncontainerd:\n{}",
+        daemon.log(),
+        s.containerd.log()
+    );
     // A normal start: no `starlight trace`, no --trace.
     run_to_ready(&daemon, &s.containerd, &s.image).await;
     let ready = Instant::now();
@@ -583,7 +589,12 @@ async fn a_trace_made_while_the_proxy_is_down_is_delivered_later_and_counted_onc
     let api = daemon.api.to_str().unwrap().to_string();
     // The whole image, so that it runs with the proxy down.
     let pull = starlight(&["pull", "--api", &api, "--wait", &s.image]);
-    assert!(pull.status.success(), "pull failed:\n{}", daemon.log());
+    assert!(
+        pull.status.success(),
+        "pull failed:\n{}\ncontainerd:\n{}",
+        daemon.log(),
+        s.containerd.log()
+    );
 
     s.proxy.down().await;
     run_to_ready(&daemon, &s.containerd, &s.image).await;

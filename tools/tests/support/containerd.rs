@@ -165,6 +165,25 @@ disabled_plugins = [{cri}
             .expect("run ctr")
     }
 
+    /// Waits (at most 60 s) until containerd reaches the proxy snapshotter
+    /// `name`: a snapshotter socket that appeared after containerd started
+    /// is only dialled again after gRPC's reconnect backoff.
+    pub fn wait_for_snapshotter(&self, name: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = self.ctr(&["snapshots", "--snapshotter", name, "ls"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "containerd never reached the snapshotter {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// Like [`Containerd::ctr`], but panics (with ctr's stderr and the tail
     /// of containerd's log) unless it succeeds; returns stdout.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
