@@ -559,8 +559,13 @@ async fn a_plain_ctr_run_traces_itself_and_reorders_the_next_bundle() {
     // still open: that trace is delivered too (without the removal hook the
     // recorder would go with the mount, and the count would stay 1).
     run_to_ready(&daemon, &s.containerd, &s.image).await;
-    let rm = starlight(&["rm", "--api", &api, &s.image]);
-    assert!(rm.status.success());
+    // The container of that start still stands on the image: forced.
+    let rm = starlight(&["rm", "--force", "--api", &api, &s.image]);
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
     let removed = Instant::now();
     wait_for(
         30,

@@ -819,13 +819,7 @@ impl ImageManager {
             trace.enable();
         }
         if !options.skip_registration {
-            self.registry
-                .register(image, &header)
-                .await
-                .map_err(|reason| ManagerError::Register {
-                    image: image.to_string(),
-                    reason,
-                })?;
+            self.register_retrying(image, &header).await?;
         }
         let mut report = PullReport {
             image: image.to_string(),
@@ -927,13 +921,8 @@ impl ImageManager {
             tracer.enable();
         }
         if !options.skip_registration {
-            self.registry
-                .register(record.reference.as_str(), &record.header)
-                .await
-                .map_err(|reason| ManagerError::Register {
-                    image: record.reference.to_string(),
-                    reason,
-                })?;
+            self.register_retrying(record.reference.as_str(), &record.header)
+                .await?;
         }
         let elapsed = secs(t0.elapsed());
         Ok(PullReport {

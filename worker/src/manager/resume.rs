@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::{contents_of, ImageManager, PullOptions};
+use super::{contents_of, ImageManager, ManagerError, PullOptions};
 use crate::meta::ImageRecord;
 
 /// How long a resumed image's registration is retried while containerd
@@ -141,4 +141,42 @@ impl ImageManager {
             }
         }
     }
+
+    /// Registers `image` in containerd; while containerd answers
+    /// `Unavailable` (its connection to our snapshotter socket is in gRPC's
+    /// reconnect backoff, e.g. right after starlightd started), retries
+    /// with the reconnect backoff for at most [`UNAVAILABLE_FOR`].
+    pub(super) async fn register_retrying(
+        &self,
+        image: &str,
+        header: &transport_quic::Header,
+    ) -> Result<(), ManagerError> {
+        let began = Instant::now();
+        let mut delay = self.config.backoff.initial;
+        loop {
+            match self.registry.register(image, header).await {
+                Ok(()) => return Ok(()),
+                Err(reason)
+                    if reason.contains("Unavailable") && began.elapsed() < UNAVAILABLE_FOR =>
+                {
+                    debug!(
+                        image,
+                        "containerd cannot reach the snapshotter yet: {reason}"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.config.backoff.max);
+                }
+                Err(reason) => {
+                    return Err(ManagerError::Register {
+                        image: image.to_string(),
+                        reason,
+                    })
+                }
+            }
+        }
+    }
 }
+
+/// How long a registration is retried while containerd's connection to
+/// the snapshotter is unavailable.
+const UNAVAILABLE_FOR: Duration = Duration::from_secs(20);
