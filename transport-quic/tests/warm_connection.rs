@@ -224,7 +224,22 @@ async fn the_warm_connection_is_reopened_after_the_proxy_restarts() {
 
     // The proxy goes away (its connections closed) and comes back on the same port.
     server.shutdown().await;
-    let server = bind(addr, &cert, &key, handler(many_files(50)));
+    // The old endpoint's socket may linger a moment after shutdown.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let server = loop {
+        let tls = ServerTls {
+            cert_chain_pem: cert.as_bytes().to_vec(),
+            key_pem: key.as_bytes().to_vec(),
+        };
+        match Server::bind(addr, tls, [TOKEN], handler(many_files(50))) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("rebinding {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot bind {addr} again: {e}"),
+        }
+    };
     // Reopened by the keep-warm task, before any fetch asks for it.
     wait_for("the warm connection to be reopened", || {
         server.stats().authenticated == 1
