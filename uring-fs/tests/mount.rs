@@ -154,13 +154,13 @@ macro_rules! on_each_transport {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        #[ignore = "needs root and /dev/fuse"]
+        #[ignore = "needs root, /dev/fuse and FUSE-over-io_uring"]
         async fn $uring() {
             require_fuse!();
-            if !kernel_has_uring() {
-                eprintln!("skipping: this kernel has no FUSE-over-io_uring");
-                return;
-            }
+            assert!(
+                kernel_has_uring(),
+                "needs FUSE-over-io_uring: this kernel has no {ENABLE_URING}"
+            );
             $body(TransportChoice::IoUring).await;
         }
     )*};

@@ -498,22 +498,22 @@ mod tests {
             .collect()
     }
 
-    fn ring_or_skip() -> Option<Ring> {
-        if !available() {
-            eprintln!("skipped: io_uring is unavailable here");
-            return None;
-        }
-        Some(take_ring().unwrap())
+    /// A ring; these tests are ignored by default and fail, saying why,
+    /// where io_uring is unavailable (e.g. `kernel.io_uring_disabled`).
+    fn ring() -> Ring {
+        assert!(available(), "needs io_uring: it is unavailable here");
+        take_ring().unwrap()
     }
 
     #[test]
+    #[ignore = "needs io_uring (kernel.io_uring_disabled = 0)"]
     fn exact_bytes_for_every_size_and_hint() {
         let dir = tempfile::tempdir().unwrap();
         for size in [0, 1, 4095, 4096, (1 << 20) + 17] {
             let data = pattern(size);
             for hint in [0, size as u64, BUF_SIZE as u64] {
                 for chunk in [size.max(1), 1000, 65536 + 3] {
-                    let Some(ring) = ring_or_skip() else { return };
+                    let ring = ring();
                     let path = dir.path().join(format!("f-{size}-{hint}-{chunk}"));
                     let mut w = UringWriter::new(ring, File::create(&path).unwrap(), hint);
                     for piece in data.chunks(chunk) {
@@ -546,8 +546,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs io_uring (kernel.io_uring_disabled = 0)"]
     fn many_small_writes_keep_their_order() {
-        let Some(ring) = ring_or_skip() else { return };
+        let ring = ring();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("small");
         let mut w = UringWriter::new(ring, File::create(&path).unwrap(), 0);
@@ -567,10 +568,11 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs io_uring (kernel.io_uring_disabled = 0)"]
     fn rings_and_buffers_are_reused() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..50 {
-            let Some(ring) = ring_or_skip() else { return };
+            let ring = ring();
             let path = dir.path().join(format!("r{i}"));
             let mut w = UringWriter::new(ring, File::create(&path).unwrap(), 700_000);
             w.write_all(&pattern(700_000)).unwrap();
@@ -582,8 +584,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs io_uring (kernel.io_uring_disabled = 0)"]
     fn dropping_with_writes_outstanding_waits_for_them() {
-        let Some(ring) = ring_or_skip() else { return };
+        let ring = ring();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dropped");
         let mut w = UringWriter::new(ring, File::create(&path).unwrap(), 0);
@@ -600,7 +603,7 @@ mod tests {
         let Some(fs) = Tmpfs::mount("64k") else {
             return;
         };
-        let Some(ring) = ring_or_skip() else { return };
+        let ring = ring();
         let path = fs.path().join("big");
         let mut w = UringWriter::new(ring, File::create(&path).unwrap(), 1 << 20);
         let data = pattern(1 << 20);
