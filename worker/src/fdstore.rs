@@ -10,7 +10,7 @@
 //! the first process negotiated with the kernel travel together.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
@@ -116,6 +116,16 @@ fn notify_addr() -> io::Result<Option<SocketAddr>> {
 fn send_with_fd(target: &SocketAddr, message: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
     let socket = UnixDatagram::unbound()?;
     socket.connect_addr(target)?;
+    sendmsg_with_fd(socket.as_fd(), message, fd)
+}
+
+/// Sends one message on the connected socket `sock`, with `fd` attached
+/// (`SCM_RIGHTS`) if given. Shared with the hand-over socket.
+pub(crate) fn sendmsg_with_fd(
+    sock: BorrowedFd<'_>,
+    message: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: message.as_ptr() as *mut libc::c_void,
         iov_len: message.len(),
@@ -140,7 +150,7 @@ fn send_with_fd(target: &SocketAddr, message: &[u8], fd: Option<BorrowedFd<'_>>)
         }
     }
     // SAFETY: `msg` points at live buffers of the stated sizes.
-    let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -158,34 +158,7 @@ fn set_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
 
 /// Sends one message, with `fd` attached if given.
 fn send(sock: BorrowedFd<'_>, message: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: message.as_ptr() as *mut libc::c_void,
-        iov_len: message.len(),
-    };
-    let mut control = [0u64; 4];
-    // SAFETY: msghdr is plain data; zero is a valid start.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        msg.msg_control = control.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE only computes a size.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
-        // SAFETY: `control` holds one cmsg with one int.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd.as_raw_fd());
-        }
-    }
-    // SAFETY: `msg` points at live buffers of the stated sizes.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::fdstore::sendmsg_with_fd(sock, message, fd)
 }
 
 /// Receives one message (at most [`MAX_MESSAGE`] bytes) and the fds it
