@@ -242,21 +242,8 @@ impl Containerd {
                 name: name.to_string(),
                 source: PlanError::Malformed("no layers".into()),
             })?;
-        let snapshot_ref = format!("{GC_REF_SNAPSHOT}{snapshotter}");
-        self.put_content(
-            &plan.config,
-            labels(&[(&snapshot_ref, top)]),
-            lease_id,
-            lease,
-        )
-        .await?;
-        self.put_content(
-            &plan.manifest,
-            labels(&[(GC_REF_CONFIG, &plan.config.digest)]),
-            lease_id,
-            lease,
-        )
-        .await?;
+        self.put_manifest_and_config(plan, snapshotter, top, lease_id, lease)
+            .await?;
         for (i, chain) in plan.chain_ids.iter().enumerate() {
             let parent = if i == 0 { "" } else { &plan.chain_ids[i - 1] };
             let is_top = i + 1 == plan.chain_ids.len();
@@ -277,7 +264,7 @@ impl Containerd {
 
     /// Writes `blob` into the content store with `labels`; if it is there
     /// already, adds it to the lease and sets the labels it lacks.
-    async fn put_content(
+    pub(super) async fn put_content(
         &self,
         blob: &image::Blob,
         labels: HashMap<String, String>,

@@ -139,21 +139,8 @@ impl Containerd {
                 ),
             });
         };
-        let snapshot_ref = format!("{GC_REF_SNAPSHOT}{snapshotter}");
-        self.put_content(
-            &plan.config,
-            labels(&[(&snapshot_ref, top)]),
-            lease_id,
-            lease,
-        )
-        .await?;
-        self.put_content(
-            &plan.manifest,
-            labels(&[(GC_REF_CONFIG, &plan.config.digest)]),
-            lease_id,
-            lease,
-        )
-        .await?;
+        self.put_manifest_and_config(plan, snapshotter, top, lease_id, lease)
+            .await?;
         let mut report = RemotePullReport::default();
         for i in 0..plan.chain_ids.len() {
             if self.remote_layer(image, i, snapshotter, lease).await? {
@@ -263,4 +250,35 @@ pub fn remote_pull(
         plan,
         layers,
     })
+}
+
+impl Containerd {
+    /// Writes the image's config (its GC label naming the top snapshot
+    /// `top` of `snapshotter`) and manifest (naming the config) under the
+    /// lease.
+    pub(super) async fn put_manifest_and_config(
+        &self,
+        plan: &ImagePlan,
+        snapshotter: &str,
+        top: &str,
+        lease_id: &str,
+        lease: &MetadataValue<Ascii>,
+    ) -> Result<(), ContainerdError> {
+        let snapshot_ref = format!("{GC_REF_SNAPSHOT}{snapshotter}");
+        self.put_content(
+            &plan.config,
+            labels(&[(&snapshot_ref, top)]),
+            lease_id,
+            lease,
+        )
+        .await?;
+        self.put_content(
+            &plan.manifest,
+            labels(&[(GC_REF_CONFIG, &plan.config.digest)]),
+            lease_id,
+            lease,
+        )
+        .await?;
+        Ok(())
+    }
 }
