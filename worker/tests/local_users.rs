@@ -19,7 +19,14 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use starlight_worker::api::{call, Request, Response};
 
-const NOBODY: u32 = 65_534;
+#[path = "support/peer.rs"]
+mod peer;
+use peer::NOBODY;
+
+/// A line that is no request, sent to a stream socket as `uid`/`gid`.
+fn connect_as(uid: u32, gid: u32, socket: &Path) -> (i32, String) {
+    peer::connect_as(uid, gid, socket, libc::SOCK_STREAM, b"not a request\n")
+}
 
 /// A `starlightd run` child, stopped on drop.
 struct Daemon {
@@ -123,75 +130,6 @@ fn denied_to_nobody(program: &str, path: &Path) {
         path.display(),
         out.status
     );
-}
-
-/// Connects to the unix socket `socket` as `uid`/`gid` (no supplementary
-/// groups), sends one line and returns the connect's errno (0: connected)
-/// and what the server wrote back. The client runs in a forked child after
-/// its uid and gid changed (a `pre_exec` hook that exits instead of
-/// exec'ing), with async-signal-safe calls only.
-fn connect_as(uid: u32, gid: u32, socket: &Path) -> (i32, String) {
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: all-zero is a valid sockaddr_un.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let path = socket.as_os_str().as_bytes();
-    assert!(path.len() < addr.sun_path.len(), "socket path too long");
-    for (d, s) in addr.sun_path.iter_mut().zip(path) {
-        *d = *s as libc::c_char;
-    }
-    let mut cmd = Command::new("/bin/true");
-    cmd.uid(uid)
-        .gid(gid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: the hook runs in the forked child and only makes
-    // async-signal-safe calls (socket, setsockopt, connect, send, read,
-    // write, _exit) on memory it owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-            if fd < 0 {
-                libc::_exit(200);
-            }
-            let timeout = libc::timeval {
-                tv_sec: 10,
-                tv_usec: 0,
-            };
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-            let r = libc::connect(
-                fd,
-                (&addr as *const libc::sockaddr_un).cast(),
-                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-            );
-            if r != 0 {
-                libc::_exit(*libc::__errno_location());
-            }
-            let line = b"not a request\n";
-            libc::send(fd, line.as_ptr().cast(), line.len(), libc::MSG_NOSIGNAL);
-            let mut buf = [0u8; 1024];
-            loop {
-                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-                if n <= 0 {
-                    break;
-                }
-                libc::write(1, buf.as_ptr().cast(), n as usize);
-            }
-            libc::_exit(0)
-        });
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 fn root_lists_images(rt: &tokio::runtime::Runtime, api: &Path) {

@@ -22,6 +22,8 @@ use starlight_proxy::serve::ServeOptions;
 use starlight_worker::api::{call, ImageInfo, PullReport, Request, Response};
 use starlight_worker::meta::MetaDb;
 
+pub mod restart;
+
 /// A `starlightd run` child; SIGKILL on drop, and its mounts detached.
 pub struct Daemon {
     pub child: Child,
