@@ -216,6 +216,8 @@ fn a_reader_survives(restart: Restart, repo: &str) -> Survived {
         info.contents_held, info.contents
     );
     systemd.wait_for_stored(1, &daemon);
+    std::thread::sleep(Duration::from_millis(200));
+    reader.assert_in_flight();
     let t = Instant::now();
     match restart {
         Restart::Kill9 => {
@@ -421,6 +423,7 @@ fn a_container_keeps_its_files_across_a_take_over_that_refuses_other_users() {
     assert!(!info.complete, "still arriving at the hand-over: {info:?}");
 
     refuse_a_nobody_hand_over(&state, &mut old);
+    reader.assert_in_flight();
     assert!(reader.running(), "the container goes on");
     assert!(is_mounted(Path::new(&info.mountpoint)));
     assert!(!find(&old.images(&world.rt), &image).mountpoint.is_empty());

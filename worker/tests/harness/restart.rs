@@ -337,15 +337,22 @@ pub fn arriving_image() -> Files {
     c
 }
 
+/// The file the reader reads in the background from the start: the last
+/// of the bundle, so its open waits in starlightd (in flight) at a stop.
+const IN_FLIGHT: &str = "app/c-large-11.bin";
+
 /// What the reader container does: hashes `a-small.bin`, holds
-/// `b-held.bin` open, says `started`, waits for `/ctl/go`, then hashes the
-/// held file and every large file it never opened, says `finished`, and
-/// stays in `/app` with a file open until `/ctl/end`.
+/// `b-held.bin` open, starts hashing [`IN_FLIGHT`] in the background (to
+/// `/ctl/in-flight`), says `started`, waits for `/ctl/go`, then hashes the
+/// held file and every large file it never opened, waits for the
+/// background hash, says `finished`, and stays in `/app` with a file open
+/// until `/ctl/end`.
 const READER_SCRIPT: &str =
     "sha256sum /app/a-small.bin || exit 9; exec 5</app/b-held.bin || exit 8; \
+     sha256sum /app/c-large-11.bin >/ctl/in-flight 2>&1 & \
      echo started; while [ ! -e /ctl/go ]; do sleep 0.1 || exit 6; done; \
      cat <&5 | sha256sum; for f in /app/c-large-*.bin; do sha256sum \"$f\" || exit 7; done; \
-     echo finished; cd /app || exit 5; exec 6<a-small.bin; \
+     wait $! || exit 3; echo finished; cd /app || exit 5; exec 6<a-small.bin; \
      while [ ! -e /ctl/end ]; do sleep 0.1 || exit 4; done";
 
 /// A runc container on the image of [`arriving_image`] (pushed with
@@ -409,6 +416,15 @@ impl Reader {
             }
         }
         let c = &self.files;
+        let background = std::fs::read_to_string(self.ctl.join("in-flight")).unwrap();
+        assert_eq!(
+            background,
+            format!(
+                "{}  /{IN_FLIGHT}\n",
+                hex::encode(Sha256::digest(&c[IN_FLIGHT]))
+            ),
+            "the read in flight at the stop"
+        );
         assert_eq!(got.len(), 13, "{got:?}");
         assert!(got[0].starts_with(&hex::encode(Sha256::digest(&c["app/b-held.bin"]))));
         for (i, l) in got[1..].iter().enumerate() {
@@ -416,6 +432,13 @@ impl Reader {
             let want = format!("{}  /{path}", hex::encode(Sha256::digest(&c[&path])));
             assert_eq!(l, &want);
         }
+    }
+
+    /// Checks that the background read of [`IN_FLIGHT`] has not finished:
+    /// its open or reads wait in starlightd.
+    pub fn assert_in_flight(&self) {
+        let out = std::fs::read_to_string(self.ctl.join("in-flight")).unwrap_or_default();
+        assert!(out.is_empty(), "the background read ended early: {out}");
     }
 
     /// Whether `ctr run` is still running.
