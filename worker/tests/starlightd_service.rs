@@ -164,6 +164,17 @@ fn the_systemd_unit_verifies() {
     ] {
         assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
     }
+    // The fd store: systemd before 254 does not export $FDSTORE, so the
+    // unit sets it, to the size it asks systemd for.
+    let value = |prefix: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("the unit lacks {prefix}"))
+            .to_owned()
+    };
+    let max = value("FileDescriptorStoreMax=");
+    assert!(max.parse::<u32>().is_ok_and(|n| n > 0), "{max}");
+    assert_eq!(value("Environment=FDSTORE="), max);
     // PID 1 is not systemd here and the binary is not installed: verify a
     // copy whose ExecStart names the binary just built.
     let dir = tempfile::tempdir().unwrap();
