@@ -263,15 +263,7 @@ fn a_reader_survives(restart: Restart, repo: &str) -> Survived {
         log.contains("resumed the pull cut short by the last stop"),
         "{log}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !find(&daemon.images(&world.rt), &image).complete {
-        assert!(
-            Instant::now() < deadline,
-            "never complete:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_complete(&daemon, &world, &image);
     println!("resumed with {held} contents named held; the container read every file");
     Survived {
         reader,
@@ -450,15 +442,7 @@ fn a_container_keeps_its_files_across_a_take_over_that_refuses_other_users() {
         log.contains("serving the connection kept across the restart"),
         "{log}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !find(&new.images(&world.rt), &image).complete {
-        assert!(
-            Instant::now() < deadline,
-            "never complete:\n{}",
-            new.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_complete(&new, &world, &image);
     reader.end();
     world.wait_for_snapshotter();
     world.ctrd.ctr_ok(&["containers", "rm", &reader.id.clone()]);
@@ -510,4 +494,39 @@ fn refuse_a_nobody_hand_over(state: &Path, daemon: &mut Daemon) {
         "the daemon goes on"
     );
     assert!(!daemon.log_text().contains("handed the mounts over"));
+}
+
+/// Issue 13, item 1: `grace_secs` bounds the time a receive goes without
+/// progress, not the life of one stream. With `grace_secs = 2` and the
+/// proxy paced to 600 kB/s, the bundle takes about 20 s on one stream; a
+/// container's read of the bundle's last file waits all that time and
+/// gets exact bytes, and no open fails.
+#[test]
+#[ignore = "needs root: containerd, runc, FUSE mounts"]
+fn grace_bounds_the_time_without_progress_not_the_life_of_a_stream() {
+    if let Some(reason) = skip_reason() {
+        panic!("needs root and /dev/fuse: {reason}");
+    }
+    let world = World::new();
+    let (image, files) = Reader::push(&world, "grace/slow");
+    let setup = world.setup(world.dir.path().join("state"));
+    let paced = world.proxy(Some(600_000));
+    let daemon = setup.start(paced.addr, "slow.log");
+    let config = std::fs::read_to_string(setup.dir.join("starlightd.toml")).unwrap();
+    assert!(config.contains("grace_secs = 2\n"), "{config}");
+    world.wait_for_snapshotter();
+    let t = Instant::now();
+    let report = daemon.pull(&world.rt, &image, false);
+    assert_eq!(report.complete, None, "{report:?}");
+    let mut reader = Reader::start(&world, &image, files);
+    reader.read_on(&|| daemon.log_text());
+    let took = t.elapsed();
+    println!("the read of the last file waited {took:?} on one paced stream (grace 2 s)");
+    assert!(took > Duration::from_secs(10), "not slow enough: {took:?}");
+    let log = daemon.log_text();
+    assert!(!log.contains("waiting opens get EIO"), "{log}");
+    assert!(!log.contains("bundle resumed"), "one stream: {log}");
+    wait_complete(&daemon, &world, &image);
+    reader.end();
+    world.ctrd.ctr_ok(&["containers", "rm", &reader.id.clone()]);
 }

@@ -474,6 +474,19 @@ impl Drop for Reader {
     }
 }
 
+/// Waits (60 s at most) until `daemon` says `image` is complete.
+pub fn wait_complete(daemon: &Daemon, world: &World, image: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !super::find(&daemon.images(&world.rt), image).complete {
+        assert!(
+            Instant::now() < deadline,
+            "never complete:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The `held=` count of the "resuming a partly present image" log line.
 pub fn resumed_held(log: &str) -> usize {
     log.lines()
