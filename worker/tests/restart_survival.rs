@@ -1,17 +1,22 @@
-//! Issue 13, item 2: running containers survive a crash of starlightd.
+//! Issue 13, item 2: running containers survive a crash, a graceful
+//! restart and a hand-over of starlightd.
 //!
 //! With the real `starlightd run` binary, a real `docker-registry`, the
-//! proxy over QUIC and a private containerd. This test plays systemd: it
-//! owns the notify socket and sets `FDSTORE` (as `FileDescriptorStoreMax=`
-//! makes systemd do), so starlightd stores each image mount's `/dev/fuse`
-//! fd there (`FDSTORE=1`, `FDNAME=<image hex>.<session state>`). A process
-//! with its working directory in the image's mount and a file held open
-//! keeps running while starlightd is killed with SIGKILL and started again
-//! with the stored fds (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`); it
-//! then reads the held file and every file it never opened, with exact
-//! bytes and no ENOTCONN, EIO or ESTALE. Then the same through a graceful
-//! restart (`<state>/keep-mounts`, SIGTERM), and a stop without the marker
-//! unmounts within a second while a process sits in the mount.
+//! proxy over QUIC and a private containerd with runc. The tests play
+//! systemd (`harness::restart::Systemd`): they own the notify socket and
+//! pass the shipped unit's `Environment=` (with `FDSTORE`), so starlightd
+//! stores each image mount's `/dev/fuse` fd there (`FDSTORE=1`,
+//! `FDNAME=<image hex>.<session state>`), and a restart gets the stored
+//! fds (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`). A process or a runc
+//! container with its working directory in the image's mount, a file held
+//! open and a read in flight keeps running while starlightd is killed
+//! with SIGKILL, restarted gracefully (`<state>/keep-mounts`, SIGTERM) or
+//! replaced by `starlightd run --take-over`; it then reads the held file
+//! and every file it never opened, with exact bytes and no ENOTCONN, EIO
+//! or ESTALE. A stop without the marker unmounts within a second while a
+//! process or a container uses the mount. A peer that is not root is
+//! refused by the hand-over socket. What systemd itself does (its store's
+//! bookkeeping, `systemctl`) is not run here: PID 1 is not systemd.
 #![allow(clippy::unwrap_used)] // tests may unwrap
 #![allow(dead_code)] // helpers shared in shape with crash_safety.rs
 

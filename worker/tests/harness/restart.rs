@@ -62,9 +62,11 @@ pub type FdStore = BTreeMap<String, OwnedFd>;
 
 /// The part of systemd a `Type=notify` unit with `FileDescriptorStoreMax=`
 /// sees: the notify socket, the fd store (`FDSTORE=1` + `FDNAME=`, and
-/// `FDSTOREREMOVE=1`), and the stored fds passed to the next start from
-/// fd 3 with `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`. PID 1 here is not
-/// systemd, so `systemd-run` cannot host the daemon.
+/// `FDSTOREREMOVE=1`), the unit's `Environment=`, and the stored fds
+/// passed to the next start from fd 3 with `LISTEN_FDS`/`LISTEN_FDNAMES`/
+/// `LISTEN_PID`. PID 1 here is not systemd, and `systemd --user` refuses
+/// to start without it, so neither `systemd-run` nor a user manager can
+/// host the daemon.
 pub struct Systemd {
     pub notify: UnixDatagram,
     pub path: PathBuf,
@@ -145,7 +147,7 @@ impl Systemd {
             .arg(env!("CARGO_BIN_EXE_starlightd"))
             .arg(&config)
             .env("NOTIFY_SOCKET", &self.path)
-            .env("FDSTORE", "64")
+            .envs(unit_environment())
             .env("RUST_LOG", "info,polyfuse=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -187,6 +189,24 @@ impl Systemd {
         assert!(ready, "no READY=1 within 60 s:\n{}", d.log_text());
         d
     }
+}
+
+/// The `Environment=` settings of the shipped unit, as systemd 252 (this
+/// host's, and Debian 12's) passes them: it does not export `$FDSTORE`
+/// itself (254+ does), so the fd store is used only if the unit sets it.
+fn unit_environment() -> Vec<(String, String)> {
+    let unit = include_str!("../../dist/starlightd.service");
+    let env: Vec<(String, String)> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert!(
+        env.iter().any(|(k, _)| k == "FDSTORE"),
+        "the unit does not set FDSTORE: {env:?}"
+    );
+    env
 }
 
 /// SIGTERM (what `systemctl stop` and `restart` send with
