@@ -19,7 +19,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use starlight_worker::api::peer::PeerPolicy;
 use starlight_worker::api::server as api_server;
-use starlight_worker::config::{Settings, DEFAULT_CONFIG_PATH};
+use starlight_worker::config::{ResolveSettings, Settings, DEFAULT_CONFIG_PATH};
 use starlight_worker::handover;
 use starlight_worker::imagefs::ImageFs;
 use starlight_worker::lock::StateLock;

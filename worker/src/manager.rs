@@ -34,7 +34,7 @@ use transport_quic::quic::{Client, ClientError, ClientOptions, ClientTls, Transp
 use transport_quic::{Digest, Header, ImageReference, Source};
 use uring_fs::{MountOptions, Session, SessionState};
 
-use crate::api::{ImageInfo, PullAttempt, PullReport, Response};
+use crate::api::{ImageInfo, PullAttempt, PullReport};
 use crate::config::Config;
 use crate::containerd::list::NamedImage;
 use crate::fdstore::{self, MountFdName};
@@ -209,6 +209,14 @@ pub struct PullOptions {
     /// image record and the snapshotter the snapshots; or a pull resumed at
     /// start, registered by its caller once containerd reconnected).
     pub skip_registration: bool,
+}
+
+/// How a pull with `wait` is going, before its final report (the API
+/// server turns each into a progress line).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PullProgress {
+    /// The image is mounted and registered; the body is still arriving.
+    Registered(PullReport),
 }
 
 /// The images starlightd holds.
@@ -660,12 +668,12 @@ impl ImageManager {
 
     /// Pulls `image`: answers once it is registered (sending nothing to
     /// `progress`), or with `wait` once the body is over (sending
-    /// [`Response::Registered`] to `progress` first).
+    /// [`PullProgress::Registered`] to `progress` first).
     pub async fn pull(
         self: &Arc<Self>,
         image: &str,
         options: PullOptions,
-        progress: mpsc::UnboundedSender<Response>,
+        progress: mpsc::UnboundedSender<PullProgress>,
     ) -> Result<PullReport, ManagerError> {
         let t0 = Instant::now();
         let gate = self.gate.read().await;
@@ -883,7 +891,7 @@ impl ImageManager {
             (r, complete, t0.elapsed())
         });
         if options.wait {
-            let _ = progress.send(Response::Registered(report.clone()));
+            let _ = progress.send(PullProgress::Registered(report.clone()));
             let (r, complete, elapsed) = finishing.await.map_err(|e| pull_err(e.to_string()))?;
             report.complete_secs = Some(secs(elapsed));
             report.bytes_received = r.as_ref().map(|r| r.bytes_received);

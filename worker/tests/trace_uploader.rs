@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use starlight_worker::config::{Config, Settings, TraceSettings};
+use starlight_worker::config::{Config, ResolveSettings, Settings, TraceSettings};
 use starlight_worker::manager::{BoxFuture, ImageManager, ImageRegistry};
 use starlight_worker::trace_spool::{new_id, Spool};
 use starlight_worker::trace_upload;
