@@ -42,7 +42,8 @@ use crate::header_check::CheckedHeader;
 use crate::imagefs::ImageFs;
 use crate::meta::{ImageRecord, MetaDb, MetaError};
 use crate::receiver::{self, ReceiveError, ReceiveOptions, ReceiveReport};
-use crate::snapshotter::{ImageMounts, ImageUsers, OverlaySnapshotter};
+use crate::registration::RegistryError;
+use crate::snapshotter::{ImageMounts, ImageUsers, LowerDirError, OverlaySnapshotter};
 use crate::store::{Store, StoreError};
 use crate::trace::{OpenTrace, TraceRecord};
 use crate::waiters::ContentWaiters;
@@ -69,13 +70,13 @@ pub trait ImageRegistry: Send + Sync + 'static {
         &'a self,
         name: &'a str,
         header: &'a Header,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), RegistryError>>;
     /// Removes image `name`'s registration.
-    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), RegistryError>>;
     /// Every image registered (name and target digest), for the garbage
     /// collection; `None`: this registry cannot tell (nothing counts as
     /// removed from it).
-    fn images(&self) -> BoxFuture<'_, Result<Option<Vec<NamedImage>>, String>> {
+    fn images(&self) -> BoxFuture<'_, Result<Option<Vec<NamedImage>>, RegistryError>> {
         Box::pin(async { Ok(None) })
     }
 }
@@ -121,12 +122,13 @@ pub enum ManagerError {
         reason: String,
     },
     /// containerd refused the image.
-    #[error("registering {image} in containerd: {reason}")]
+    #[error("registering {image} in containerd: {source}")]
     Register {
         /// The image.
         image: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: RegistryError,
     },
     /// The garbage collection could not tell which images are in use.
     #[error("garbage collection: {0}")]
@@ -151,24 +153,30 @@ pub enum ManagerError {
 }
 
 impl ImageMounts for ImageManager {
-    /// Called on a blocking thread of the runtime: an image recorded but not
-    /// mounted (its mount failed at start) is mounted here.
-    fn lower_dir(&self, manifest_digest: &str) -> Result<PathBuf, String> {
-        let digest = Digest::parse(manifest_digest).map_err(|e| e.to_string())?;
-        if let Some(dir) = self.mounted_at(&digest) {
-            return Ok(dir);
-        }
-        let record = self
-            .meta
-            .get(&digest)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("starlightd holds no image {digest}"))?;
-        let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
-        handle
-            .block_on(self.ensure_mounted(&record))
-            .map_err(|e| e.to_string())?;
-        self.mounted_at(&digest)
-            .ok_or_else(|| format!("{digest} was unmounted meanwhile"))
+    /// An image recorded but not mounted (its mount failed at start) is
+    /// mounted here.
+    fn lower_dir<'a>(
+        &'a self,
+        manifest_digest: &'a str,
+    ) -> BoxFuture<'a, Result<PathBuf, LowerDirError>> {
+        Box::pin(async move {
+            let digest = Digest::parse(manifest_digest)?;
+            if let Some(dir) = self.mounted_at(&digest) {
+                return Ok(dir);
+            }
+            let mount_error = |source| LowerDirError::Mount {
+                digest: digest.to_string(),
+                source,
+            };
+            let record = self
+                .meta
+                .get(&digest)
+                .map_err(|e| mount_error(ManagerError::Meta(e)))?
+                .ok_or_else(|| LowerDirError::Unknown(digest.to_string()))?;
+            self.ensure_mounted(&record).await.map_err(mount_error)?;
+            self.mounted_at(&digest)
+                .ok_or_else(|| LowerDirError::Unmounted(digest.to_string()))
+        })
     }
 
     /// A container is starting on the image: its next open opens a trace.
