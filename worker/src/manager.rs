@@ -63,7 +63,7 @@ pub const DEAD_PROXY: Duration = Duration::from_secs(5);
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where pulled images are registered so that containers can be started
-/// from them (containerd; see [`crate::daemon`]).
+/// from them (containerd; see [`crate::registration`]).
 pub trait ImageRegistry: Send + Sync + 'static {
     /// Registers image `name` from its bundle header (idempotent).
     fn register<'a>(
@@ -445,7 +445,7 @@ impl ImageManager {
 
     /// Mounts every recorded image (after a start), and resumes in the
     /// background the pull of each image recorded incomplete (see
-    /// [`resume`]). Images that cannot be mounted are logged and skipped.
+    /// `manager/resume.rs`). Images that cannot be mounted are logged and skipped.
     pub async fn restore(self: &Arc<Self>) -> Result<usize, ManagerError> {
         let mut n = 0;
         let records = self.meta.images()?;
