@@ -16,9 +16,16 @@ pub const SNAPSHOTTER: &str = "starlight";
 /// Why an [`ImageRegistry`] call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// containerd could not be reached, or refused.
+    /// containerd could not be reached, or refused (boxed: gRPC statuses
+    /// are large).
     #[error(transparent)]
-    Containerd(#[from] ContainerdError),
+    Containerd(Box<ContainerdError>),
+}
+
+impl From<ContainerdError> for RegistryError {
+    fn from(e: ContainerdError) -> Self {
+        RegistryError::Containerd(Box::new(e))
+    }
 }
 
 impl RegistryError {
@@ -27,11 +34,13 @@ impl RegistryError {
     /// reconnect backoff, e.g. right after starlightd started).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            RegistryError::Containerd(ContainerdError::Call { status, .. }) => {
-                status.code() == containerd_client::tonic::Code::Unavailable
-                    || status.message().contains("Unavailable")
-            }
-            RegistryError::Containerd(_) => false,
+            RegistryError::Containerd(e) => match e.as_ref() {
+                ContainerdError::Call { status, .. } => {
+                    status.code() == containerd_client::tonic::Code::Unavailable
+                        || status.message().contains("Unavailable")
+                }
+                _ => false,
+            },
         }
     }
 }
