@@ -10,7 +10,7 @@ pub(crate) struct RegistryCounters {
     errors: AtomicU64,
 }
 
-/// A snapshot of [`RegistryCounters`].
+/// A snapshot of the registry client's request counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RegistryStats {
     /// HTTP range requests sent.

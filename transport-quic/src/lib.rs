@@ -6,6 +6,7 @@
 //! - [`commit`]: the canonical layer table encoding a converted image commits to.
 //! - [`merge`]: the merge of layer tables into the view a container sees.
 //! - [`tls`]: certificate helpers (a self-signed pair for demos and tests, PEM parsing).
+//! - [`verify`]: a header checked against the manifest digest its image reference pins.
 #![forbid(unsafe_code)]
 
 pub mod codec;
@@ -15,6 +16,7 @@ pub mod merge;
 pub mod payload;
 pub mod quic;
 pub mod tls;
+pub mod verify;
 
 pub use codec::{
     End, EntryKind, ErrorCode, ErrorFrame, Event, Header, Limits, PayloadCompression, PayloadInfo,

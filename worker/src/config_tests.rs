@@ -1,6 +1,7 @@
 //! Tests of the configuration.
 #![allow(clippy::unwrap_used)]
 use super::*;
+use std::path::Path;
 
 #[test]
 fn file_then_flags_then_defaults() {
@@ -149,7 +150,10 @@ fn the_token_comes_from_the_file_setting_or_a_token_file() {
         token_file: Some(token_file),
         ..base.clone()
     };
-    assert!(matches!(both.resolve(), Err(ConfigError::TwoTokens)));
+    assert!(matches!(
+        both.resolve(),
+        Err(ConfigError::Settings(SettingsError::TwoTokens))
+    ));
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "  \n").unwrap();
     let err = Settings {
@@ -200,7 +204,7 @@ fn missing_bad_and_unknown_settings_are_reported() {
     assert_eq!(Settings::load(&absent, false).unwrap(), Settings::default());
     assert!(matches!(
         Settings::load(&absent, true),
-        Err(ConfigError::Read { .. })
+        Err(SettingsError::Read { .. })
     ));
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "proxy = \"127.0.0.1:1\"\nproxi = 3\n").unwrap();

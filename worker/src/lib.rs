@@ -12,7 +12,8 @@
 //! - [`trace_spool`], [`trace_upload`]: traces of every container start,
 //!   spooled on disk and uploaded in the background.
 //! - [`manager`]: the images starlightd holds: records, mounts, pulls, removal.
-//! - [`api`]: the JSON-lines API socket (server and client).
+//! - [`api`]: the JSON-lines API socket's server (the protocol and client
+//!   are the `starlight-api` crate's, re-exported).
 //! - [`notify`]: systemd readiness notification.
 //! - [`containerd`]: a containerd client that registers images from bundle headers.
 //! - [`registration`]: the image manager's link to [`containerd`].
@@ -20,7 +21,10 @@
 //!   (containerd's own pulls, CRI), pulled by the image manager.
 //! - [`header_check`]: the checks every bundle header passes before any use.
 //! - [`config`]: starlightd's TOML configuration and flag overrides
-//!   ([`proxy_addr`]: the proxy's `HOST:PORT`; [`gc_config`]: the store's bound).
+//!   (the file's settings and [`proxy_addr`] are `starlight-api`'s;
+//!   [`gc_config`]: the store's bound).
+//! - [`verify`]: the header's check against the pinned manifest digest
+//!   (`transport_quic::verify`, re-exported).
 
 pub mod api;
 pub mod config;
@@ -36,7 +40,7 @@ pub mod manager;
 pub mod meta;
 pub mod metrics;
 pub mod notify;
-pub mod proxy_addr;
+pub use starlight_api::proxy_addr;
 pub mod receiver;
 pub mod recovery;
 pub mod registration;
@@ -46,5 +50,5 @@ pub mod store;
 pub mod trace;
 pub mod trace_spool;
 pub mod trace_upload;
-pub mod verify;
+pub use transport_quic::verify;
 pub mod waiters;

@@ -6,9 +6,10 @@
 //! - `run`: the daemon. Serves containerd's snapshotter plugin and the API
 //!   socket the `starlight` CLI talks to (pull, images, rm), mounts every
 //!   image it holds, and tells systemd it is ready (`READY=1`).
-//! - `mount`: pull one image from the proxy and mount it as soon as the
-//!   bundle's header arrives, serving each file once its content is
-//!   verified and stored, until SIGINT or SIGTERM (no containerd).
+//!
+//! Every pull goes through the image manager (`starlight pull`, containerd's
+//! own pulls through the snapshotter, `starlight rpull`): there is no second
+//! pull path.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,24 +20,15 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use starlight_worker::api::peer::PeerPolicy;
 use starlight_worker::api::server as api_server;
-use starlight_worker::config::{Settings, DEFAULT_CONFIG_PATH};
+use starlight_worker::config::{ResolveSettings, Settings, DEFAULT_CONFIG_PATH};
 use starlight_worker::handover;
-use starlight_worker::imagefs::ImageFs;
 use starlight_worker::lock::StateLock;
 use starlight_worker::manager::ImageManager;
-use starlight_worker::meta::{ImageRecord, MetaDb};
 use starlight_worker::notify;
-use starlight_worker::receiver::{self, ReceiveError, ReceiveOptions, ReceiveReport};
 use starlight_worker::registration::ContainerdRegistry;
 use starlight_worker::snapshotter::{serve_snapshotter, OverlaySnapshotter};
-use starlight_worker::store::Store;
-use starlight_worker::waiters::ContentWaiters;
 use std::os::fd::OwnedFd;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use transport_quic::quic::{Client, ClientTls};
-use transport_quic::{Header, Request};
-use uring_fs::{MountOptions, Session};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,8 +44,7 @@ in the file or token_file: a token on the command line shows in /proc.
 Examples:
   starlightd run
   starlightd --config /etc/starlight/starlightd.toml run
-  starlightd --proxy proxy.example:8443 --ca ca.pem --token-file token run
-  starlightd --state-dir /tmp/sl mount 127.0.0.1:5000/app:v1 /mnt/app"
+  starlightd --proxy proxy.example:8443 --ca ca.pem --token-file token run"
 )]
 struct Cli {
     /// The configuration file (required to exist when given explicitly).
@@ -141,33 +132,10 @@ Examples:
         #[arg(long)]
         take_over: bool,
     },
-    /// Pull IMAGE and mount its filesystem at MOUNTPOINT as soon as the
-    /// header arrives; serve until SIGINT or SIGTERM, then unmount.
-    #[command(after_long_help = "\
-No containerd is involved: the mount serves each file once its content is
-verified and stored.
-
-Examples:
-  starlightd mount 127.0.0.1:5000/app:v1 /mnt/app
-  starlightd mount --refresh --from 127.0.0.1:5000/app:v1 127.0.0.1:5000/app:v2 /mnt/v2")]
-    Mount {
-        /// Manifest digests of images whose contents are already in the
-        /// store (default: every complete image starlightd holds).
-        #[arg(long = "from")]
-        from: Vec<String>,
-        /// Ask the proxy even if the image was fully pulled before (by
-        /// default such an image is mounted from local state, no network).
-        #[arg(long)]
-        refresh: bool,
-        /// The image (`repo:tag`, with the registry the proxy defaults to, or
-        /// `host/repo:tag`).
-        image: String,
-        /// An existing directory.
-        mountpoint: PathBuf,
-    },
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -177,14 +145,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("starlightd: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("starlightd: {e:#}");
@@ -222,12 +183,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .resolve()?;
     match cli.command {
         Command::Run { take_over } => daemon(config, take_over).await,
-        Command::Mount {
-            from,
-            refresh,
-            image,
-            mountpoint,
-        } => mount(config, from, refresh, image, mountpoint).await,
     }
 }
 
@@ -461,185 +416,5 @@ async fn daemon(config: starlight_worker::config::Config, take_over: bool) -> an
     }
     manager.unmount_all().await;
     info!("starlightd stopped");
-    Ok(())
-}
-
-async fn mount(
-    config: starlight_worker::config::Config,
-    from: Vec<String>,
-    refresh: bool,
-    image: String,
-    mountpoint: PathBuf,
-) -> anyhow::Result<()> {
-    let _lock = StateLock::acquire(&config.state_dir)?;
-    config.prepare_state_dir()?;
-    let store = Arc::new(Store::open(config.store_dir())?);
-    let reference = transport_quic::ImageReference::parse(&image)?;
-    let meta = MetaDb::open(&config.images_db())?;
-    // Only complete records vouch for contents; the rest are re-verified.
-    starlight_worker::recovery::recover(&store, &meta.images()?)?;
-    let waiters = Arc::new(ContentWaiters::new());
-    let t0 = Instant::now();
-    if !refresh {
-        if let Some(record) = meta.by_reference(&reference)? {
-            if record.complete && record.contents_present(&store) {
-                let header = Arc::new(record.header);
-                let session = mount_header(&image, &header, store, waiters, &mountpoint).await?;
-                println!(
-                    "mounted {image} ({}) at {} from local state after {:?}: {} entries",
-                    header.manifest_digest,
-                    mountpoint.display(),
-                    t0.elapsed(),
-                    header.toc.len()
-                );
-                return serve(&image, &mountpoint, session, None, &meta).await;
-            }
-        }
-    }
-    let held_images = if from.is_empty() {
-        meta.images()?
-            .into_iter()
-            .filter(|r| r.complete && r.contents_present(&store))
-            .map(|r| r.digest().to_string())
-            .collect()
-    } else {
-        from
-    };
-    let client = Arc::new(Client::new(ClientTls::CaFile(config.ca_file.clone()))?);
-    let receiving = receiver::start(
-        client,
-        config.proxy.clone(),
-        Request {
-            token: config.token.clone(),
-            image: image.clone(),
-            platform: None,
-            held_images,
-            held_payloads: vec![],
-            unordered: false,
-        },
-        store.clone(),
-        waiters.clone(),
-        ReceiveOptions {
-            server_name: config.server_name.clone(),
-            grace: config.grace,
-            backoff: config.backoff,
-        },
-    );
-    let done = receiving.done;
-    let header = match receiving.header.await {
-        Ok(h) => h,
-        Err(_) => {
-            // The receive ended before a header: its error says why.
-            let err = match done.await {
-                Ok(Err(e)) => anyhow::Error::new(e),
-                Ok(Ok(_)) => anyhow::anyhow!("the bundle ended without a header"),
-                Err(e) => anyhow::Error::new(e),
-            };
-            return Err(err.context(format!("pulling {image}")));
-        }
-    };
-    let record = ImageRecord {
-        reference,
-        header: starlight_worker::header_check::CheckedHeader::clone(&header),
-        complete: false,
-    };
-    meta.put_new_or_same(&record)?;
-    let session = mount_header(&image, &header, store.clone(), waiters, &mountpoint).await?;
-    println!(
-        "mounted {image} ({}) at {} after {:?}: {} entries, {} payloads to receive",
-        header.manifest_digest,
-        mountpoint.display(),
-        t0.elapsed(),
-        header.toc.len(),
-        header.payloads.len()
-    );
-    serve(
-        &image,
-        &mountpoint,
-        session,
-        Some((done, record, store)),
-        &meta,
-    )
-    .await
-}
-
-async fn mount_header(
-    image: &str,
-    header: &Header,
-    store: Arc<Store>,
-    waiters: Arc<ContentWaiters>,
-    mountpoint: &std::path::Path,
-) -> anyhow::Result<Session> {
-    let fs = ImageFs::new(header, store, waiters, Duration::from_secs(3600))
-        .with_context(|| format!("the table of contents of {image}"))?;
-    Session::mount(
-        mountpoint,
-        fs,
-        MountOptions::default()
-            .fs_name(format!("starlight:{image}"))
-            // Other users may enter, and the kernel checks each access
-            // against the image's own modes and owners (as the daemon's mounts).
-            .allow_other(true)
-            .default_permissions(true),
-    )
-    .await
-    .with_context(|| format!("mounting {image} at {}", mountpoint.display()))
-}
-
-type Receive = JoinHandle<Result<ReceiveReport, ReceiveError>>;
-
-/// Serves the mount until SIGINT or SIGTERM; meanwhile reports the end of
-/// the receive (if any) and records a complete image as such.
-async fn serve(
-    image: &str,
-    mountpoint: &std::path::Path,
-    session: Session,
-    receive: Option<(Receive, ImageRecord, Arc<Store>)>,
-    meta: &MetaDb,
-) -> anyhow::Result<()> {
-    let serve = session.shutdown_on_signal()?;
-    tokio::pin!(serve);
-    let (mut done, mut record, mut receiving, store) = match receive {
-        Some((done, record, store)) => (Some(done), Some(record), true, Some(store)),
-        None => (None, None, false, None),
-    };
-    loop {
-        tokio::select! {
-            () = &mut serve => break,
-            r = async {
-                match done.as_mut() {
-                    Some(d) => d.await,
-                    None => std::future::pending().await,
-                }
-            }, if receiving => {
-                receiving = false;
-                match r {
-                    Ok(Ok(report)) if report.stream_error.is_none() && report.failed.is_empty() => {
-                        if let Some(mut record) = record.take() {
-                            // Contents are synced in one go before the image counts as complete.
-                            if let Some(store) = &store {
-                                store.sync()?;
-                            }
-                            record.complete = true;
-                            meta.put(&record)?;
-                        }
-                        println!(
-                            "received {image}: {} contents stored, last byte after {:?}",
-                            report.stored, report.time_to_end
-                        );
-                    }
-                    Ok(Ok(report)) => println!(
-                        "received {image} incomplete: {} contents stored, {} failed ({})",
-                        report.stored,
-                        report.failed.len(),
-                        report.stream_error.as_deref().unwrap_or("corrupt payloads")
-                    ),
-                    Ok(Err(e)) => println!("receiving {image} failed: {e}"),
-                    Err(e) => println!("receiving {image} failed: {e}"),
-                }
-            }
-        }
-    }
-    println!("unmounted {}", mountpoint.display());
     Ok(())
 }

@@ -34,7 +34,7 @@ use transport_quic::quic::{Client, ClientError, ClientOptions, ClientTls, Transp
 use transport_quic::{Digest, Header, ImageReference, Source};
 use uring_fs::{MountOptions, Session, SessionState};
 
-use crate::api::{ImageInfo, PullAttempt, PullReport, Response};
+use crate::api::{ImageInfo, PullAttempt, PullReport};
 use crate::config::Config;
 use crate::containerd::list::NamedImage;
 use crate::fdstore::{self, MountFdName};
@@ -42,7 +42,8 @@ use crate::header_check::CheckedHeader;
 use crate::imagefs::ImageFs;
 use crate::meta::{ImageRecord, MetaDb, MetaError};
 use crate::receiver::{self, ReceiveError, ReceiveOptions, ReceiveReport};
-use crate::snapshotter::{ImageMounts, ImageUsers, OverlaySnapshotter};
+use crate::registration::RegistryError;
+use crate::snapshotter::{ImageMounts, ImageUsers, LowerDirError, OverlaySnapshotter};
 use crate::store::{Store, StoreError};
 use crate::trace::{OpenTrace, TraceRecord};
 use crate::waiters::ContentWaiters;
@@ -62,20 +63,20 @@ pub const DEAD_PROXY: Duration = Duration::from_secs(5);
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where pulled images are registered so that containers can be started
-/// from them (containerd; see [`crate::daemon`]).
+/// from them (containerd; see [`crate::registration`]).
 pub trait ImageRegistry: Send + Sync + 'static {
     /// Registers image `name` from its bundle header (idempotent).
     fn register<'a>(
         &'a self,
         name: &'a str,
         header: &'a Header,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), RegistryError>>;
     /// Removes image `name`'s registration.
-    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), RegistryError>>;
     /// Every image registered (name and target digest), for the garbage
     /// collection; `None`: this registry cannot tell (nothing counts as
     /// removed from it).
-    fn images(&self) -> BoxFuture<'_, Result<Option<Vec<NamedImage>>, String>> {
+    fn images(&self) -> BoxFuture<'_, Result<Option<Vec<NamedImage>>, RegistryError>> {
         Box::pin(async { Ok(None) })
     }
 }
@@ -121,12 +122,13 @@ pub enum ManagerError {
         reason: String,
     },
     /// containerd refused the image.
-    #[error("registering {image} in containerd: {reason}")]
+    #[error("registering {image} in containerd: {source}")]
     Register {
         /// The image.
         image: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: RegistryError,
     },
     /// The garbage collection could not tell which images are in use.
     #[error("garbage collection: {0}")]
@@ -151,24 +153,30 @@ pub enum ManagerError {
 }
 
 impl ImageMounts for ImageManager {
-    /// Called on a blocking thread of the runtime: an image recorded but not
-    /// mounted (its mount failed at start) is mounted here.
-    fn lower_dir(&self, manifest_digest: &str) -> Result<PathBuf, String> {
-        let digest = Digest::parse(manifest_digest).map_err(|e| e.to_string())?;
-        if let Some(dir) = self.mounted_at(&digest) {
-            return Ok(dir);
-        }
-        let record = self
-            .meta
-            .get(&digest)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("starlightd holds no image {digest}"))?;
-        let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
-        handle
-            .block_on(self.ensure_mounted(&record))
-            .map_err(|e| e.to_string())?;
-        self.mounted_at(&digest)
-            .ok_or_else(|| format!("{digest} was unmounted meanwhile"))
+    /// An image recorded but not mounted (its mount failed at start) is
+    /// mounted here.
+    fn lower_dir<'a>(
+        &'a self,
+        manifest_digest: &'a str,
+    ) -> BoxFuture<'a, Result<PathBuf, LowerDirError>> {
+        Box::pin(async move {
+            let digest = Digest::parse(manifest_digest)?;
+            if let Some(dir) = self.mounted_at(&digest) {
+                return Ok(dir);
+            }
+            let mount_error = |source| LowerDirError::Mount {
+                digest: digest.to_string(),
+                source,
+            };
+            let record = self
+                .meta
+                .get(&digest)
+                .map_err(|e| mount_error(ManagerError::Meta(e)))?
+                .ok_or_else(|| LowerDirError::Unknown(digest.to_string()))?;
+            self.ensure_mounted(&record).await.map_err(mount_error)?;
+            self.mounted_at(&digest)
+                .ok_or_else(|| LowerDirError::Unmounted(digest.to_string()))
+        })
     }
 
     /// A container is starting on the image: its next open opens a trace.
@@ -209,6 +217,14 @@ pub struct PullOptions {
     /// image record and the snapshotter the snapshots; or a pull resumed at
     /// start, registered by its caller once containerd reconnected).
     pub skip_registration: bool,
+}
+
+/// How a pull with `wait` is going, before its final report (the API
+/// server turns each into a progress line).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PullProgress {
+    /// The image is mounted and registered; the body is still arriving.
+    Registered(PullReport),
 }
 
 /// The images starlightd holds.
@@ -429,7 +445,7 @@ impl ImageManager {
 
     /// Mounts every recorded image (after a start), and resumes in the
     /// background the pull of each image recorded incomplete (see
-    /// [`resume`]). Images that cannot be mounted are logged and skipped.
+    /// `manager/resume.rs`). Images that cannot be mounted are logged and skipped.
     pub async fn restore(self: &Arc<Self>) -> Result<usize, ManagerError> {
         let mut n = 0;
         let records = self.meta.images()?;
@@ -660,12 +676,12 @@ impl ImageManager {
 
     /// Pulls `image`: answers once it is registered (sending nothing to
     /// `progress`), or with `wait` once the body is over (sending
-    /// [`Response::Registered`] to `progress` first).
+    /// [`PullProgress::Registered`] to `progress` first).
     pub async fn pull(
         self: &Arc<Self>,
         image: &str,
         options: PullOptions,
-        progress: mpsc::UnboundedSender<Response>,
+        progress: mpsc::UnboundedSender<PullProgress>,
     ) -> Result<PullReport, ManagerError> {
         let t0 = Instant::now();
         let gate = self.gate.read().await;
@@ -883,7 +899,7 @@ impl ImageManager {
             (r, complete, t0.elapsed())
         });
         if options.wait {
-            let _ = progress.send(Response::Registered(report.clone()));
+            let _ = progress.send(PullProgress::Registered(report.clone()));
             let (r, complete, elapsed) = finishing.await.map_err(|e| pull_err(e.to_string()))?;
             report.complete_secs = Some(secs(elapsed));
             report.bytes_received = r.as_ref().map(|r| r.bytes_received);

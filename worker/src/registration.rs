@@ -7,11 +7,43 @@ use std::path::PathBuf;
 use transport_quic::Header;
 
 use crate::containerd::list::NamedImage;
-use crate::containerd::Containerd;
+use crate::containerd::{Containerd, ContainerdError};
 use crate::manager::{BoxFuture, ImageRegistry};
 
 /// The snapshotter name containerd knows starlightd's snapshotter by.
 pub const SNAPSHOTTER: &str = "starlight";
+
+/// Why an [`ImageRegistry`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// containerd could not be reached, or refused (boxed: gRPC statuses
+    /// are large).
+    #[error(transparent)]
+    Containerd(Box<ContainerdError>),
+}
+
+impl From<ContainerdError> for RegistryError {
+    fn from(e: ContainerdError) -> Self {
+        RegistryError::Containerd(Box::new(e))
+    }
+}
+
+impl RegistryError {
+    /// Whether containerd answered `Unavailable`, itself or for a call it
+    /// made (its connection to our snapshotter socket is in gRPC's
+    /// reconnect backoff, e.g. right after starlightd started).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            RegistryError::Containerd(e) => match e.as_ref() {
+                ContainerdError::Call { status, .. } => {
+                    status.code() == containerd_client::tonic::Code::Unavailable
+                        || status.message().contains("Unavailable")
+                }
+                _ => false,
+            },
+        }
+    }
+}
 
 /// containerd at a socket, in a namespace.
 #[derive(Debug, Clone)]
@@ -23,10 +55,8 @@ pub struct ContainerdRegistry {
 }
 
 impl ContainerdRegistry {
-    async fn connect(&self) -> Result<Containerd, String> {
-        Containerd::connect(&self.socket, &self.namespace)
-            .await
-            .map_err(|e| e.to_string())
+    async fn connect(&self) -> Result<Containerd, ContainerdError> {
+        Containerd::connect(&self.socket, &self.namespace).await
     }
 }
 
@@ -35,34 +65,34 @@ impl ImageRegistry for ContainerdRegistry {
         &'a self,
         name: &'a str,
         header: &'a Header,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async move {
             self.connect()
                 .await?
                 .register_image(name, header, SNAPSHOTTER)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(RegistryError::from)
         })
     }
 
-    fn images(&self) -> BoxFuture<'_, Result<Option<Vec<NamedImage>>, String>> {
+    fn images(&self) -> BoxFuture<'_, Result<Option<Vec<NamedImage>>, RegistryError>> {
         Box::pin(async move {
             self.connect()
                 .await?
                 .list_images()
                 .await
                 .map(Some)
-                .map_err(|e| e.to_string())
+                .map_err(RegistryError::from)
         })
     }
 
-    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async move {
             self.connect()
                 .await?
                 .remove_image(name)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(RegistryError::from)
         })
     }
 }

@@ -19,21 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use transport_quic::Header;
 
-/// The first open of one file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TraceRecord {
-    /// The file's path in the image (as the table of contents names it).
-    pub path: String,
-    /// The index of the layer the file comes from.
-    pub layer: u32,
-    /// Milliseconds since the first open of the trace.
-    pub at_ms: f64,
-    /// Milliseconds the open waited for the file's content.
-    pub wait_ms: f64,
-}
+pub use starlight_api::trace::TraceRecord;
 
 #[derive(Debug, Default)]
 struct State {

@@ -37,9 +37,12 @@ use starlight_proxy::format::Compression;
 use starlight_proxy::serve::ServeOptions;
 use starlight_worker::containerd::{top_of_label, Containerd as Client, LABEL_IMAGE};
 use starlight_worker::imagefs::ImageFs;
+use starlight_worker::manager::BoxFuture;
 use starlight_worker::receiver::{self, ReceiveOptions, ReceiveReport};
 use starlight_worker::snapshotter::store::Kind;
-use starlight_worker::snapshotter::{serve_snapshotter, ImageMounts, OverlaySnapshotter};
+use starlight_worker::snapshotter::{
+    serve_snapshotter, ImageMounts, LowerDirError, OverlaySnapshotter,
+};
 use starlight_worker::store::Store;
 use starlight_worker::waiters::ContentWaiters;
 use support::containerd::{is_root, unique_name, Containerd};
@@ -145,14 +148,19 @@ struct TestMounts {
 }
 
 impl ImageMounts for TestMounts {
-    fn lower_dir(&self, manifest_digest: &str) -> Result<PathBuf, String> {
+    fn lower_dir<'a>(
+        &'a self,
+        manifest_digest: &'a str,
+    ) -> BoxFuture<'a, Result<PathBuf, LowerDirError>> {
         self.asked.lock().unwrap().push(manifest_digest.to_string());
-        self.dirs
+        let answer = self
+            .dirs
             .lock()
             .unwrap()
             .get(manifest_digest)
             .cloned()
-            .ok_or_else(|| format!("image {manifest_digest} is not mounted"))
+            .ok_or_else(|| LowerDirError::Unknown(manifest_digest.to_string()));
+        Box::pin(async move { answer })
     }
 }
 

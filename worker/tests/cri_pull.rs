@@ -193,34 +193,37 @@ fn cri_pull_of_a_plain_image_falls_back_to_unpacking() {
     assert!(held.iter().all(|i| i.name != plain.reference), "{held:?}");
 }
 
-/// What `starlight rpull` does: resolve in the registry, then pull into
-/// containerd with the image labels on every layer's Prepare.
-fn rpull(
-    s: &Setup,
-    image: &Pushed,
-) -> Result<starlight_worker::containerd::RemotePullReport, String> {
-    use starlight_worker::containerd::{remote_pull, Containerd};
-    s.world.rt.block_on(async {
-        let resolved = RegistryClient::new(true)
-            .resolve_image(&image.reference, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let pull = remote_pull(
-            &image.reference,
-            &resolved.manifest_digest,
-            &resolved.manifest_media_type,
-            &resolved.manifest_raw,
-            &resolved.config_raw,
-        )
+/// What `starlight rpull` does: resolve in the registry, then have
+/// starlightd pull into containerd (over its API) with the image labels on
+/// every layer's Prepare. `(remote, present)` layers.
+fn rpull(s: &Setup, image: &Pushed) -> Result<(usize, usize), String> {
+    use starlight_worker::api::{Request, Response};
+    let resolved = s
+        .world
+        .rt
+        .block_on(RegistryClient::new(true).resolve_image(&image.reference, None))
         .map_err(|e| e.to_string())?;
-        let containerd = Containerd::connect(&s.world.ctrd.socket, &s.world.namespace)
-            .await
-            .map_err(|e| e.to_string())?;
-        containerd
-            .pull_remote(&pull, "starlight")
-            .await
-            .map_err(|e| e.to_string())
-    })
+    let request = Request::RemotePull {
+        image: image.reference.clone(),
+        manifest_digest: resolved.manifest_digest,
+        manifest_media_type: resolved.manifest_media_type,
+        manifest: String::from_utf8(resolved.manifest_raw).map_err(|e| e.to_string())?,
+        config: String::from_utf8(resolved.config_raw).map_err(|e| e.to_string())?,
+        namespace: Some(s.world.namespace.clone()),
+        snapshotter: "starlight".into(),
+    };
+    match s.daemon.call(&s.world.rt, request) {
+        Response::RemotePulled {
+            namespace,
+            remote,
+            present,
+        } => {
+            assert_eq!(namespace, s.world.namespace);
+            Ok((remote, present))
+        }
+        Response::Error(e) => Err(e),
+        other => panic!("unexpected answer {other:?}"),
+    }
 }
 
 #[test]
@@ -232,7 +235,7 @@ fn client_pull_with_the_image_labels_runs_with_ctr_run() {
     let log_from = s.world.reg.log().len();
 
     let report = rpull(&s, &app).unwrap_or_else(|e| panic!("{e}\n{}", s.daemon.log_text()));
-    assert_eq!((report.remote, report.present), (2, 0));
+    assert_eq!(report, (2, 0));
     let id = support::containerd::unique_name("rpull");
     let script = format!("cat /etc/greeting; echo {READY}");
     let out = s.world.ctrd.ctr_ok(&[
@@ -255,7 +258,7 @@ fn client_pull_with_the_image_labels_runs_with_ctr_run() {
     assert_eq!(log.matches("pulled for containerd").count(), 1, "{log}");
     // Again: every layer is there already.
     let again = rpull(&s, &app).unwrap();
-    assert_eq!((again.remote, again.present), (0, 2));
+    assert_eq!(again, (0, 2));
 
     // A plain image is refused (it needs containerd's own unpacking), and
     // leaves no image record.

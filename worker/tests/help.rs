@@ -9,10 +9,8 @@ mod help_support;
 fn every_command_has_a_man_style_help() {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_starlightd"));
     let checked = help_support::check_all(bin, "starlightd");
-    for sub in ["run", "mount"] {
-        assert!(
-            checked.contains(&format!("starlightd {sub}")),
-            "{sub} not checked: {checked:?}"
-        );
-    }
+    assert!(
+        checked.contains(&"starlightd run".to_string()),
+        "run not checked: {checked:?}"
+    );
 }

@@ -8,8 +8,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use starlight_worker::config::{Config, Settings, TraceSettings};
+use starlight_worker::config::{Config, ResolveSettings, Settings, TraceSettings};
 use starlight_worker::manager::{BoxFuture, ImageManager, ImageRegistry};
+use starlight_worker::registration::RegistryError;
 use starlight_worker::trace_spool::{new_id, Spool};
 use starlight_worker::trace_upload;
 use transport_quic::quic::{
@@ -54,10 +55,14 @@ impl BundleHandler for Collector {
 struct NoRegistry;
 
 impl ImageRegistry for NoRegistry {
-    fn register<'a>(&'a self, _: &'a str, _: &'a Header) -> BoxFuture<'a, Result<(), String>> {
+    fn register<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Header,
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async { Ok(()) })
     }
-    fn remove<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn remove<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async { Ok(()) })
     }
 }

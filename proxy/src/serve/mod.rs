@@ -5,7 +5,7 @@
 //! needed) and the held images; get the plan from the shared [`PlanCache`];
 //! send the header at once; then stream the payloads in plan order, reading
 //! them from the registry with HTTP range requests (coalesced, several in
-//! flight, retried on transient errors; see [`body`]).
+//! flight, retried on transient errors; see `body.rs`).
 
 mod body;
 mod header;

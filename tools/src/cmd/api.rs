@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use starlight_worker::api::{call, Request, Response};
-use starlight_worker::config::DEFAULT_API_SOCKET;
+use starlight_api::settings::DEFAULT_API_SOCKET;
+use starlight_api::{call, Request, Response};
 
 /// The API socket flag.
 #[derive(Debug, Clone, clap::Args)]

@@ -10,7 +10,7 @@
 //! Exit codes: 0 success; 1 other failures (connection, I/O, usage of the
 //! output); 3 token refused; 4 certificate not trusted; 5 truncated or
 //! malformed stream; 6 verification failed (a header that does not follow
-//! from the image's manifest, see `starlight_worker::verify`; a payload's
+//! from the image's manifest, see `transport_quic::verify`; a payload's
 //! digest, size or a corrupt member); 7 the proxy answered another error (not found, not a Starlight
 //! image...).
 
@@ -293,7 +293,7 @@ async fn receive(
         if let (Event::Header(h), Some(_)) = (&event, verifier) {
             // The header must follow from the image's manifest (the worker's
             // own check) before anything of it is written.
-            if let Err(e) = starlight_worker::verify::verify_header(h, &args.image) {
+            if let Err(e) = transport_quic::verify::verify_header(h, &args.image) {
                 return Err((
                     FetchFailure::new(6, format!("header verification failed: {e}")),
                     None,

@@ -2,7 +2,7 @@
 //! it freed (or, with `--dry-run`, what it would free).
 
 use anyhow::bail;
-use starlight_worker::api::{GcReport, Request, Response};
+use starlight_api::{GcReport, Request, Response};
 
 use super::api::{human_bytes, request, ApiArgs};
 
@@ -72,7 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use starlight_worker::api::GcEviction;
+    use starlight_api::GcEviction;
 
     #[test]
     fn a_dry_run_says_what_would_go() {

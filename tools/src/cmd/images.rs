@@ -1,7 +1,7 @@
 //! `starlight images`: lists the images starlightd holds.
 
 use anyhow::bail;
-use starlight_worker::api::{Request, Response};
+use starlight_api::{Request, Response};
 
 use super::api::{human_bytes, request, ApiArgs};
 

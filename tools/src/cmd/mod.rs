@@ -19,7 +19,7 @@ pub fn token_from(
 ) -> anyhow::Result<Option<String>> {
     match (token, file) {
         (Some(t), _) => Ok(Some(t.clone())),
-        (None, Some(f)) => Ok(Some(starlight_worker::config::read_token_file(f)?)),
+        (None, Some(f)) => Ok(Some(starlight_api::settings::read_token_file(f)?)),
         (None, None) => Ok(None),
     }
 }

@@ -3,7 +3,7 @@
 //! bundle header arrived), or with `--wait` once every content arrived.
 
 use anyhow::bail;
-use starlight_worker::api::{PullReport, Request, Response};
+use starlight_api::{PullReport, Request, Response};
 
 use super::api::{human_bytes, request, ApiArgs};
 

@@ -2,7 +2,7 @@
 //! frees the contents no other image uses.
 
 use anyhow::bail;
-use starlight_worker::api::{Request, Response};
+use starlight_api::{Request, Response};
 
 use super::api::{human_bytes, request, ApiArgs};
 

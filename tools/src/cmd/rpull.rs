@@ -6,23 +6,28 @@
 //! image record is written. No layer blob is downloaded. Stock `ctr images
 //! pull` (containerd 1.6) downloads every blob before it unpacks and passes
 //! no image reference to the snapshotter.
+//!
+//! The CLI resolves the image in the registry; starlightd does the
+//! containerd part ([`Request::RemotePull`]), over its own containerd
+//! socket, so the CLI needs no containerd client.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use starlight_api::{Request, Response};
 use starlight_proxy::registry::RegistryClient;
-use starlight_worker::containerd::{remote_pull, Containerd};
+
+use super::api::{request, ApiArgs};
 
 /// Arguments of `starlight rpull`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// containerd's socket.
-    #[arg(long, default_value = "/run/containerd/containerd.sock")]
-    containerd_socket: PathBuf,
-    /// The containerd namespace the image goes into.
-    #[arg(long, short = 'n', default_value = "default")]
-    namespace: String,
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The containerd namespace the image goes into (default: starlightd's
+    /// `namespace`).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
     /// The snapshotter (starlightd's proxy plugin name).
     #[arg(long, default_value = "starlight")]
     snapshotter: String,
@@ -44,23 +49,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .resolve_image(&args.image, args.platform.as_deref())
         .await
         .with_context(|| format!("resolving {}", args.image))?;
-    let pull = remote_pull(
-        &args.image,
-        &resolved.manifest_digest,
-        &resolved.manifest_media_type,
-        &resolved.manifest_raw,
-        &resolved.config_raw,
-    )?;
-    let containerd = Containerd::connect(&args.containerd_socket, &args.namespace).await?;
-    let report = containerd.pull_remote(&pull, &args.snapshotter).await?;
+    let pull = Request::RemotePull {
+        image: args.image.clone(),
+        manifest_digest: resolved.manifest_digest.clone(),
+        manifest_media_type: resolved.manifest_media_type.clone(),
+        manifest: String::from_utf8(resolved.manifest_raw)
+            .context("the image's manifest is not UTF-8 JSON")?,
+        config: String::from_utf8(resolved.config_raw)
+            .context("the image's config is not UTF-8 JSON")?,
+        namespace: args.namespace.clone(),
+        snapshotter: args.snapshotter.clone(),
+    };
+    let Response::RemotePulled {
+        namespace,
+        remote,
+        present,
+    } = request(&args.api, &pull, |_| {}).await?
+    else {
+        bail!(
+            "starlightd answered the remote pull of {} with something else",
+            args.image
+        );
+    };
     println!(
-        "pulled {} ({}) into containerd namespace {} in {:.3} s: {} layers as remote snapshots, {} present",
+        "pulled {} ({}) into containerd namespace {namespace} in {:.3} s: {remote} layers as remote snapshots, {present} present",
         args.image,
         resolved.manifest_digest,
-        args.namespace,
         t0.elapsed().as_secs_f64(),
-        report.remote,
-        report.present
     );
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! its store use against `max_store_bytes`, and its images.
 
 use anyhow::bail;
-use starlight_worker::api::{Request, Response, StatusReport};
+use starlight_api::{Request, Response, StatusReport};
 
 use super::api::{human_bytes, request, ApiArgs};
 
@@ -70,7 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use starlight_worker::api::ProxyStatus;
+    use starlight_api::ProxyStatus;
 
     #[test]
     fn status_shows_the_proxy_the_store_and_the_images() {

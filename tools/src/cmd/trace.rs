@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use regex::Regex;
 use sha2::{Digest, Sha256};
-use starlight_worker::api::{call, Request, Response};
-use starlight_worker::config::{Settings, DEFAULT_CONTAINERD_SOCKET};
-use starlight_worker::trace::TraceRecord;
+use starlight_api::settings::{Settings, DEFAULT_CONTAINERD_SOCKET};
+use starlight_api::TraceRecord;
+use starlight_api::{call, Request, Response};
 use tracing::{info, warn};
 use transport_quic::{Trace, TraceOpen};
 

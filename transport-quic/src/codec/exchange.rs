@@ -314,7 +314,7 @@ impl ReplyDecoder {
 }
 
 /// The first message of a connection: the bearer token, in one Auth frame of at most
-/// [`MAX_AUTH_FRAME`] bytes. The server reads nothing larger before accepting it.
+/// [`MAX_AUTH_FRAME`](super::MAX_AUTH_FRAME) bytes. The server reads nothing larger before accepting it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Auth {
     /// The bearer token.

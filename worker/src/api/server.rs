@@ -9,8 +9,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::peer::PeerPolicy;
+use super::remote::{remote_pull_into_containerd, RemotePullRequest};
 use super::{Request, Response, MAX_LINE};
-use crate::manager::{ImageManager, PullOptions};
+use crate::manager::{ImageManager, PullOptions, PullProgress};
 
 /// Binds the API socket at `path` (a stale socket file is replaced; the
 /// parent directory is created) and gives it the mode (and group) of
@@ -104,7 +105,11 @@ async fn connection(stream: UnixStream, manager: Arc<ImageManager>) {
     let op = tokio::spawn(handle(request, manager, tx));
     let mut client_gone = false;
     while let Some(progress) = rx.recv().await {
-        if !client_gone && write_line(&mut write, &progress).await.is_err() {
+        if !client_gone
+            && write_line(&mut write, &wire_progress(progress))
+                .await
+                .is_err()
+        {
             client_gone = true;
         }
     }
@@ -116,10 +121,17 @@ async fn connection(stream: UnixStream, manager: Arc<ImageManager>) {
     }
 }
 
+/// The progress line of a manager's progress report.
+fn wire_progress(progress: PullProgress) -> Response {
+    match progress {
+        PullProgress::Registered(report) => Response::Registered(report),
+    }
+}
+
 async fn handle(
     request: Request,
     manager: Arc<ImageManager>,
-    progress: mpsc::UnboundedSender<Response>,
+    progress: mpsc::UnboundedSender<PullProgress>,
 ) -> Response {
     let result = match request {
         Request::Pull {
@@ -160,6 +172,28 @@ async fn handle(
         Request::TakeTrace { image } => manager.take_trace(&image).await.map(Response::Trace),
         Request::Gc { dry_run } => manager.collect(dry_run).await.map(Response::Gc),
         Request::Status => manager.status().await.map(Response::Status),
+        Request::RemotePull {
+            image,
+            manifest_digest,
+            manifest_media_type,
+            manifest,
+            config,
+            namespace,
+            snapshotter,
+        } => {
+            let request = RemotePullRequest {
+                image,
+                manifest_digest,
+                manifest_media_type,
+                manifest,
+                config,
+                namespace,
+                snapshotter,
+            };
+            return remote_pull_into_containerd(&manager, request)
+                .await
+                .unwrap_or_else(|e| Response::Error(e.to_string()));
+        }
     };
     result.unwrap_or_else(|e| Response::Error(e.to_string()))
 }

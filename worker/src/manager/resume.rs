@@ -156,9 +156,7 @@ impl ImageManager {
         loop {
             match self.registry.register(image, header).await {
                 Ok(()) => return Ok(()),
-                Err(reason)
-                    if reason.contains("Unavailable") && began.elapsed() < UNAVAILABLE_FOR =>
-                {
+                Err(reason) if reason.is_unavailable() && began.elapsed() < UNAVAILABLE_FOR => {
                     debug!(
                         image,
                         "containerd cannot reach the snapshotter yet: {reason}"
@@ -166,10 +164,10 @@ impl ImageManager {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.config.backoff.max);
                 }
-                Err(reason) => {
+                Err(source) => {
                     return Err(ManagerError::Register {
                         image: image.to_string(),
-                        reason,
+                        source,
                     })
                 }
             }

@@ -11,6 +11,8 @@ mod users;
 pub use remote::{RemoteImage, RemoteImages};
 pub use service::{InfoStream, OverlaySnapshotter, SnapshotError};
 use transport_quic::Digest;
+
+use crate::manager::BoxFuture;
 pub use users::{image_users, ImageUsers};
 
 /// Label of a committed snapshot that belongs to a Starlight image: its
@@ -75,15 +77,40 @@ pub fn image_candidates<'a>(
 /// Where the snapshotter finds the mounted view of a Starlight image.
 pub trait ImageMounts: Send + Sync + 'static {
     /// The directory where the image with this manifest digest is mounted
-    /// (its merged view), mounting it first if needed. Called on a blocking
-    /// thread (`tokio::task::spawn_blocking`), never under the snapshotter's
-    /// locks.
-    fn lower_dir(&self, manifest_digest: &str) -> Result<std::path::PathBuf, String>;
+    /// (its merged view), mounting it first if needed. Never called under
+    /// the snapshotter's locks.
+    fn lower_dir<'a>(
+        &'a self,
+        manifest_digest: &'a str,
+    ) -> BoxFuture<'a, Result<std::path::PathBuf, LowerDirError>>;
 
     /// A container's active snapshot on the image was prepared (called on a
     /// blocking thread after [`ImageMounts::lower_dir`] answered): the start
     /// of a container, for its trace. Does nothing by default.
     fn container_starting(&self, _manifest_digest: &str) {}
+}
+
+/// Why [`ImageMounts::lower_dir`] has no view of an image.
+#[derive(Debug, thiserror::Error)]
+pub enum LowerDirError {
+    /// The digest is no `sha256:` digest.
+    #[error(transparent)]
+    Digest(#[from] transport_quic::DigestError),
+    /// No such image is held.
+    #[error("starlightd holds no image {0}")]
+    Unknown(String),
+    /// The image was unmounted while it was being mounted.
+    #[error("{0} was unmounted meanwhile")]
+    Unmounted(String),
+    /// Looking the image up or mounting it failed.
+    #[error("mounting {digest}: {source}")]
+    Mount {
+        /// The image's manifest digest.
+        digest: String,
+        /// The cause.
+        #[source]
+        source: crate::manager::ManagerError,
+    },
 }
 
 use containerd_snapshots::tonic::transport::Server;

@@ -300,7 +300,7 @@ impl OverlaySnapshotter {
     }
 
     /// The mounts of a plan, mounting an image's view first if it needs
-    /// one (on a blocking thread, outside the metadata lock): the first of
+    /// one (outside the metadata lock): the first of
     /// its candidate images that [`ImageMounts::lower_dir`] answers.
     /// With `starting` (a container's active snapshot being prepared), the
     /// image that answered is told ([`ImageMounts::container_starting`]).
@@ -317,28 +317,29 @@ impl OverlaySnapshotter {
                 digest: first.clone(),
                 reason: "no image mounts configured".into(),
             })?;
-        let images = plan.images.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let mut reasons = vec![];
-            for digest in &images {
-                match mounts.lower_dir(digest) {
-                    Ok(dir) => {
-                        if starting {
-                            mounts.container_starting(digest);
-                        }
-                        return Ok(dir);
-                    }
-                    Err(reason) => reasons.push(format!("{digest}: {reason}")),
+        let mut reasons = vec![];
+        let mut found = None;
+        for digest in &plan.images {
+            match mounts.lower_dir(digest).await {
+                Ok(dir) => {
+                    found = Some((digest.clone(), dir));
+                    break;
                 }
+                Err(reason) => reasons.push(format!("{digest}: {reason}")),
             }
-            Err(reasons.join("; "))
-        })
-        .await
-        .map_err(|e| SnapshotError::Internal(e.to_string()))?
-        .map_err(|reason| SnapshotError::ImageMount {
-            digest: first,
-            reason,
-        })?;
+        }
+        let Some((digest, found)) = found else {
+            return Err(SnapshotError::ImageMount {
+                digest: first,
+                reason: reasons.join("; "),
+            });
+        };
+        if starting {
+            // It notes the use in the image database: off the runtime's threads.
+            tokio::task::spawn_blocking(move || mounts.container_starting(&digest))
+                .await
+                .map_err(|e| SnapshotError::Internal(e.to_string()))?;
+        }
         Ok(plan.mounts(Some(&found)))
     }
 }
@@ -534,6 +535,8 @@ impl containerd_snapshots::Snapshotter for OverlaySnapshotter {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::manager::BoxFuture;
+    use crate::snapshotter::LowerDirError;
     use containerd_snapshots::Snapshotter;
 
     fn opts(m: &Mount) -> Vec<&str> {
@@ -661,12 +664,17 @@ mod tests {
             self.starts.lock().unwrap().push(digest.to_string());
         }
 
-        fn lower_dir(&self, digest: &str) -> Result<PathBuf, String> {
+        fn lower_dir<'a>(
+            &'a self,
+            digest: &'a str,
+        ) -> BoxFuture<'a, Result<PathBuf, LowerDirError>> {
             self.calls.lock().unwrap().push(digest.to_string());
-            if digest.starts_with("sha256:000") {
-                return Err("cannot mount".into());
-            }
-            Ok(self.root.join(digest.replace(':', "-")))
+            let answer = if digest.starts_with("sha256:000") {
+                Err(LowerDirError::Unknown(digest.to_string()))
+            } else {
+                Ok(self.root.join(digest.replace(':', "-")))
+            };
+            Box::pin(async move { answer })
         }
     }
 

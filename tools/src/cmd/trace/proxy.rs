@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use starlight_worker::config::{ProxyAddr, Settings, DEFAULT_CONFIG_PATH};
+use starlight_api::settings::{ProxyAddr, Settings, DEFAULT_CONFIG_PATH};
 use transport_quic::quic::{Client, ClientTls};
 
 /// Proxy flags; each defaults to starlightd's configuration file.

@@ -2,8 +2,8 @@
 //! before the one tampering it names.
 
 use super::*;
+use crate::{EntryKind, PayloadCompression, PayloadInfo};
 use serde_json::json;
-use transport_quic::{EntryKind, PayloadCompression, PayloadInfo};
 
 fn file(path: &str, data: &[u8]) -> LayerEntry {
     LayerEntry {
@@ -71,7 +71,7 @@ fn manifest_of(tables: &[Vec<LayerEntry>], config: &[u8], annotate: bool) -> Vec
             });
             if annotate {
                 d["annotations"] = json!({
-                    TOC_DIGEST_ANNOTATION: transport_quic::commit::toc_digest_string(t),
+                    TOC_DIGEST_ANNOTATION: crate::commit::toc_digest_string(t),
                     "org.starlight.layer.format": "v1",
                 });
             }

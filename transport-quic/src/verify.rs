@@ -12,22 +12,22 @@
 //! 4. each layer's [`TOC_DIGEST_ANNOTATION`] equals the digest of the
 //!    per-layer table the header carries (no annotation: refused);
 //! 5. the merged table of contents is exactly the shared merge of those
-//!    tables ([`transport_quic::merge::merge_layers`]), field by field,
+//!    tables ([`crate::merge::merge_layers`]), field by field,
 //!    including the layer supplying each entry;
 //! 6. every entry's content source agrees with its hash and size: a payload
 //!    has the hash and size of every entry that uses it, entries without
 //!    content have no source, and no payload is sent for nothing.
 //!
 //! The payload bytes themselves are checked against their hash as they are
-//! written to the store (see [`crate::receiver`]).
+//! written to the store (starlightd's receiver).
 
 use std::collections::BTreeMap;
 
+use crate::commit::{parse_sha256_digest, toc_digest, LayerEntry, TOC_DIGEST_ANNOTATION};
+use crate::merge::{merge_layers, Merged};
+use crate::{Header, Source, TocEntry};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use transport_quic::commit::{parse_sha256_digest, toc_digest, LayerEntry, TOC_DIGEST_ANNOTATION};
-use transport_quic::merge::{merge_layers, Merged};
-use transport_quic::{Header, Source, TocEntry};
 
 /// Why a header does not follow from its image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::{Request, Response, MAX_LINE};
+use crate::protocol::{Request, Response, MAX_LINE};
 
 /// Why an API call failed (the daemon's own refusals come back as
 /// [`Response::Error`], not as this).

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ImageInfo;
+use crate::protocol::ImageInfo;
 
 /// One image a collection evicts (or would, with `dry_run`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
