@@ -8,6 +8,7 @@
 //! flight, retried on transient errors; see [`body`]).
 
 mod body;
+pub mod cache;
 mod header;
 mod pieces;
 mod resolve;
@@ -15,6 +16,7 @@ mod startup;
 mod traces;
 
 pub use body::{BufferPool, FetchPolicy};
+pub use cache::{CacheConfig, PayloadCache, PayloadCacheStats};
 pub use header::{build_header, HeaderError};
 pub use pieces::{plan_pieces, Piece, PieceLimits, Slice};
 pub use resolve::{index_error, ResolvePolicy, Resolver};
@@ -107,6 +109,8 @@ pub struct BundleServer {
     resolver: Resolver,
     options: ServeOptions,
     buffers: BufferPool,
+    /// Ranges shared by every bundle (none: each bundle reads its own).
+    payload_cache: Option<Arc<PayloadCache>>,
     requests: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
@@ -174,6 +178,7 @@ impl BundleServer {
             resolver,
             buffers: BufferPool::new(options.max_range.max(1), options.in_flight.max(1) + 1),
             options,
+            payload_cache: None,
             requests: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -182,6 +187,17 @@ impl BundleServer {
             traces: AtomicU64::new(0),
             startup: startup::StartupOrders::default(),
         }
+    }
+
+    /// The same server reading ranges through `cache`, shared by every bundle.
+    pub fn with_payload_cache(mut self, cache: Arc<PayloadCache>) -> Self {
+        self.payload_cache = Some(cache);
+        self
+    }
+
+    /// The payload cache's counters, when there is one.
+    pub fn payload_cache_stats(&self) -> Option<PayloadCacheStats> {
+        self.payload_cache.as_ref().map(|c| c.stats())
     }
 
     /// The registry client's range requests and errors.
@@ -354,6 +370,7 @@ impl BundleServer {
             pieces,
             policy,
             &self.buffers,
+            self.payload_cache.clone(),
             out,
         )
         .await?;
