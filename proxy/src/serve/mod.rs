@@ -19,7 +19,7 @@ pub use body::{BufferPool, FetchPolicy};
 pub use cache::{CacheConfig, PayloadCache, PayloadCacheStats};
 pub use header::{build_header, HeaderError};
 pub use pieces::{plan_pieces, Piece, PieceLimits, Slice};
-pub use resolve::{index_error, ResolvePolicy, Resolver};
+pub use resolve::{index_error, HeldImages, ResolvePolicy, Resolver};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +95,8 @@ pub struct ServeStats {
     pub payload_bytes: u64,
     /// Images indexed on demand.
     pub indexed: u64,
+    /// Held images (named by workers, not yet indexed) indexed on demand.
+    pub held_indexed: u64,
     /// Traces folded (duplicates not counted).
     pub traces: u64,
     /// The plan cache's counters.
@@ -213,6 +215,7 @@ impl BundleServer {
             failed: self.failed.load(Ordering::Relaxed),
             payload_bytes: self.payload_bytes.load(Ordering::Relaxed),
             indexed: self.resolver.indexed(),
+            held_indexed: self.resolver.held_indexed(),
             traces: self.traces.load(Ordering::Relaxed),
             plan_cache: self.cache.stats(),
         }
@@ -290,7 +293,10 @@ impl BundleServer {
             .resolver
             .wanted(&request.image, platform.as_ref())
             .await?;
-        let held = self.resolver.held(&request.held_images)?;
+        let HeldImages {
+            records: held,
+            used: held_used,
+        } = self.resolver.held(&request.held_images).await?;
         let held_payloads: HashSet<[u8; 32]> = request.held_payloads.iter().copied().collect();
         let reference = wanted
             .references
@@ -380,6 +386,7 @@ impl BundleServer {
             image = %request.image,
             %manifest,
             held = held_count,
+            held_used = ?held_used,
             unordered,
             plan_cache = if cache_hit { "hit" } else { "miss" },
             payloads,
