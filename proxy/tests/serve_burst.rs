@@ -246,6 +246,8 @@ async fn a_fresh_proxy_indexes_the_held_image_on_demand_and_sends_a_delta() {
     .await
     .unwrap();
     verify(&delta).unwrap();
+    // The header says which held image was used.
+    assert_eq!(delta.held_used, Some(vec!["held/app:v1".to_string()]));
     let stats = proxy.handler.stats();
     assert_eq!(stats.held_indexed, 1, "{stats:?}");
     assert_eq!(stats.indexed, 2, "{stats:?}");
@@ -287,6 +289,7 @@ async fn a_fresh_proxy_indexes_the_held_image_on_demand_and_sends_a_delta() {
     .await
     .unwrap();
     verify(&other).unwrap();
+    assert_eq!(other.held_used, Some(vec![]));
     assert_eq!(other.header.payloads.len(), full.header.payloads.len());
     assert_eq!(proxy.handler.stats().held_indexed, 1);
 }

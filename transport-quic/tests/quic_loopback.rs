@@ -370,7 +370,7 @@ async fn malformed_requests_get_clear_errors() {
     let msg = bad_request_message(&raw_exchange(&conn, b"SLDB\x07\x00", true).await);
     assert_eq!(
         msg,
-        "protocol version 7 is not supported (this build speaks 2 to 3)"
+        "protocol version 7 is not supported (this build speaks 2 to 4)"
     );
     let msg = bad_request_message(&raw_exchange(&conn, b"GET / HTTP/1.1\r\n", true).await);
     assert!(

@@ -357,7 +357,7 @@ impl BundleServer {
         .await
         .map_err(|e| internal("planning task", e))??;
 
-        out.send_header(&header).await?;
+        out.send_header_with_held(&header, &held_used).await?;
         let to_header = started.elapsed();
         let payloads = header.payloads.len();
         let manifest = header.manifest_digest.clone();

@@ -195,6 +195,8 @@ pub fn request(image: &str, held: &[&str]) -> Request {
 pub struct Bundle {
     pub header: Header,
     pub payloads: Vec<Vec<u8>>,
+    /// The held images the proxy says it used (protocol version 4).
+    pub held_used: Option<Vec<String>>,
 }
 
 /// Fetches a whole bundle (checking framing, not contents).
@@ -224,6 +226,7 @@ pub async fn fetch(
     Ok(Bundle {
         header: header.unwrap(),
         payloads,
+        held_used: stream.held_used().map(<[String]>::to_vec),
     })
 }
 

@@ -199,6 +199,20 @@ async fn open(
         error!(image = %request.image, manifest = %header.manifest_digest, "bundle header refused: {e}");
         return Err((ReceiveError::Verify(e), false));
     }
+    // Which held images the proxy planned against (protocol version 4; an
+    // older proxy does not say): a held image it could not use means a
+    // bigger bundle.
+    match stream.held_used() {
+        Some(used) => tracing::info!(
+            image = %request.image,
+            held_named = request.held_images.len(),
+            held_used = ?used,
+            "bundle header: held images used"
+        ),
+        None => {
+            tracing::debug!(image = %request.image, "the proxy does not say which held images it used")
+        }
+    }
     Ok((stream, header))
 }
 

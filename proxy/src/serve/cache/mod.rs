@@ -12,6 +12,7 @@
 
 mod disk;
 mod lru;
+pub mod metrics;
 
 pub use disk::DiskCacheError;
 
@@ -86,7 +87,7 @@ pub struct PayloadCacheStats {
     pub coalesced: u64,
     /// Bytes read from the registry through the cache.
     pub registry_bytes: u64,
-    /// Bytes answered from memory or disk.
+    /// Bytes answered from memory, disk or another bundle's read.
     pub hit_bytes: u64,
     /// Disk files dropped as damaged or stray.
     pub dropped_files: u64,
