@@ -109,7 +109,7 @@ impl DiskTier {
                 }
             }
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.sort_by_key(|f| f.0);
         let tier = DiskTier {
             dir: dir.to_path_buf(),
             index: Mutex::new(Lru::new(capacity)),

@@ -168,7 +168,7 @@ impl PayloadCache {
         }
     }
 
-    fn from_memory(&self, key: &PieceKey) -> Option<Bytes> {
+    fn in_memory(&self, key: &PieceKey) -> Option<Bytes> {
         self.memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -176,7 +176,7 @@ impl PayloadCache {
             .cloned()
     }
 
-    fn to_memory(&self, key: &PieceKey, bytes: &Bytes) {
+    fn keep_in_memory(&self, key: &PieceKey, bytes: &Bytes) {
         self.memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -201,7 +201,7 @@ impl PayloadCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, RangeError>>,
     {
-        if let Some(b) = self.from_memory(key) {
+        if let Some(b) = self.in_memory(key) {
             self.hit(&self.memory_hits, key.len);
             return Ok(b);
         }
@@ -234,7 +234,7 @@ impl PayloadCache {
         Fut: Future<Output = Result<Vec<u8>, RangeError>>,
     {
         // Someone may have finished this range since our lookup.
-        if let Some(b) = self.from_memory(key) {
+        if let Some(b) = self.in_memory(key) {
             self.hit(&self.memory_hits, key.len);
             return Ok(b);
         }
@@ -244,7 +244,7 @@ impl PayloadCache {
                 Ok(Ok(Some(data))) => {
                     let bytes = Bytes::from(data);
                     self.hit(&self.disk_hits, key.len);
-                    self.to_memory(key, &bytes);
+                    self.keep_in_memory(key, &bytes);
                     return Ok(bytes);
                 }
                 Ok(Err(())) => {
@@ -263,7 +263,7 @@ impl PayloadCache {
             // Not what was asked for: pass it on (the caller checks), keep nothing.
             return Ok(bytes);
         }
-        self.to_memory(key, &bytes);
+        self.keep_in_memory(key, &bytes);
         if let Some(disk) = &self.disk {
             let (disk, k, b) = (disk.clone(), key.clone(), bytes.clone());
             tokio::task::spawn_blocking(move || disk.put(&k, &b));
