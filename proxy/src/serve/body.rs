@@ -3,7 +3,9 @@
 //! order. Each request's bytes are held in memory until sent, so memory is
 //! bounded by `(in_flight + 1) × max_range` whatever the image size (the
 //! requests in flight, or done and waiting for their turn, plus the one
-//! being sent).
+//! being sent). With the shared payload cache ([`super::cache`]) a piece's
+//! bytes are a shared reference to the cached range: bundles reading the same
+//! range hold one copy between them, and the cache itself is bounded.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
