@@ -21,6 +21,7 @@ mod overhead;
 mod registry;
 mod report;
 mod run;
+mod serve;
 mod suite;
 mod sweep;
 
@@ -67,6 +68,8 @@ enum Command {
     TransportMatrix(matrix::MatrixArgs),
     /// Time to header through the emulated link, cold and warm, beside 3 RTT + bytes/rate.
     HeaderRtt(header_rtt::HeaderRttArgs),
+    /// Bundle serving throughput for 1-50 concurrent bundles beside registry blob GETs.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -203,6 +206,7 @@ fn main() -> Result<()> {
         Command::Link(cmd) => run_link(cmd),
         Command::TransportMatrix(args) => matrix::run(args),
         Command::HeaderRtt(args) => header_rtt::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

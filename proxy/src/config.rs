@@ -55,6 +55,11 @@
 //! layer_uncompressed_bytes = "16gib"
 //! image_uncompressed_bytes = "32gib"
 //!
+//! [cache]                  # ranges read from the registry, shared by all bundles (LRU)
+//! memory_bytes = "256mib"  # 0: no memory tier
+//! disk_bytes = "4gib"      # 0: no disk tier
+//! dir = "/var/lib/starlight-proxy/payload-cache" # default: beside the database
+//!
 //! [metrics]                # Prometheus /metrics, /healthz, /readyz (off without listen)
 //! listen = "127.0.0.1:9464"
 //! ```
@@ -102,6 +107,8 @@ pub struct Config {
     pub index: IndexConfig,
     /// The Prometheus metrics and health endpoint.
     pub metrics: MetricsConfig,
+    /// The shared payload cache (`[cache]`).
+    pub cache: crate::serve::CacheConfig,
 }
 
 /// The `[metrics]` section: off unless `listen` is set.
@@ -361,6 +368,7 @@ impl Default for Config {
             serve: ServeConfig::default(),
             index: IndexConfig::default(),
             metrics: MetricsConfig::default(),
+            cache: crate::serve::CacheConfig::default(),
         }
     }
 }

@@ -8,7 +8,10 @@
 //! `registry_range_requests_total`, `registry_range_bytes_total`,
 //! `registry_errors_total`, `connections_open`, `connections_unauthenticated`,
 //! `connections_refused_total{reason}`, `handshakes_total`,
-//! `authentications_total{outcome}`, `bundles_refused_total`.
+//! `authentications_total{outcome}`, `bundles_refused_total`,
+//! `held_images_indexed_total`, `payload_cache_lookups_total{result}`,
+//! `payload_cache_bytes_total{source}`, `payload_cache_dropped_files_total`,
+//! `payload_cache_memory_used_bytes`, `payload_cache_disk_used_bytes`.
 
 use std::sync::Arc;
 
@@ -172,6 +175,15 @@ impl Collector for ProxyCollector {
             "kind",
             &[("bundle", q.bundles_refused), ("trace", q.traces_refused)],
         )?;
+        counter(
+            &mut e,
+            &n("held_images_indexed"),
+            "Held images indexed on demand",
+            s.held_indexed,
+        )?;
+        if let Some(c) = self.bundles.payload_cache_stats() {
+            crate::serve::cache::metrics::encode(&mut e, p, &c)?;
+        }
         Ok(())
     }
 }

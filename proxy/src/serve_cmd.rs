@@ -10,7 +10,7 @@ use starlight_proxy::db::Db;
 use starlight_proxy::metrics::ProxyCollector;
 use starlight_proxy::optimize::PlanCache;
 use starlight_proxy::registry::RegistryClient;
-use starlight_proxy::serve::{BundleServer, ResolvePolicy, ServeOptions};
+use starlight_proxy::serve::{BundleServer, PayloadCache, ResolvePolicy, ServeOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -201,7 +201,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .context("cannot load registry credentials")?;
     let registry = Arc::new(RegistryClient::new(plain_http).with_credentials(credentials));
     let memory_bound = options.memory_bound();
-    let handler = Arc::new(BundleServer::new(db, registry, cache, options));
+    let cache_dir = config.cache.dir_for(&db_path);
+    let payload_cache = Arc::new(
+        PayloadCache::open(&config.cache, &cache_dir)
+            .with_context(|| format!("cannot open the payload cache {}", cache_dir.display()))?,
+    );
+    let handler =
+        Arc::new(BundleServer::new(db, registry, cache, options).with_payload_cache(payload_cache));
     let transport = s.transport();
     let server_options = ServerOptions {
         transport: transport.clone(),
@@ -232,6 +238,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         plain_http,
         payload_memory_bound = memory_bound,
         bundles_memory_bound = memory_bound.saturating_mul(s.max_bundles.max(1) as u64),
+        payload_cache_memory = config.cache.memory_bytes.0,
+        payload_cache_disk = config.cache.disk_bytes.0,
+        payload_cache_dir = %cache_dir.display(),
         send_window = transport.send_window,
         stream_window = transport.stream_receive_window,
         congestion = %transport.congestion,

@@ -370,13 +370,23 @@ async fn malformed_requests_get_clear_errors() {
     let msg = bad_request_message(&raw_exchange(&conn, b"SLDB\x07\x00", true).await);
     assert_eq!(
         msg,
-        "protocol version 7 is not supported (this build speaks 2 to 3)"
+        "protocol version 7 is not supported (this build speaks 2 to 4)"
     );
+    // What a client falls back on (asking again in an older version) against a
+    // proxy that predates its version.
+    let refused = |message: &str| {
+        transport_quic::quic::ClientError::Proxy(transport_quic::ErrorFrame {
+            code: ErrorCode::BadRequest,
+            message: message.to_string(),
+        })
+    };
+    assert!(refused(&msg).is_unsupported_version());
     let msg = bad_request_message(&raw_exchange(&conn, b"GET / HTTP/1.1\r\n", true).await);
     assert!(
         msg.starts_with("not a Delta Bundle Protocol stream"),
         "{msg}"
     );
+    assert!(!refused(&msg).is_unsupported_version());
 
     // A request frame announcing 17 MiB is refused from its header.
     let mut big = transport_quic::codec::preamble().to_vec();

@@ -117,11 +117,20 @@ async fn version_3_compresses_the_header_and_version_2_clients_still_work() {
     );
     assert_eq!(old, Event::Header(expected.clone()));
 
-    let v3 = RequestEncoder::default().encode(&req).unwrap();
+    let v3 = RequestEncoder::default()
+        .with_version(3)
+        .encode(&req)
+        .unwrap();
     assert_eq!(v3[..6], preamble_for(3));
     let (new_bytes, new_version, new) = first_event(&conn, &v3).await;
     assert_eq!(new_version, Some(3));
-    assert_eq!(new, Event::Header(expected));
+    assert_eq!(new, Event::Header(expected.clone()));
+    // Version 4 (the default) carries the same header (and the held images used).
+    let v4 = RequestEncoder::default().encode(&req).unwrap();
+    assert_eq!(v4[..6], preamble_for(4));
+    let (_, v4_version, v4_header) = first_event(&conn, &v4).await;
+    assert_eq!(v4_version, Some(4));
+    assert_eq!(v4_header, Event::Header(expected));
     eprintln!("4000-entry header: {old_bytes} bytes in version 2, {new_bytes} in version 3");
     assert!(new_bytes * 3 < old_bytes, "{new_bytes} vs {old_bytes}");
 
@@ -134,7 +143,7 @@ async fn version_3_compresses_the_header_and_version_2_clients_still_work() {
             assert_eq!(e.code, ErrorCode::BadRequest);
             assert!(
                 e.message
-                    .contains("protocol version 9 is not supported (this build speaks 2 to 3)"),
+                    .contains("protocol version 9 is not supported (this build speaks 2 to 4)"),
                 "{}",
                 e.message
             );

@@ -3,7 +3,9 @@
 //! order. Each request's bytes are held in memory until sent, so memory is
 //! bounded by `(in_flight + 1) × max_range` whatever the image size (the
 //! requests in flight, or done and waiting for their turn, plus the one
-//! being sent).
+//! being sent). With the shared payload cache ([`super::cache`]) a piece's
+//! bytes are a shared reference to the cached range: bundles reading the same
+//! range hold one copy between them, and the cache itself is bounded.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -13,6 +15,7 @@ use tracing::{debug, warn};
 use transport_quic::quic::{BundleWriter, HandlerError};
 use transport_quic::ErrorCode;
 
+use super::cache::{PayloadCache, PieceKey};
 use super::pieces::Piece;
 use crate::registry::{RangeError, RegistryClient};
 
@@ -151,6 +154,51 @@ async fn fetch_once(
     Ok(())
 }
 
+/// A piece's bytes: a pooled buffer (no cache) or a shared cached range.
+enum PieceBytes {
+    Pooled(Vec<u8>),
+    Shared(bytes::Bytes),
+}
+
+impl PieceBytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            PieceBytes::Pooled(v) => v,
+            PieceBytes::Shared(b) => b,
+        }
+    }
+}
+
+/// Reads one piece, through `cache` when there is one (one registry read
+/// per range for every bundle of the proxy).
+async fn fetch_shared(
+    registry: &RegistryClient,
+    reference: &str,
+    piece: &Piece,
+    policy: FetchPolicy,
+    pool: &BufferPool,
+    cache: Option<&PayloadCache>,
+) -> Result<PieceBytes, Arc<RangeError>> {
+    let Some(cache) = cache.filter(|_| piece.len > 0) else {
+        return fetch_piece(registry, reference, piece, policy, pool)
+            .await
+            .map(PieceBytes::Pooled)
+            .map_err(Arc::new);
+    };
+    let key = PieceKey {
+        blob: piece.layer_digest.clone(),
+        offset: piece.offset,
+        len: piece.len,
+    };
+    let unpooled = BufferPool::new(piece.len, 0);
+    cache
+        .get_or_fetch(&key, || async {
+            fetch_piece(registry, reference, piece, policy, &unpooled).await
+        })
+        .await
+        .map(PieceBytes::Shared)
+}
+
 /// A spawned task, aborted when dropped (a bundle abandoned mid-way stops
 /// its range requests).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -180,6 +228,7 @@ pub async fn stream_payloads(
     pieces: Vec<Piece>,
     policy: FetchPolicy,
     pool: &BufferPool,
+    cache: Option<Arc<PayloadCache>>,
     out: &mut BundleWriter,
 ) -> Result<u64, HandlerError> {
     let total_pieces = pieces.len();
@@ -189,8 +238,17 @@ pub async fn stream_payloads(
     // Dropping the stream (client gone, error) aborts the tasks.
     let mut fetched = stream::iter(pieces.into_iter().map(|piece| {
         let (registry, reference, pool) = (registry.clone(), reference.clone(), pool.clone());
+        let cache = cache.clone();
         AbortOnDrop(tokio::spawn(async move {
-            let bytes = fetch_piece(&registry, &reference, &piece, policy, &pool).await;
+            let bytes = fetch_shared(
+                &registry,
+                &reference,
+                &piece,
+                policy,
+                &pool,
+                cache.as_deref(),
+            )
+            .await;
             (piece, bytes)
         }))
     }))
@@ -219,7 +277,7 @@ pub async fn stream_payloads(
             let data = usize::try_from(s.start)
                 .ok()
                 .zip(usize::try_from(s.start + s.len).ok())
-                .and_then(|(a, b)| bytes.get(a..b))
+                .and_then(|(a, b)| bytes.as_slice().get(a..b))
                 .ok_or_else(|| {
                     HandlerError::new(
                         ErrorCode::Internal,
@@ -243,7 +301,9 @@ pub async fn stream_payloads(
                 out.end_payload().await?;
             }
         }
-        pool.give(bytes);
+        if let PieceBytes::Pooled(buf) = bytes {
+            pool.give(buf);
+        }
         done += 1;
     }
     debug!(

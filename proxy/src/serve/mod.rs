@@ -8,6 +8,7 @@
 //! flight, retried on transient errors; see `body.rs`).
 
 mod body;
+pub mod cache;
 mod header;
 mod pieces;
 mod resolve;
@@ -15,9 +16,10 @@ mod startup;
 mod traces;
 
 pub use body::{BufferPool, FetchPolicy};
+pub use cache::{CacheConfig, PayloadCache, PayloadCacheStats};
 pub use header::{build_header, HeaderError};
 pub use pieces::{plan_pieces, Piece, PieceLimits, Slice};
-pub use resolve::{index_error, ResolvePolicy, Resolver};
+pub use resolve::{index_error, HeldImages, ResolvePolicy, Resolver};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +95,8 @@ pub struct ServeStats {
     pub payload_bytes: u64,
     /// Images indexed on demand.
     pub indexed: u64,
+    /// Held images (named by workers, not yet indexed) indexed on demand.
+    pub held_indexed: u64,
     /// Traces folded (duplicates not counted).
     pub traces: u64,
     /// The plan cache's counters.
@@ -107,6 +111,8 @@ pub struct BundleServer {
     resolver: Resolver,
     options: ServeOptions,
     buffers: BufferPool,
+    /// Ranges shared by every bundle (none: each bundle reads its own).
+    payload_cache: Option<Arc<PayloadCache>>,
     requests: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
@@ -174,6 +180,7 @@ impl BundleServer {
             resolver,
             buffers: BufferPool::new(options.max_range.max(1), options.in_flight.max(1) + 1),
             options,
+            payload_cache: None,
             requests: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -182,6 +189,17 @@ impl BundleServer {
             traces: AtomicU64::new(0),
             startup: startup::StartupOrders::default(),
         }
+    }
+
+    /// The same server reading ranges through `cache`, shared by every bundle.
+    pub fn with_payload_cache(mut self, cache: Arc<PayloadCache>) -> Self {
+        self.payload_cache = Some(cache);
+        self
+    }
+
+    /// The payload cache's counters, when there is one.
+    pub fn payload_cache_stats(&self) -> Option<PayloadCacheStats> {
+        self.payload_cache.as_ref().map(|c| c.stats())
     }
 
     /// The registry client's range requests and errors.
@@ -197,6 +215,7 @@ impl BundleServer {
             failed: self.failed.load(Ordering::Relaxed),
             payload_bytes: self.payload_bytes.load(Ordering::Relaxed),
             indexed: self.resolver.indexed(),
+            held_indexed: self.resolver.held_indexed(),
             traces: self.traces.load(Ordering::Relaxed),
             plan_cache: self.cache.stats(),
         }
@@ -274,7 +293,10 @@ impl BundleServer {
             .resolver
             .wanted(&request.image, platform.as_ref())
             .await?;
-        let held = self.resolver.held(&request.held_images)?;
+        let HeldImages {
+            records: held,
+            used: held_used,
+        } = self.resolver.held(&request.held_images).await?;
         let held_payloads: HashSet<[u8; 32]> = request.held_payloads.iter().copied().collect();
         let reference = wanted
             .references
@@ -335,7 +357,7 @@ impl BundleServer {
         .await
         .map_err(|e| internal("planning task", e))??;
 
-        out.send_header(&header).await?;
+        out.send_header_with_held(&header, &held_used).await?;
         let to_header = started.elapsed();
         let payloads = header.payloads.len();
         let manifest = header.manifest_digest.clone();
@@ -354,6 +376,7 @@ impl BundleServer {
             pieces,
             policy,
             &self.buffers,
+            self.payload_cache.clone(),
             out,
         )
         .await?;
@@ -363,6 +386,7 @@ impl BundleServer {
             image = %request.image,
             %manifest,
             held = held_count,
+            held_used = ?held_used,
             unordered,
             plan_cache = if cache_hit { "hit" } else { "miss" },
             payloads,

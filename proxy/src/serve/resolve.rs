@@ -39,6 +39,15 @@ impl Default for ResolvePolicy {
     }
 }
 
+/// The held images a bundle is planned against.
+#[derive(Debug, Clone, Default)]
+pub struct HeldImages {
+    /// Their records, deduplicated by digest.
+    pub records: Vec<ImageRecord>,
+    /// The worker's name for each record, in the same order.
+    pub used: Vec<String>,
+}
+
 /// When [`Resolver::index_once`] indexes a reference already in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reindex {
@@ -73,6 +82,7 @@ pub struct Resolver {
     qualifier: Config,
     jobs: Mutex<HashMap<String, Arc<OnceCell<JobResult>>>>,
     indexed: std::sync::atomic::AtomicU64,
+    held_indexed: std::sync::atomic::AtomicU64,
     allowed: Vec<String>,
     policy: ResolvePolicy,
     /// When each tag was last resolved against the registry by this process.
@@ -170,6 +180,7 @@ impl Resolver {
             },
             jobs: Mutex::new(HashMap::new()),
             indexed: Default::default(),
+            held_indexed: Default::default(),
         }
     }
 
@@ -397,41 +408,95 @@ impl Resolver {
 
     /// The held images' records: names deduplicated, at most `max_held_images`
     /// distinct names looked at (the rest ignored, with a warning), records
-    /// deduplicated by digest. Names not in the database are logged and ignored (the
-    /// bundle then carries their contents).
-    pub fn held(&self, held: &[String]) -> Result<Vec<ImageRecord>, HandlerError> {
+    /// deduplicated by digest. A name not in the database is indexed on demand
+    /// (as a wanted image would be: allowed registries only, one job per
+    /// reference, under the indexer's budgets and concurrency cap); one that
+    /// cannot be (a bare digest, a refused registry, a failed job) is logged and
+    /// ignored (the bundle then carries its contents).
+    pub async fn held(&self, held: &[String]) -> Result<HeldImages, HandlerError> {
         let cap = self.policy.max_held_images;
-        let mut names = HashSet::new();
-        let mut digests = HashSet::new();
-        let mut out = Vec::new();
+        let mut names = Vec::new();
+        let mut seen = HashSet::new();
         let mut ignored = 0usize;
         for h in held {
-            if !names.insert(h.as_str()) {
+            if !seen.insert(h.as_str()) {
                 continue;
             }
-            if names.len() > cap {
+            if seen.len() > cap {
                 ignored += 1;
                 continue;
             }
-            match self.lookup(h)? {
-                Some(r) => {
-                    if digests.insert(r.manifest_digest.clone()) {
-                        out.push(r);
-                    }
+            names.push(h.as_str());
+        }
+        let mut found = Vec::with_capacity(names.len());
+        let mut missing = Vec::new();
+        for (i, h) in names.iter().enumerate() {
+            let record = self.lookup(h)?;
+            if record.is_none() {
+                missing.push(i);
+            }
+            found.push(record);
+        }
+        let indexed =
+            futures_util::future::join_all(missing.iter().map(|&i| self.index_held(names[i])))
+                .await;
+        for (i, record) in missing.into_iter().zip(indexed) {
+            found[i] = record;
+        }
+        let mut digests = HashSet::new();
+        let mut out = HeldImages::default();
+        for (name, record) in names.into_iter().zip(found) {
+            if let Some(r) = record {
+                if digests.insert(r.manifest_digest.clone()) {
+                    out.used.push(name.to_string());
+                    out.records.push(r);
                 }
-                None => warn!(held = %h, "held image is not indexed: ignored"),
             }
         }
-        if held.len() > out.len() {
+        if held.len() > out.records.len() {
             info!(
                 named = held.len(),
-                distinct = names.len(),
+                distinct = seen.len(),
                 ignored_over_cap = ignored,
-                used = out.len(),
+                used = out.records.len(),
                 cap,
                 "held list deduplicated and capped"
             );
         }
         Ok(out)
+    }
+
+    /// Indexes the held image `name` (not in the database) on demand; its
+    /// record, or none (logged) when it cannot be indexed.
+    async fn index_held(&self, name: &str) -> Option<ImageRecord> {
+        if name.starts_with("sha256:") {
+            warn!(held = %name, "held image is not indexed and names no repository: ignored");
+            return None;
+        }
+        let reference = self.qualify(name);
+        if self.check_allowed(&reference).is_err() {
+            warn!(held = %name, "held image's registry is not allowed: ignored");
+            return None;
+        }
+        match self.index_once(&reference, None, Reindex::IfMissing).await {
+            Ok(()) => {
+                let record = self.lookup(&reference).ok().flatten();
+                if record.is_some() {
+                    self.held_indexed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    info!(held = %name, "held image indexed on demand");
+                }
+                record
+            }
+            Err(e) => {
+                warn!(held = %name, error = %e, "held image cannot be indexed: ignored");
+                None
+            }
+        }
+    }
+
+    /// Held images indexed on demand so far.
+    pub fn held_indexed(&self) -> u64 {
+        self.held_indexed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

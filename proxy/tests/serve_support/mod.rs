@@ -12,8 +12,8 @@ use starlight_proxy::db::Db;
 use starlight_proxy::format::{self, Compression, ConvertOptions};
 use starlight_proxy::optimize::PlanCache;
 use starlight_proxy::registry::RegistryClient;
-use starlight_proxy::serve::{BundleServer, ServeOptions};
-use transport_quic::quic::{Client, ClientError, ClientTls, Server, ServerTls};
+use starlight_proxy::serve::{BundleServer, PayloadCache, ServeOptions};
+use transport_quic::quic::{Client, ClientError, ClientTls, Server, ServerOptions, ServerTls};
 use transport_quic::{Event, Header, PayloadCompression, Request, Source};
 
 use crate::common::layout::{Layer, OciLayout};
@@ -116,8 +116,20 @@ impl Proxy {
     /// [`Proxy::start`] with its own registry client (credentials).
     pub fn start_with(
         reg: &TestRegistry,
+        options: ServeOptions,
+        registry: RegistryClient,
+    ) -> Proxy {
+        Self::start_full(reg, options, registry, None, ServerOptions::default())
+    }
+
+    /// [`Proxy::start_with`], reading ranges through `payload_cache` when
+    /// given, with the QUIC server's `server` options.
+    pub fn start_full(
+        reg: &TestRegistry,
         mut options: ServeOptions,
         registry: RegistryClient,
+        payload_cache: Option<Arc<PayloadCache>>,
+        server: ServerOptions,
     ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
@@ -126,9 +138,13 @@ impl Proxy {
         if options.registry_host.is_none() {
             options.registry_host = Some(reg.addr.clone());
         }
-        let handler = Arc::new(BundleServer::new(db.clone(), registry, cache, options));
+        let mut handler = BundleServer::new(db.clone(), registry, cache, options);
+        if let Some(c) = payload_cache {
+            handler = handler.with_payload_cache(c);
+        }
+        let handler = Arc::new(handler);
         let (cert, key) = transport_quic::tls::self_signed(&["127.0.0.1", "localhost"]).unwrap();
-        let server = Server::bind(
+        let server = Server::bind_with(
             "127.0.0.1:0".parse().unwrap(),
             ServerTls {
                 cert_chain_pem: cert.clone().into_bytes(),
@@ -136,6 +152,7 @@ impl Proxy {
             },
             [TOKEN],
             handler.clone(),
+            server,
         )
         .unwrap();
         let addr = server.local_addr();
@@ -178,6 +195,8 @@ pub fn request(image: &str, held: &[&str]) -> Request {
 pub struct Bundle {
     pub header: Header,
     pub payloads: Vec<Vec<u8>>,
+    /// The held images the proxy says it used (protocol version 4).
+    pub held_used: Option<Vec<String>>,
 }
 
 /// Fetches a whole bundle (checking framing, not contents).
@@ -207,6 +226,7 @@ pub async fn fetch(
     Ok(Bundle {
         header: header.unwrap(),
         payloads,
+        held_used: stream.held_used().map(<[String]>::to_vec),
     })
 }
 

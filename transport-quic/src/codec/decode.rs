@@ -9,6 +9,7 @@ use super::frame::{
     check_preamble, parse_frame_header, FrameKind, FRAME_HEADER_LEN, HEADER_ZSTD_VERSION,
     PREAMBLE_LEN,
 };
+use super::held::HELD_USED_VERSION;
 use super::sequence::Sequence;
 use super::types::{End, ErrorFrame, Event, Header, Request};
 use super::validate::{validate_error, validate_header, validate_request};
@@ -93,14 +94,7 @@ pub(crate) fn decode_bounded<T: DeserializeOwned>(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<T, ProtocolError> {
-    let (decoded, exceeded) = with_limits(limits, || postcard::take_from_bytes::<T>(bytes));
-    if let Some(limit) = exceeded {
-        return Err(limit);
-    }
-    let (value, rest) = decoded.map_err(|e| ProtocolError::Malformed {
-        kind,
-        reason: e.to_string(),
-    })?;
+    let (value, rest) = decode_bounded_prefix(kind, bytes, limits)?;
     if !rest.is_empty() {
         return Err(ProtocolError::Malformed {
             kind,
@@ -108,6 +102,22 @@ pub(crate) fn decode_bounded<T: DeserializeOwned>(
         });
     }
     Ok(value)
+}
+
+/// [`decode_bounded`] of the start of `bytes`; the value and the bytes after it.
+pub(crate) fn decode_bounded_prefix<'a, T: DeserializeOwned>(
+    kind: FrameKind,
+    bytes: &'a [u8],
+    limits: &Limits,
+) -> Result<(T, &'a [u8]), ProtocolError> {
+    let (decoded, exceeded) = with_limits(limits, || postcard::take_from_bytes::<T>(bytes));
+    if let Some(limit) = exceeded {
+        return Err(limit);
+    }
+    decoded.map_err(|e| ProtocolError::Malformed {
+        kind,
+        reason: e.to_string(),
+    })
 }
 
 fn decode_index(kind: FrameKind, bytes: &[u8]) -> Result<u32, ProtocolError> {
@@ -137,6 +147,7 @@ pub struct ResponseDecoder {
     seq: Sequence,
     ended_with_error: bool,
     failed: Option<ProtocolError>,
+    held_used: Option<Vec<String>>,
 }
 
 impl Default for ResponseDecoder {
@@ -154,7 +165,15 @@ impl ResponseDecoder {
             seq: Sequence::new(),
             ended_with_error: false,
             failed: None,
+            held_used: None,
         }
+    }
+
+    /// The held images (names as the request gave them) the bundle was planned
+    /// against, once the header arrived on a version-4 stream; `None` before, or
+    /// when the proxy speaks an older version (it does not say).
+    pub fn held_used(&self) -> Option<&[String]> {
+        self.held_used.as_deref()
     }
 
     /// Appends received bytes (any chunking).
@@ -208,11 +227,18 @@ impl ResponseDecoder {
             };
             let event = match kind {
                 FrameKind::Header => {
-                    let header: Header = if self.frames.version() >= Some(HEADER_ZSTD_VERSION) {
-                        let raw = decompress_header(&body, self.limits.max_header)?;
-                        decode_bounded(kind, &raw, &self.limits)?
+                    let version = self.frames.version();
+                    let raw = if version >= Some(HEADER_ZSTD_VERSION) {
+                        decompress_header(&body, self.limits.max_header)?
                     } else {
-                        decode_bounded(kind, &body, &self.limits)?
+                        body.to_vec()
+                    };
+                    let header: Header = if version >= Some(HELD_USED_VERSION) {
+                        let (header, used) = super::held::split(&raw, &self.limits)?;
+                        self.held_used = Some(used);
+                        header
+                    } else {
+                        decode_bounded(kind, &raw, &self.limits)?
                     };
                     validate_header(&header, &self.limits)?;
                     self.seq.on_header(&header)?;

@@ -9,6 +9,7 @@ use super::frame::{
     frame_header, preamble_for, FrameKind, FRAME_HEADER_LEN, HEADER_ZSTD_VERSION,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use super::held::HELD_USED_VERSION;
 use super::sequence::Sequence;
 use super::types::{End, ErrorFrame, Header, Request};
 use super::validate::{validate_error, validate_header, validate_request};
@@ -140,30 +141,49 @@ impl ResponseEncoder {
 
     /// Appends the Header frame.
     pub fn header(&mut self, header: &Header, out: &mut BytesMut) -> Result<(), ProtocolError> {
+        self.header_with_held(header, &[], out)
+    }
+
+    /// Appends the Header frame; from version [`HELD_USED_VERSION`] on, it also
+    /// names the held images the bundle was planned against (older versions drop it).
+    pub fn header_with_held(
+        &mut self,
+        header: &Header,
+        held_used: &[String],
+        out: &mut BytesMut,
+    ) -> Result<(), ProtocolError> {
         validate_header(header, &self.limits)?;
         self.seq.admit(FrameKind::Header, 0)?;
-        let mut frame = BytesMut::new();
-        put_message(FrameKind::Header, header, &self.limits, &mut frame)?;
-        if self.version >= HEADER_ZSTD_VERSION {
-            // The uncompressed body passed the limit above (the decoder's bomb limit);
-            // the compressed frame must pass it too.
-            let packed = compress_header(&frame[FRAME_HEADER_LEN..])?;
-            let limit = FrameKind::Header.max_len(&self.limits);
-            let len = u32::try_from(packed.len())
-                .ok()
-                .filter(|&l| l <= limit)
-                .ok_or(ProtocolError::FrameTooLarge {
-                    kind: FrameKind::Header,
-                    len: packed.len() as u64,
-                    limit: u64::from(limit),
-                })?;
-            frame.clear();
-            frame.put_slice(&frame_header(FrameKind::Header, len));
-            frame.put_slice(&packed);
+        let kind = FrameKind::Header;
+        let mut body = postcard::to_stdvec(header).map_err(|e| ProtocolError::Malformed {
+            kind,
+            reason: e.to_string(),
+        })?;
+        if self.version >= HELD_USED_VERSION {
+            super::held::append(held_used, &mut body)?;
         }
+        // The uncompressed body must pass the limit (the decoder's bomb limit);
+        // a compressed frame must pass it too.
+        let limit = kind.max_len(&self.limits);
+        let too_large = |len: usize| ProtocolError::FrameTooLarge {
+            kind,
+            len: len as u64,
+            limit: u64::from(limit),
+        };
+        if u32::try_from(body.len()).map_or(true, |l| l > limit) {
+            return Err(too_large(body.len()));
+        }
+        if self.version >= HEADER_ZSTD_VERSION {
+            body = compress_header(&body)?;
+        }
+        let len = u32::try_from(body.len())
+            .ok()
+            .filter(|&l| l <= limit)
+            .ok_or_else(|| too_large(body.len()))?;
         self.seq.on_header(header)?;
         self.preamble(out);
-        out.put_slice(&frame);
+        out.put_slice(&frame_header(kind, len));
+        out.put_slice(&body);
         Ok(())
     }
 

@@ -6,7 +6,8 @@ use super::{Limits, ProtocolError};
 pub const MAGIC: [u8; 4] = *b"SLDB";
 /// The newest protocol version this build speaks. Version 3 compresses the Header
 /// frame with zstd ([`super::compress`]); every other frame is the same as in version 2.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 4 adds the held images used after the header ([`super::held`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest protocol version this build still speaks (2: the header carries the
 /// per-layer tables the image commits to, [`super::Header::layer_tocs`]; uncompressed).
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
@@ -214,11 +215,12 @@ mod tests {
     fn preamble_checks_magic_and_version() {
         assert_eq!(check_preamble(&preamble()), Ok(2));
         assert_eq!(check_preamble(&preamble_for(3)), Ok(3));
-        for v in [0u16, 1, 4, 7] {
+        assert_eq!(check_preamble(&preamble_for(4)), Ok(4));
+        for v in [0u16, 1, 5, 7] {
             let err = check_preamble(&preamble_for(v)).unwrap_err();
             assert_eq!(
                 err.to_string(),
-                format!("protocol version {v} is not supported (this build speaks 2 to 3)")
+                format!("protocol version {v} is not supported (this build speaks 2 to 4)")
             );
         }
         let err = check_preamble(b"HTTP/1").unwrap_err();

@@ -30,6 +30,10 @@
 //!
 //! Instead of a Request, a client stream may carry one TraceUpload or one RanksQuery
 //! (see [`exchange`]); the server then answers with one TraceAck, Ranks or Error frame.
+//! Version 4 appends to the Header frame's body the held images the bundle was planned
+//! against ([`held`]); the proxy answers every stream in the version its request
+//! announced, so clients of versions 2 and 3 read what they always did.
+//!
 //! Types 8–11 extend version 1 without changing anything a bundle exchange sends, so
 //! they need no version bump: a proxy that predates them refuses the frame type with a
 //! BadRequest Error frame, which the client reports as such.
@@ -73,6 +77,7 @@ mod encode;
 mod error;
 pub mod exchange;
 mod frame;
+pub mod held;
 mod limits;
 mod sequence;
 mod trace;

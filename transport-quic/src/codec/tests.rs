@@ -220,7 +220,7 @@ fn wrong_magic_and_version_are_refused() {
     let err = decode(&bytes).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "protocol version 7 is not supported (this build speaks 2 to 3)"
+        "protocol version 7 is not supported (this build speaks 2 to 4)"
     );
 
     let mut dec = RequestDecoder::default();

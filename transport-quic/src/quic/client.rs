@@ -98,6 +98,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the proxy refused the request's protocol version (a proxy older
+    /// than this client): the same request announcing an older version (see
+    /// [`Client::fetch_in`]) may succeed.
+    pub fn is_unsupported_version(&self) -> bool {
+        matches!(self, ClientError::Proxy(f) if f.code == ErrorCode::BadRequest
+            && f.message.contains("protocol version")
+            && f.message.contains("is not supported"))
+    }
+
     pub(crate) fn from_error_frame(frame: ErrorFrame) -> Self {
         match frame.code {
             ErrorCode::Unauthorized => ClientError::Unauthorized(frame.message),
@@ -275,8 +284,21 @@ impl Client {
         server_name: &str,
         request: &Request,
     ) -> Result<BundleStream, ClientError> {
+        self.fetch_in(addr, server_name, request, self.options.protocol_version)
+            .await
+    }
+
+    /// [`Client::fetch`] announcing protocol `version` (clamped to the versions
+    /// this build speaks): to talk to a proxy older than this client.
+    pub async fn fetch_in(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        request: &Request,
+        version: u16,
+    ) -> Result<BundleStream, ClientError> {
         let bytes = RequestEncoder::new(self.options.limits)
-            .with_version(self.options.protocol_version)
+            .with_version(version)
             .encode(request)?;
         let (recv, conn) = self
             .send_message(addr, server_name, &request.token, &bytes)

@@ -108,6 +108,13 @@ impl BundleStream {
         self.bytes_received
     }
 
+    /// The held images (as the request named them) the bundle was planned
+    /// against, once the header arrived; `None` before, or from a proxy older
+    /// than protocol version 4.
+    pub fn held_used(&self) -> Option<&[String]> {
+        self.decoder.held_used()
+    }
+
     /// The next event, `Ok(None)` once the bundle is complete.
     pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
         if self.failed {

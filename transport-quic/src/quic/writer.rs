@@ -105,8 +105,19 @@ impl BundleWriter {
 
     /// Sends the header (first, once).
     pub async fn send_header(&mut self, header: &Header) -> Result<(), WriteError> {
+        self.send_header_with_held(header, &[]).await
+    }
+
+    /// Sends the header (first, once), naming the held images the bundle was
+    /// planned against (for clients of protocol version 4 and later).
+    pub async fn send_header_with_held(
+        &mut self,
+        header: &Header,
+        held_used: &[String],
+    ) -> Result<(), WriteError> {
         self.closed()?;
-        self.enc.header(header, &mut self.buf)?;
+        self.enc
+            .header_with_held(header, held_used, &mut self.buf)?;
         self.flush().await
     }
 

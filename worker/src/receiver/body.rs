@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
-use transport_quic::quic::{BundleStream, Client};
+use transport_quic::quic::{BundleStream, Client, ClientError};
 use transport_quic::{Event, PayloadInfo, Request};
 
 use super::{
@@ -159,6 +159,19 @@ async fn receive_body(
     Ok((attempt, written))
 }
 
+/// The stream's first event, waiting at most `header_wait` when given.
+async fn first_event(
+    stream: &mut BundleStream,
+    header_wait: Option<std::time::Duration>,
+) -> Result<Result<Option<Event>, ClientError>, (ReceiveError, bool)> {
+    Ok(match header_wait {
+        None => stream.next_event().await,
+        Some(wait) => tokio::time::timeout(wait, stream.next_event())
+            .await
+            .map_err(|_| (ReceiveError::NoHeader, true))?,
+    })
+}
+
 /// Opens a stream for `request` and checks its header; `Err` with the
 /// reason and whether it is worth retrying.
 async fn open(
@@ -179,12 +192,20 @@ async fn open(
         .map_err(|e| (ReceiveError::Fetch(e), true))?;
     // A first request may wait for the proxy to index the image: no bound
     // but the connection's. A resumed one is bounded by the grace time.
-    let event = match header_wait {
-        None => stream.next_event().await,
-        Some(wait) => tokio::time::timeout(wait, stream.next_event())
+    let mut event = first_event(&mut stream, header_wait).await?;
+    if event
+        .as_ref()
+        .is_err_and(ClientError::is_unsupported_version)
+    {
+        // A proxy older than protocol version 4: ask again in version 3 (the
+        // header then does not say which held images were used).
+        warn!(image = %request.image, "the proxy predates protocol version 4: asking in version 3");
+        stream = client
+            .fetch_in(sock, &options.server_name, request, 3)
             .await
-            .map_err(|_| (ReceiveError::NoHeader, true))?,
-    };
+            .map_err(|e| (ReceiveError::Fetch(e), true))?;
+        event = first_event(&mut stream, header_wait).await?;
+    }
     let header = match event {
         Ok(Some(Event::Header(h))) => {
             CheckedHeader::new(h).map_err(|e| (ReceiveError::Refused(e), false))?
@@ -198,6 +219,20 @@ async fn open(
     if let Err(e) = crate::verify::verify_header(&header, &request.image) {
         error!(image = %request.image, manifest = %header.manifest_digest, "bundle header refused: {e}");
         return Err((ReceiveError::Verify(e), false));
+    }
+    // Which held images the proxy planned against (protocol version 4; an
+    // older proxy does not say): a held image it could not use means a
+    // bigger bundle.
+    match stream.held_used() {
+        Some(used) => tracing::info!(
+            image = %request.image,
+            held_named = request.held_images.len(),
+            held_used = ?used,
+            "bundle header: held images used"
+        ),
+        None => {
+            tracing::debug!(image = %request.image, "the proxy does not say which held images it used")
+        }
     }
     Ok((stream, header))
 }
