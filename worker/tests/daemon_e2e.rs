@@ -586,6 +586,29 @@ fn run_to_ready(ctrd: &Containerd, ns: &str, image: &str, snapshotter: &str) -> 
     (line, at)
 }
 
+/// Unforced removal of `image`. `ctr run --rm` returns before containerd's
+/// garbage collection removes the container's snapshot from the snapshotter
+/// (asynchronous): until then the snapshot stands on the image and the
+/// removal is refused, so retry that refusal (bounded).
+fn remove_when_released(daemon: &Daemon, rt: &tokio::runtime::Runtime, image: &str) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = daemon.call(
+            rt,
+            Request::Remove {
+                image: image.to_string(),
+                force: false,
+            },
+        );
+        match &r {
+            Response::Error(e) if e.contains("is used by") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            _ => return r,
+        }
+    }
+}
+
 /// After starlightd restarted, containerd's connection to the snapshotter
 /// plugin comes back with gRPC's reconnect backoff: wait (bounded) until a
 /// snapshotter call goes through.
@@ -882,13 +905,7 @@ fn starlightd_end_to_end_with_containerd() {
         .iter()
         .map(|(p, _)| files1.iter().find(|(q, _)| q == p).unwrap().1.len() as u64)
         .sum();
-    let removed = daemon.call(
-        &rt,
-        Request::Remove {
-            image: v1.clone(),
-            force: false,
-        },
-    );
+    let removed = remove_when_released(&daemon, &rt, &v1);
     assert!(
         matches!(removed, Response::Removed { contents_freed: 2, bytes_freed, .. } if bytes_freed == v1_only),
         "{removed:?}"
@@ -1022,13 +1039,7 @@ fn starlightd_end_to_end_with_containerd() {
     assert_eq!(images.len(), 3, "{images:?}");
     let v2_info = images.iter().find(|i| i.name == v2).unwrap();
     assert!(v2_info.complete && v2_info.contents_held == v2_info.contents);
-    let removed = daemon.call(
-        &rt,
-        Request::Remove {
-            image: v1.clone(),
-            force: false,
-        },
-    );
+    let removed = remove_when_released(&daemon, &rt, &v1);
     let Response::Removed {
         contents_freed,
         bytes_freed,
