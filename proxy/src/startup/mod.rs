@@ -33,6 +33,7 @@
 mod cmdline;
 mod elf;
 mod entrypoint;
+pub mod inherit;
 mod pyenv;
 mod pysource;
 mod python;
