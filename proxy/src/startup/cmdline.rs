@@ -3,6 +3,7 @@
 //! scripts run in turn.
 
 use super::entrypoint::{is_file, search_path};
+use super::node::is_node;
 use super::pyenv::is_python;
 use super::shell::{self, needs_expansion, BUILTINS};
 use super::{elf, Analysis, Work};
@@ -38,6 +39,8 @@ pub(super) enum Script {
     /// Files a command names: ordered (and followed) once the loads
     /// queued before them are.
     Files(Vec<String>),
+    /// A Node.js program's entry script.
+    Node { main: String, depth: usize },
     /// A Python interpreter's start.
     Python {
         interpreter: String,
@@ -125,6 +128,13 @@ impl Analysis<'_> {
             });
         } else if names.iter().any(|n| SHELLS.contains(n)) {
             self.shell_args(args, depth);
+        } else if names.iter().any(|n| is_node(n)) {
+            if let Some(main) = args.iter().find(|a| !a.starts_with('-')) {
+                self.scripts.push_back(Script::Node {
+                    main: self.command.in_workdir(main),
+                    depth,
+                });
+            }
         } else {
             let files: Vec<String> = args
                 .iter()
@@ -205,6 +215,11 @@ impl Analysis<'_> {
                 path: real.to_string(),
                 depth,
             });
+        } else if names.iter().any(|n| is_node(n)) {
+            self.scripts.push_back(Script::Node {
+                main: real.to_string(),
+                depth,
+            });
         }
     }
 
@@ -234,6 +249,7 @@ impl Analysis<'_> {
             }
             Script::Shell { depth, .. }
             | Script::ShellText { depth, .. }
+            | Script::Node { depth, .. }
             | Script::Python { depth, .. } => *depth,
         };
         if depth >= self.limits.max_depth {
@@ -248,6 +264,7 @@ impl Analysis<'_> {
                 }
             }
             Script::ShellText { text, .. } => self.shell_text(&text),
+            Script::Node { main, .. } => self.node(&main).await,
             Script::Python {
                 interpreter, main, ..
             } => self.python(&interpreter, main).await,

@@ -34,6 +34,7 @@ mod cmdline;
 mod elf;
 mod entrypoint;
 pub mod inherit;
+mod node;
 mod pyenv;
 mod pysource;
 mod python;

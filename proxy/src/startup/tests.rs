@@ -554,3 +554,75 @@ async fn the_module_budget_bounds_a_python_analysis() {
         "{chain} modules of the chain ordered"
     );
 }
+
+#[tokio::test]
+async fn a_node_program_brings_what_it_requires_through_node_modules() {
+    let mut img = host_image();
+    for d in [
+        "app",
+        "app/lib",
+        "app/node_modules",
+        "app/node_modules/express",
+        "app/node_modules/express/lib",
+        "app/node_modules/unused",
+        "usr/local",
+        "usr/local/bin",
+    ] {
+        img.dir(d);
+    }
+    // `node` itself: any host ELF named so (its libraries are followed).
+    img.file("usr/local/bin/node", std::fs::read("/usr/bin/ls").unwrap());
+    img.file(
+        "app/server.js",
+        b"const express = require('express');\nconst h = require('./lib/helper');\nconst fs = require('fs');\n// require('unused')\n".to_vec(),
+    );
+    img.file(
+        "app/lib/helper.js",
+        b"module.exports = require('../config.json');\n".to_vec(),
+    );
+    img.file("app/config.json", b"{}".to_vec());
+    img.file(
+        "app/node_modules/express/package.json",
+        br#"{"name":"express","main":"lib/express"}"#.to_vec(),
+    );
+    img.file(
+        "app/node_modules/express/lib/express.js",
+        b"exports.router = require('./router');\n".to_vec(),
+    );
+    img.file(
+        "app/node_modules/express/lib/router/index.js",
+        b"1;\n".to_vec(),
+    );
+    img.dir("app/node_modules/express/lib/router");
+    img.file("app/node_modules/unused/index.js", b"2;\n".to_vec());
+    let order = img
+        .analyze(config(
+            &["node", "/app/server.js"],
+            &[],
+            &["PATH=/usr/local/bin:/usr/bin"],
+        ))
+        .await;
+    let at = |p: &str| {
+        order
+            .paths
+            .iter()
+            .position(|x| x == p)
+            .unwrap_or_else(|| panic!("{p} not in {:?}", order.paths))
+    };
+    let chain = [
+        "usr/local/bin/node",
+        "app/server.js",
+        "app/node_modules/express/package.json",
+        "app/node_modules/express/lib/express.js",
+        "app/node_modules/express/lib/router/index.js",
+        "app/lib/helper.js",
+        "app/config.json",
+    ];
+    let positions: Vec<usize> = chain.iter().map(|p| at(p)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "{:?}",
+        order.paths
+    );
+    assert!(!order.paths.iter().any(|p| p.contains("unused")));
+}
