@@ -200,9 +200,12 @@ async fn a_never_run_image_sends_its_executable_interpreter_and_libraries_first(
     );
 }
 
+/// Files of a layer: (path, content).
+type Files = Vec<(String, Vec<u8>)>;
+
 /// The files of a small Python installation: (path, content), unique
 /// contents, modules in the order the test's import runs them.
-fn python_files() -> (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>) {
+fn python_files() -> (Files, Files) {
     let std = "usr/lib/python3.11";
     let site = "usr/local/lib/python3.11/dist-packages";
     let f = |p: String, s: &str| (p, s.as_bytes().to_vec());
