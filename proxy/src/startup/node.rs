@@ -228,6 +228,29 @@ impl Analysis<'_> {
         }
     }
 
+    /// Orders the `package.json` of the package `file` belongs to (the
+    /// nearest one up the tree), which Node reads for the module's type.
+    fn package_scope(&mut self, file: &str) {
+        let mut dir = parent(file);
+        loop {
+            if !dir.ends_with("node_modules") {
+                let manifest = if dir.is_empty() {
+                    "package.json".to_string()
+                } else {
+                    format!("{dir}/package.json")
+                };
+                if let Some(p) = is_file(self.tree, &manifest) {
+                    self.push_path(p);
+                    return;
+                }
+            }
+            if dir.is_empty() {
+                return;
+            }
+            dir = parent(dir);
+        }
+    }
+
     /// Orders what `node main` loads, depth first in require order.
     pub(super) async fn node(&mut self, main: &str) {
         let Some(main) = as_file(self.tree, main.trim_start_matches('/')) else {
@@ -240,6 +263,7 @@ impl Analysis<'_> {
                 continue;
             }
             self.push_path(file.clone());
+            self.package_scope(&file);
             if depth >= self.limits.max_depth
                 || !(file.ends_with(".js") || file.ends_with(".cjs") || file.ends_with(".mjs"))
             {

@@ -282,7 +282,7 @@ pub fn pth_lines(text: &str, site: &str) -> (Vec<String>, Vec<String>) {
                     .chars()
                     .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
                     .collect();
-                if !name.is_empty() {
+                if super::pysource::is_dotted(&name) {
                     modules.push(name);
                 }
             }
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn pth_files_import_and_extend_the_path() {
-        let text = "# comment\nimport os; var = 'X'; enabled = True; enabled and __import__('_distutils_hack').add_shim()\n../extra\n/opt/abs\n";
+        let text = "# comment\nimport os; var = 'X'; enabled = True; enabled and __import__('_distutils_hack').add_shim(); __import__('a..b')\n../extra\n/opt/abs\n";
         let (modules, dirs) = pth_lines(text, "usr/lib/python3/dist-packages");
         assert_eq!(modules, vec!["os", "_distutils_hack"]);
         assert_eq!(

@@ -174,7 +174,7 @@ pub fn imports(source: &str) -> Vec<Import> {
 }
 
 /// Whether `name` is a dotted Python identifier.
-fn is_dotted(name: &str) -> bool {
+pub fn is_dotted(name: &str) -> bool {
     !name.is_empty()
         && name.split('.').all(|part| {
             let mut chars = part.chars();

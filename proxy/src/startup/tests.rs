@@ -581,6 +581,7 @@ async fn a_node_program_brings_what_it_requires_through_node_modules() {
         b"module.exports = require('../config.json');\n".to_vec(),
     );
     img.file("app/config.json", b"{}".to_vec());
+    img.file("app/package.json", br#"{"name":"app"}"#.to_vec());
     img.file(
         "app/node_modules/express/package.json",
         br#"{"name":"express","main":"lib/express"}"#.to_vec(),
@@ -612,6 +613,7 @@ async fn a_node_program_brings_what_it_requires_through_node_modules() {
     let chain = [
         "usr/local/bin/node",
         "app/server.js",
+        "app/package.json",
         "app/node_modules/express/package.json",
         "app/node_modules/express/lib/express.js",
         "app/node_modules/express/lib/router/index.js",
