@@ -32,13 +32,16 @@ fn describe(image: &ImageRecord) -> String {
 /// order (`startup`, see [`crate::startup`]) goes first, and ranks
 /// inherited from an older version of its repository (logged) follow it:
 /// inheritance can reorder what the static analysis did not find, never push
-/// what it found back. Runs blocking.
+/// what it found back. Inherited paths are carried over to the new
+/// version's paths, through version changes, and dropped altogether when
+/// too few of them exist in it (see [`crate::startup::inherit`]). Runs
+/// blocking.
 pub(super) fn plan_ranks(
     db: &Db,
     wanted: &ImageRecord,
     startup: &[String],
 ) -> Result<HashMap<String, Rank>, HandlerError> {
-    let found = db
+    let mut found = db
         .image_ranks(wanted)
         .map_err(|e| internal("directory database", e))?;
     if let Some(older) = &found.inherited_from {
@@ -52,6 +55,24 @@ pub(super) fn plan_ranks(
         );
     }
     let own = found.inherited_from.is_none() && !found.ranks.is_empty();
+    if found.inherited_from.is_some() {
+        let toc = db
+            .merged_toc(&wanted.manifest_digest)
+            .map_err(|e| internal("directory database", e))?;
+        let paths: std::collections::HashSet<&str> =
+            toc.iter().map(|e| e.entry.path.as_str()).collect();
+        let (carried, stats) =
+            crate::startup::inherit::carry_over(std::mem::take(&mut found.ranks), &paths);
+        info!(
+            image = %wanted.manifest_digest,
+            kept = stats.kept,
+            mapped = stats.mapped,
+            dropped = stats.dropped,
+            used = carried.is_some(),
+            "inherited ranks carried over to the new version's paths"
+        );
+        found.ranks = carried.unwrap_or_default().into_iter().collect();
+    }
     let traced = found.ranks.into_iter().map(|(path, r)| {
         (
             path,

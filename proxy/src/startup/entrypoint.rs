@@ -9,13 +9,6 @@ use crate::format::EntryKind;
 /// The `PATH` a container gets when its configuration sets none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Shells whose `-c` string names the program that really runs.
-const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh"];
-
-/// Arguments after the program that may name a file it reads at once
-/// (`python3 app.py`, `node server.js`).
-const FILE_ARGS: usize = 3;
-
 #[derive(Deserialize)]
 struct ConfigFile {
     config: Option<ExecConfig>,
@@ -39,6 +32,8 @@ pub struct Command {
     pub path: Vec<String>,
     /// `LD_LIBRARY_PATH` directories.
     pub library_path: Vec<String>,
+    /// `PYTHONPATH` directories.
+    pub python_path: Vec<String>,
     /// The working directory (absolute; `/` if unset).
     pub working_dir: String,
 }
@@ -67,6 +62,7 @@ pub fn command_of(config_json: &[u8]) -> Result<Command, StartupError> {
         argv,
         path: split(var("PATH").unwrap_or_else(|| DEFAULT_PATH.to_string())),
         library_path: var("LD_LIBRARY_PATH").map(split).unwrap_or_default(),
+        python_path: var("PYTHONPATH").map(split).unwrap_or_default(),
         working_dir: c
             .working_dir
             .filter(|w| w.starts_with('/'))
@@ -74,13 +70,8 @@ pub fn command_of(config_json: &[u8]) -> Result<Command, StartupError> {
     })
 }
 
-/// The default `PATH`, split.
-pub fn default_path() -> Vec<String> {
-    DEFAULT_PATH.split(':').map(str::to_string).collect()
-}
-
 /// Whether `path` resolves to a regular file.
-fn is_file(tree: &Tree<'_>, path: &str) -> Option<String> {
+pub fn is_file(tree: &Tree<'_>, path: &str) -> Option<String> {
     let (real, e) = tree.resolve(path)?;
     matches!(e.entry.kind, EntryKind::File | EntryKind::Hardlink).then_some(real)
 }
@@ -98,7 +89,8 @@ pub fn search_path(tree: &Tree<'_>, name: &str, dirs: &[String]) -> Option<Strin
 }
 
 impl Command {
-    fn in_workdir(&self, arg: &str) -> String {
+    /// `arg` as an absolute path (relative ones are in the working directory).
+    pub fn in_workdir(&self, arg: &str) -> String {
         if arg.starts_with('/') {
             arg.to_string()
         } else {
@@ -114,44 +106,5 @@ impl Command {
             return is_file(tree, &p).map(|_| p.trim_start_matches('/').to_string());
         }
         search_path(tree, arg0, &self.path)
-    }
-
-    /// Further programs and files the command names: the program a shell's
-    /// `-c` string runs, and arguments that are files of the image.
-    pub fn named_files(&self, tree: &Tree<'_>) -> (Vec<String>, Vec<String>) {
-        let mut programs = Vec::new();
-        let mut files = Vec::new();
-        let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
-        let Some(arg0) = self.argv.first() else {
-            return (programs, files);
-        };
-        let rest = &self.argv[1..];
-        if SHELLS.contains(&base(arg0).as_str()) && rest.first().map(String::as_str) == Some("-c") {
-            if let Some(script) = rest.get(1) {
-                let mut words = script
-                    .split_whitespace()
-                    .skip_while(|w| *w == "exec" || w.contains('='));
-                if let Some(program) = words.next() {
-                    let found = if program.contains('/') {
-                        let p = self.in_workdir(program);
-                        is_file(tree, &p).map(|_| p.trim_start_matches('/').to_string())
-                    } else {
-                        search_path(tree, program, &self.path)
-                    };
-                    programs.extend(found);
-                    for w in words.take(FILE_ARGS) {
-                        files.extend(is_file(tree, &self.in_workdir(w)));
-                    }
-                }
-            }
-            return (programs, files);
-        }
-        for arg in rest.iter().take(FILE_ARGS) {
-            if arg.starts_with('-') {
-                continue;
-            }
-            files.extend(is_file(tree, &self.in_workdir(arg)));
-        }
-        (programs, files)
     }
 }

@@ -13,7 +13,16 @@
 //!    includes, then the standard directories), recursively;
 //! 3. for a script, the interpreter of its `#!` line (through `env`),
 //!    recursively;
-//! 4. the small files nearly every start reads (`ld.so.cache`, `passwd`,
+//! 4. for a shell script (the entrypoint, a `#!` script, `sh -c`), the
+//!    programs its commands run, found through the config's `PATH`, and
+//!    the files they name, recursively (see [`shell`]);
+//! 5. for a Python interpreter (run directly, through `#!`, as
+//!    `python -m mod` or `python script.py`), the modules every start
+//!    imports, `.pth` files of the site directories, then the script and
+//!    every module its `import` statements reach, resolved as the path
+//!    finder resolves them, in the order Python loads them; extension
+//!    modules bring their libraries (see [`python`]);
+//! 6. the small files nearly every start reads (`ld.so.cache`, `passwd`,
 //!    `group`, `nsswitch.conf`, `hosts`, `localtime`, ...).
 //!
 //! The analysis reads file contents through a [`ContentReader`] (the proxy
@@ -21,9 +30,16 @@
 //! [`StartupLimits::max_files`] files read and
 //! [`StartupLimits::max_bytes`] bytes in all.
 
+mod cmdline;
 mod elf;
 mod entrypoint;
+pub mod inherit;
+mod node;
+mod pyenv;
+mod pysource;
+mod python;
 mod search;
+mod shell;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
@@ -79,14 +95,27 @@ pub struct StartupLimits {
     /// Largest ELF file parsed (a larger one is still ordered first, but
     /// its libraries are not followed).
     pub max_elf: u64,
+    /// Largest script or Python source parsed (a larger one is still
+    /// ordered, but what it runs or imports is not followed).
+    pub max_source: u64,
+    /// Most Python modules resolved per interpreter start.
+    pub max_modules: usize,
+    /// Deepest chain of imports (or of scripts running scripts) followed.
+    pub max_depth: usize,
+    /// Most scripts (shell or Python starts) analysed.
+    pub max_scripts: usize,
 }
 
 impl Default for StartupLimits {
     fn default() -> Self {
         StartupLimits {
-            max_files: 512,
+            max_files: 4096,
             max_bytes: 1 << 30,
             max_elf: 256 << 20,
+            max_source: 2 << 20,
+            max_modules: 3000,
+            max_depth: 64,
+            max_scripts: 64,
         }
     }
 }
@@ -132,6 +161,8 @@ pub struct StartupOrder {
 enum Work {
     /// A program to run: resolve, then follow its interpreter/libraries.
     Program(String),
+    /// A file already ordered whose libraries are still to follow.
+    Follow(String),
     /// A library of the object at the given path (for `$ORIGIN`), with the
     /// rpath list inherited from the loading chain.
     Library {
@@ -146,11 +177,16 @@ struct Analysis<'a> {
     tree: &'a Tree<'a>,
     reader: &'a dyn ContentReader,
     limits: StartupLimits,
-    env_library_path: Vec<String>,
+    command: Command,
     system_dirs: Vec<String>,
     order: StartupOrder,
     seen: HashSet<String>,
     queue: VecDeque<Work>,
+    /// Scripts to analyse once the loads queued before them are followed.
+    scripts: VecDeque<cmdline::Script>,
+    scripts_done: usize,
+    /// How many scripts ran the one being analysed (0: the command).
+    depth: usize,
 }
 
 /// Computes the start-up order of the image with configuration
@@ -167,31 +203,22 @@ pub async fn analyze(
         tree: &tree,
         reader,
         limits,
-        env_library_path: command.library_path.clone(),
+        command: command.clone(),
         system_dirs: Vec::new(),
         order: StartupOrder::default(),
         seen: HashSet::new(),
         queue: VecDeque::new(),
+        scripts: VecDeque::new(),
+        scripts_done: 0,
+        depth: 0,
     };
     a.system_dirs = search::system_dirs(&tree, reader, &mut a.order, limits).await;
-    match command.executable(&tree) {
-        Some(path) => {
-            a.order.executable = Some(path.clone());
-            a.queue.push_back(Work::Program(path));
-        }
-        None => {
-            if let Some(arg0) = command.argv.first() {
-                a.order.unresolved.push(arg0.clone());
-            }
-        }
-    }
+    a.order.executable = command.executable(&tree);
     // The executable and everything it loads come first, then the programs
-    // and files the command line names (a shell's `-c` program, a script).
-    a.run().await?;
-    let (programs, files) = command.named_files(&tree);
-    a.queue
-        .extend(programs.into_iter().chain(files).map(Work::Program));
-    a.run().await?;
+    // and files the command line names (a shell's `-c` program, a script,
+    // the modules a Python program imports).
+    a.command_line(&command.argv, 0);
+    a.run().await;
     for common in COMMON_FILES {
         if let Some((path, entry)) = tree.resolve(common) {
             if entry.entry.kind == EntryKind::File || entry.entry.kind == EntryKind::Hardlink {
@@ -235,10 +262,35 @@ impl Analysis<'_> {
         }
     }
 
-    async fn run(&mut self) -> Result<(), StartupError> {
+    /// Follows every queued load, then analyses the scripts found, until
+    /// nothing is left.
+    async fn run(&mut self) {
+        loop {
+            self.run_loads().await;
+            let Some(script) = self.scripts.pop_front() else {
+                return;
+            };
+            if !matches!(script, cmdline::Script::Files(_)) {
+                if self.scripts_done >= self.limits.max_scripts {
+                    continue;
+                }
+                self.scripts_done += 1;
+            }
+            self.script(script).await;
+        }
+    }
+
+    /// Follows every queued program and library (scripts they turn out to
+    /// be are queued in [`Analysis::scripts`]).
+    async fn run_loads(&mut self) {
         while let Some(work) = self.queue.pop_front() {
             match work {
                 Work::Program(path) => self.program(&path, Vec::new()).await,
+                Work::Follow(path) => {
+                    if let Some((real, entry)) = self.tree.resolve(&path) {
+                        self.follow(&real, entry, Vec::new()).await;
+                    }
+                }
                 Work::Library {
                     name,
                     origin,
@@ -250,7 +302,7 @@ impl Analysis<'_> {
                         &name,
                         &origin,
                         &rpath,
-                        &self.env_library_path,
+                        &self.command.library_path,
                         &runpath,
                         &self.system_dirs,
                     );
@@ -261,7 +313,6 @@ impl Analysis<'_> {
                 }
             }
         }
-        Ok(())
     }
 
     /// Orders the file at `path` (resolved) and queues what loading it needs.
@@ -276,27 +327,21 @@ impl Analysis<'_> {
         if !self.push_path(real.clone()) {
             return;
         }
+        self.follow(&real, entry, inherited_rpath).await;
+    }
+
+    /// Queues what loading the ordered file `real` needs: a script's
+    /// interpreter (and the script's analysis), an ELF object's loader and
+    /// libraries.
+    async fn follow(&mut self, real: &str, entry: &TocEntry, inherited_rpath: Vec<String>) {
         if entry.entry.size == 0 {
             return;
         }
-        let Some(head) = self.read(&real, entry, SNIFF).await else {
+        let Some(head) = self.read(real, entry, SNIFF).await else {
             return;
         };
         if let Some(interp) = elf::shebang(&head) {
-            let interp_path = match interp.program.strip_prefix('/') {
-                Some(p) => p.to_string(),
-                None => return,
-            };
-            let is_env = interp_path.rsplit('/').next() == Some("env");
-            self.queue.push_back(Work::Program(interp_path));
-            if is_env {
-                if let Some(arg) = interp.argument.filter(|a| !a.starts_with('-')) {
-                    match entrypoint::search_path(self.tree, &arg, &entrypoint::default_path()) {
-                        Some(p) => self.queue.push_back(Work::Program(p)),
-                        None => self.order.unresolved.push(arg),
-                    }
-                }
-            }
+            self.shebang(real, interp);
             return;
         }
         if !elf::is_elf(&head) {
@@ -308,7 +353,7 @@ impl Analysis<'_> {
         let bytes = if entry.entry.size as usize <= head.len() {
             head
         } else {
-            match self.read(&real, entry, entry.entry.size).await {
+            match self.read(real, entry, entry.entry.size).await {
                 Some(b) => b,
                 None => return,
             }

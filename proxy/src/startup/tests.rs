@@ -372,3 +372,259 @@ async fn the_read_budget_bounds_the_analysis() {
     assert!(order.files_read <= 2, "{order:?}");
     assert_eq!(order.paths[0], "usr/bin/ls");
 }
+
+/// A Python application in a crafted tree on top of the host's programs:
+/// a bash entrypoint runs `python3 /app/main.py`; the modules live in the
+/// standard library and a site directory.
+fn python_image() -> Image {
+    let mut img = host_image();
+    for d in [
+        "app",
+        "usr/local",
+        "usr/local/bin",
+        "usr/lib/python3.11",
+        "usr/lib/python3.11/encodings",
+        "usr/lib/python3.11/encodings/__pycache__",
+        "usr/lib/python3.11/lib-dynload",
+        "usr/local/lib",
+        "usr/local/lib/python3.11",
+        "usr/local/lib/python3.11/dist-packages",
+        "usr/local/lib/python3.11/dist-packages/pkg",
+        "usr/local/lib/python3.11/dist-packages/pkg/inner",
+    ] {
+        img.dir(d);
+    }
+    img.file(
+        "usr/local/bin/entry",
+        b"#!/bin/bash\nset -e\n# python3 /app/not-this.py\npython3 /app/main.py &\nwait-tcp 8080\necho READY\nwait\n".to_vec(),
+    );
+    img.file("usr/local/bin/wait-tcp", b"#!/bin/bash\nsleep 1\n".to_vec());
+    img.file("app/main.py", b"\"\"\"Docs: import nothere\"\"\"\nimport os\nimport pkg\nfrom pkg import sub\n\ndef later():\n    import lazy\n".to_vec());
+    img.file("app/lazy.py", b"x = 1\n".to_vec());
+    let std = "usr/lib/python3.11";
+    img.file(&format!("{std}/os.py"), b"import stat\n".to_vec());
+    img.file(&format!("{std}/stat.py"), b"".to_vec());
+    img.file(&format!("{std}/unused.py"), b"".to_vec());
+    img.file(
+        &format!("{std}/encodings/__init__.py"),
+        b"from . import aliases\n".to_vec(),
+    );
+    img.file(
+        &format!("{std}/encodings/__pycache__/__init__.cpython-311.pyc"),
+        b"pyc".to_vec(),
+    );
+    img.file(&format!("{std}/encodings/aliases.py"), b"".to_vec());
+    img.file(
+        &format!("{std}/encodings/utf_8.py"),
+        b"import codecs\n".to_vec(),
+    );
+    img.file(&format!("{std}/codecs.py"), b"".to_vec());
+    let site = "usr/local/lib/python3.11/dist-packages";
+    img.file(&format!("{site}/hook.pth"), b"import pthmod\n".to_vec());
+    img.file(&format!("{site}/pthmod.py"), b"".to_vec());
+    img.file(
+        &format!("{site}/pkg/__init__.py"),
+        b"from .inner import deep\nfrom . import _ext\nif TYPE_CHECKING:\n    import typing_only\n"
+            .to_vec(),
+    );
+    img.file(&format!("{site}/pkg/sub.py"), b"".to_vec());
+    img.file(&format!("{site}/pkg/inner/__init__.py"), b"".to_vec());
+    img.file(
+        &format!("{site}/pkg/inner/deep.py"),
+        b"import json\n".to_vec(),
+    );
+    img.file(&format!("{site}/typing_only.py"), b"".to_vec());
+    // An extension module: a copy of a host library (its own libraries follow).
+    let ext = std::fs::canonicalize("/usr/lib/x86_64-linux-gnu/libz.so.1").unwrap();
+    img.file(
+        &format!("{site}/pkg/_ext.cpython-311-x86_64-linux-gnu.so"),
+        std::fs::read(ext).unwrap(),
+    );
+    img
+}
+
+#[tokio::test]
+async fn a_shell_entrypoint_running_python_brings_the_imported_modules_in_import_order() {
+    if !Path::new("/usr/bin/python3.11").exists() || !Path::new("/usr/bin/bash").exists() {
+        panic!("this test needs /usr/bin/python3.11 and /usr/bin/bash on the host");
+    }
+    let img = python_image();
+    let order = img
+        .analyze(config(&["/usr/local/bin/entry"], &[], &[]))
+        .await;
+    let at = |p: &str| {
+        order
+            .paths
+            .iter()
+            .position(|x| x == p)
+            .unwrap_or_else(|| panic!("{p} not in the order: {:?}", order.paths))
+    };
+    let site = "usr/local/lib/python3.11/dist-packages";
+    let chain = [
+        "usr/local/bin/entry".to_string(),
+        "usr/bin/bash".to_string(),
+        "usr/bin/python3.11".to_string(),
+        "usr/local/bin/wait-tcp".to_string(),
+        "usr/lib/python3.11/encodings/__pycache__/__init__.cpython-311.pyc".to_string(),
+        "usr/lib/python3.11/encodings/aliases.py".to_string(),
+        "usr/lib/python3.11/encodings/utf_8.py".to_string(),
+        "usr/lib/python3.11/codecs.py".to_string(),
+        format!("{site}/hook.pth"),
+        format!("{site}/pthmod.py"),
+        "app/main.py".to_string(),
+        "usr/lib/python3.11/os.py".to_string(),
+        "usr/lib/python3.11/stat.py".to_string(),
+        format!("{site}/pkg/__init__.py"),
+        format!("{site}/pkg/inner/__init__.py"),
+        format!("{site}/pkg/inner/deep.py"),
+        format!("{site}/pkg/_ext.cpython-311-x86_64-linux-gnu.so"),
+        format!("{site}/pkg/sub.py"),
+    ];
+    let positions: Vec<usize> = chain.iter().map(|p| at(p)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {:?}",
+        chain.iter().zip(&positions).collect::<Vec<_>>()
+    );
+    // The extension module's libraries follow it, before the next module.
+    let libc = ldd("/usr/lib/x86_64-linux-gnu/libz.so.1");
+    assert!(libc.iter().all(|l| order.paths.contains(l)), "{libc:?}");
+    for absent in [
+        "usr/lib/python3.11/encodings/__init__.py",
+        "app/lazy.py",
+        "usr/lib/python3.11/unused.py",
+        &format!("{site}/typing_only.py"),
+        "app/not-this.py",
+    ] {
+        assert!(!order.paths.iter().any(|p| p == absent), "{absent} ordered");
+    }
+    assert_eq!(order.executable.as_deref(), Some("usr/local/bin/entry"));
+}
+
+#[tokio::test]
+async fn python_dash_m_and_a_python_shebang_start_the_same_analysis() {
+    let img = python_image();
+    let order = img
+        .analyze(config(&["python3", "-u", "-m", "pkg.sub"], &[], &[]))
+        .await;
+    let site = "usr/local/lib/python3.11/dist-packages";
+    for p in [
+        format!("{site}/pkg/__init__.py"),
+        format!("{site}/pkg/sub.py"),
+        format!("{site}/pkg/inner/deep.py"),
+    ] {
+        assert!(order.paths.contains(&p), "{p}: {:?}", order.paths);
+    }
+    let mut img = python_image();
+    img.file(
+        "app/tool",
+        b"#!/usr/bin/env python3\nimport pkg.inner.deep\n".to_vec(),
+    );
+    let order = img.analyze(config(&["/app/tool"], &[], &[])).await;
+    assert!(order.paths.contains(&format!("{site}/pkg/inner/deep.py")));
+    assert!(!order.paths.contains(&format!("{site}/pkg/sub.py")));
+}
+
+#[tokio::test]
+async fn the_module_budget_bounds_a_python_analysis() {
+    let mut img = python_image();
+    // A chain of 200 modules, each importing the next.
+    for i in 0..200 {
+        img.file(
+            &format!("app/m{i}.py"),
+            format!("import m{}\n", i + 1).into_bytes(),
+        );
+    }
+    let mut toc = img.toc.clone();
+    toc.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    toc.dedup_by(|a, b| a.entry.path == b.entry.path);
+    let limits = StartupLimits {
+        max_depth: 20,
+        ..StartupLimits::default()
+    };
+    let cfg = config(&["python3", "m0.py"], &[], &[]).to_string();
+    let order = analyze(cfg.as_bytes(), &toc, &img, limits).await.unwrap();
+    let chain = order
+        .paths
+        .iter()
+        .filter(|p| p.starts_with("app/m"))
+        .count();
+    assert!(
+        (10..=21).contains(&chain),
+        "{chain} modules of the chain ordered"
+    );
+}
+
+#[tokio::test]
+async fn a_node_program_brings_what_it_requires_through_node_modules() {
+    let mut img = host_image();
+    for d in [
+        "app",
+        "app/lib",
+        "app/node_modules",
+        "app/node_modules/express",
+        "app/node_modules/express/lib",
+        "app/node_modules/unused",
+        "usr/local",
+        "usr/local/bin",
+    ] {
+        img.dir(d);
+    }
+    // `node` itself: any host ELF named so (its libraries are followed).
+    img.file("usr/local/bin/node", std::fs::read("/usr/bin/ls").unwrap());
+    img.file(
+        "app/server.js",
+        b"const express = require('express');\nconst h = require('./lib/helper');\nconst fs = require('fs');\n// require('unused')\n".to_vec(),
+    );
+    img.file(
+        "app/lib/helper.js",
+        b"module.exports = require('../config.json');\n".to_vec(),
+    );
+    img.file("app/config.json", b"{}".to_vec());
+    img.file("app/package.json", br#"{"name":"app"}"#.to_vec());
+    img.file(
+        "app/node_modules/express/package.json",
+        br#"{"name":"express","main":"lib/express"}"#.to_vec(),
+    );
+    img.file(
+        "app/node_modules/express/lib/express.js",
+        b"exports.router = require('./router');\n".to_vec(),
+    );
+    img.file(
+        "app/node_modules/express/lib/router/index.js",
+        b"1;\n".to_vec(),
+    );
+    img.dir("app/node_modules/express/lib/router");
+    img.file("app/node_modules/unused/index.js", b"2;\n".to_vec());
+    let order = img
+        .analyze(config(
+            &["node", "/app/server.js"],
+            &[],
+            &["PATH=/usr/local/bin:/usr/bin"],
+        ))
+        .await;
+    let at = |p: &str| {
+        order
+            .paths
+            .iter()
+            .position(|x| x == p)
+            .unwrap_or_else(|| panic!("{p} not in {:?}", order.paths))
+    };
+    let chain = [
+        "usr/local/bin/node",
+        "app/server.js",
+        "app/package.json",
+        "app/node_modules/express/package.json",
+        "app/node_modules/express/lib/express.js",
+        "app/node_modules/express/lib/router/index.js",
+        "app/lib/helper.js",
+        "app/config.json",
+    ];
+    let positions: Vec<usize> = chain.iter().map(|p| at(p)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "{:?}",
+        order.paths
+    );
+    assert!(!order.paths.iter().any(|p| p.contains("unused")));
+}
