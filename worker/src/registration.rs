@@ -49,9 +49,21 @@ impl ImageRegistry for ContainerdRegistry {
         Box::pin(async move {
             self.connect()
                 .await?
-                .list_images()
+                .list_images_everywhere()
                 .await
                 .map(Some)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn remove_listed<'a>(&'a self, image: &'a NamedImage) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.connect()
+                .await?
+                .in_namespace(&image.namespace)
+                .map_err(|e| e.to_string())?
+                .remove_image(&image.name)
+                .await
                 .map_err(|e| e.to_string())
         })
     }
