@@ -182,6 +182,7 @@ impl Containerd {
     }
 
     /// The same connection, its calls made in `namespace`.
+    #[allow(clippy::result_large_err)] // the module's one error type, as its async calls return
     pub fn in_namespace(&self, namespace: &str) -> Result<Self, ContainerdError> {
         if namespace.is_empty() {
             return Err(ContainerdError::Namespace(String::new()));
