@@ -67,6 +67,10 @@ enum Command {
     TransportMatrix(matrix::MatrixArgs),
     /// Time to header through the emulated link, cold and warm, beside 3 RTT + bytes/rate.
     HeaderRtt(header_rtt::HeaderRttArgs),
+    /// GC acceptance: pull every corpus image in turn with `max_store_bytes`
+    /// at half the corpus; the store stays bounded, running containers keep
+    /// every file.
+    GcCorpus(sweep::gc_corpus::GcCorpusArgs),
 }
 
 #[derive(Subcommand)]
@@ -203,6 +207,7 @@ fn main() -> Result<()> {
         Command::Link(cmd) => run_link(cmd),
         Command::TransportMatrix(args) => matrix::run(args),
         Command::HeaderRtt(args) => header_rtt::run(args),
+        Command::GcCorpus(args) => sweep::gc_corpus::run(args),
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod cloud;
 pub mod coverage;
 pub mod estargz;
+pub mod gc_corpus;
 pub mod methods;
 pub mod orders;
 pub mod plot;
