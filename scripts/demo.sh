@@ -95,15 +95,14 @@ awk -F'\t' '
       mb[key, $2] = ($10 == "") ? "" : sprintf("%.1f MB", $10 / 1e6); seen[key] = 1
       raw[key, $2] = $8; ok[key, $2] = ($7 == "true") }
     END {
-        printf "%-8s %-12s %-12s %-16s %-18s %-10s\n", "", "containerd", "starlight", "starlight-rpull", "(bundle download)", "speedup"
-        printf "%-8s %-12s %-12s %-16s\n", "", "ctr pull", "pull", "(containerd-native)"
+        printf "%-8s %-12s %-16s %-17s %-18s %-10s\n", "", "containerd", "starlight pull", "starlight rpull", "(bundle download)", "speedup"
         n = split("fresh update", order, " ")
         for (i = 1; i <= n; i++) {
             s = order[i]; if (!(s in seen)) continue
             sp = (ok[s, "containerd"] && ok[s, "starlight"]) ? sprintf("%.1fx", raw[s, "containerd"] / raw[s, "starlight"]) : "-"
             if (ok[s, "containerd"] && ok[s, "starlight-rpull"]) sp = sp sprintf(" / %.1fx", raw[s, "containerd"] / raw[s, "starlight-rpull"])
-            printf "%-8s %-12s %-12s %-16s %-18s %-10s\n", s, t[s, "containerd"], t[s, "starlight"], t[s, "starlight-rpull"], t[s, "wget"], sp
-            printf "%-8s %-12s %-12s %-16s %-18s\n", "", mb[s, "containerd"], mb[s, "starlight"], mb[s, "starlight-rpull"], mb[s, "wget"]
+            printf "%-8s %-12s %-16s %-17s %-18s %-10s\n", s, t[s, "containerd"], t[s, "starlight"], t[s, "starlight-rpull"], t[s, "wget"], sp
+            printf "%-8s %-12s %-16s %-17s %-18s\n", "", mb[s, "containerd"], mb[s, "starlight"], mb[s, "starlight-rpull"], mb[s, "wget"]
         }
     }' "$WORK/results/runs.tsv"
 if grep -q $'\tfalse\t' "$WORK/results/runs.tsv"; then
