@@ -56,6 +56,10 @@ pub struct GcCorpusArgs {
     /// The Markdown report.
     #[arg(long, default_value = "bench/results/gc-corpus.md")]
     pub out: PathBuf,
+    /// The corpus's total content bytes, measured by an earlier run's first
+    /// pass (skips it).
+    #[arg(long)]
+    pub corpus_bytes: Option<u64>,
     /// Bound on each pull, start and hash pass, seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -132,12 +136,18 @@ pub fn run(args: GcCorpusArgs) -> Result<()> {
         proxy: Some(&proxy.access),
         ..WorkerOptions::default()
     };
-    let w = Worker::start(&place, &work.path().join("unbounded"), &bins, opts)?;
-    for (r, _) in &refs {
-        wait_pull_complete(&w, &bins, r, timeout)?;
-    }
-    let total = store_bytes(w.dir());
-    w.shutdown();
+    let total = match args.corpus_bytes {
+        Some(total) => total,
+        None => {
+            let w = Worker::start(&place, &work.path().join("unbounded"), &bins, opts)?;
+            for (r, _) in &refs {
+                pull(&w, &bins, r, timeout)?;
+            }
+            let total = store_bytes(w.dir());
+            w.shutdown();
+            total
+        }
+    };
     let bound = total / 2;
     eprintln!(
         "corpus: {} images, {total} content bytes; bound {bound}",
@@ -159,7 +169,7 @@ pub fn run(args: GcCorpusArgs) -> Result<()> {
             bail!("interrupted");
         }
         let sampler = Sampler::start(w.dir().to_path_buf());
-        wait_pull_complete(&w, &bins, r, timeout)?;
+        pull(&w, &bins, r, timeout)?;
         let peak_during_pull = sampler.stop();
         if i < args.keep_running {
             w.run_until_ready(r, Some("starlight"), ready, timeout, &interrupted)?;
@@ -214,6 +224,23 @@ pub fn run(args: GcCorpusArgs) -> Result<()> {
         bail!("{} failures (see {})", failures.len(), args.out.display());
     }
     Ok(())
+}
+
+/// `starlight pull --wait`, again (at most three times) after a failure
+/// such as a connection reset on a loaded machine: the acceptance is about
+/// the store and the files, not about a pull's first attempt.
+fn pull(w: &Worker, bins: &Binaries, image: &str, timeout: Duration) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match wait_pull_complete(w, bins, image, timeout) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 3 && !interrupted() => {
+                eprintln!("{image}: pull attempt {attempt} failed, again: {e:#}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Bytes of the files under a worker's `starlight/content`.
