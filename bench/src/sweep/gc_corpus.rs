@@ -150,7 +150,7 @@ pub fn run(args: GcCorpusArgs) -> Result<()> {
     };
     let bound = total / 2;
     eprintln!(
-        "corpus: {} images, {total} content bytes; bound {bound}",
+        "corpus: {} image versions, {total} content bytes; bound {bound}",
         refs.len()
     );
 
