@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::daemon::{interrupted, run_bounded, Place};
-use crate::imagebuild::{load_corpus, sibling_binary, REGISTRY_DIR};
+use crate::imagebuild::{load_corpus, sibling_binary, CorpusImage, REGISTRY_DIR};
 use crate::sweep::cloud::Cloud;
 use crate::sweep::methods::{wait_pull_complete, Order};
 use crate::sweep::worker::{unique, Binaries, Worker, WorkerOptions};
@@ -82,20 +82,7 @@ struct Step {
 /// bound or a running container lost a file.
 pub fn run(args: GcCorpusArgs) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let corpus = fs::canonicalize(&args.corpus).with_context(|| {
-        format!(
-            "corpus {} (build it: starlight-bench corpus build --cache DIR)",
-            args.corpus.display()
-        )
-    })?;
-    let mut images = load_corpus(&corpus)?;
-    if let Some(names) = &args.images {
-        images.retain(|i| names.contains(&i.name));
-        images.sort_by_key(|i| names.iter().position(|n| n == &i.name));
-    }
-    if images.is_empty() {
-        bail!("no corpus images selected");
-    }
+    let (corpus, images) = select(&args)?;
     let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
         sibling_binary("starlight")
             .parent()
@@ -111,15 +98,7 @@ pub fn run(args: GcCorpusArgs) -> Result<()> {
         .prefix("gc.")
         .tempdir_in(&args.work_dir)?;
     let place = Place::host();
-    let cloud = Cloud::start(
-        &place,
-        "127.0.0.1",
-        &corpus.join(REGISTRY_DIR),
-        &work.path().join("cloud"),
-        &bin_dir.join("starlight-proxy"),
-        &[Order::Never],
-        2 << 20,
-    )?;
+    let cloud = start_cloud(&place, &corpus, work.path(), &bin_dir)?;
     let proxy = cloud.proxy(Order::Never)?;
     let timeout = Duration::from_secs(args.timeout);
     // v1 and v2 of each image, image after image; the ready line of each.
@@ -140,9 +119,8 @@ pub fn run(args: GcCorpusArgs) -> Result<()> {
         Some(total) => total,
         None => {
             let w = Worker::start(&place, &work.path().join("unbounded"), &bins, opts)?;
-            for (r, _) in &refs {
-                pull(&w, &bins, r, timeout)?;
-            }
+            refs.iter()
+                .try_for_each(|(r, _)| pull(&w, &bins, r, timeout))?;
             let total = store_bytes(w.dir());
             w.shutdown();
             total
@@ -161,7 +139,7 @@ pub fn run(args: GcCorpusArgs) -> Result<()> {
         ..WorkerOptions::default()
     };
     let mut w = Worker::start(&place, &work.path().join("bounded"), &bins, opts)?;
-    let mut baselines: Vec<(String, String, BTreeMap<String, String>)> = Vec::new();
+    let mut baselines: Vec<Baseline> = Vec::new();
     let mut steps = Vec::new();
     let mut failures = Vec::new();
     for (i, (r, ready)) in refs.iter().enumerate() {
@@ -178,28 +156,8 @@ pub fn run(args: GcCorpusArgs) -> Result<()> {
             eprintln!("{r}: container {id} runs; {} files hashed", files.len());
             baselines.push((r.clone(), id, files));
         }
-        let api = w.api_socket.as_ref().context("no starlightd")?;
-        let mut gc = place.command(&bins.starlight);
-        gc.arg("gc").arg("--api").arg(api);
-        let gc_line = run_bounded(&mut gc, timeout)?
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let after_gc = store_bytes(w.dir());
-        let mut files_checked = 0;
-        for (image, id, want) in &baselines {
-            let got = hash_files(&w, id, timeout)?;
-            files_checked += want.len();
-            for (path, sha) in want {
-                if got.get(path) != Some(sha) {
-                    failures.push(format!(
-                        "after {r}: {image}'s {path} is {:?}",
-                        got.get(path)
-                    ));
-                }
-            }
-        }
+        let (gc_line, after_gc, files_checked) =
+            collect_and_check(&w, &bins, r, &baselines, timeout, &mut failures)?;
         if after_gc > bound {
             failures.push(format!("after {r}: store {after_gc} > bound {bound}"));
         }
@@ -215,15 +173,85 @@ pub fn run(args: GcCorpusArgs) -> Result<()> {
     w.stop_containers();
     w.shutdown();
     let report = markdown(&command, total, bound, &steps, &failures);
-    if let Some(dir) = args.out.parent() {
-        fs::create_dir_all(dir)?;
-    }
+    fs::create_dir_all(args.out.parent().unwrap_or(Path::new(".")))?;
     fs::write(&args.out, &report)?;
     print!("{report}");
     if !failures.is_empty() {
         bail!("{} failures (see {})", failures.len(), args.out.display());
     }
     Ok(())
+}
+
+/// The registry serving the corpus and the never-traced proxy, on loopback.
+fn start_cloud(place: &Place, corpus: &Path, work: &Path, bin_dir: &Path) -> Result<Cloud> {
+    Cloud::start(
+        place,
+        "127.0.0.1",
+        &corpus.join(REGISTRY_DIR),
+        &work.join("cloud"),
+        &bin_dir.join("starlight-proxy"),
+        &[Order::Never],
+        2 << 20,
+    )
+}
+
+/// The corpus directory and its images `args` selects, in order; an error
+/// when the corpus is missing or nothing is selected.
+fn select(args: &GcCorpusArgs) -> Result<(PathBuf, Vec<CorpusImage>)> {
+    let corpus = fs::canonicalize(&args.corpus).with_context(|| {
+        format!(
+            "corpus {} (build it: starlight-bench corpus build --cache DIR)",
+            args.corpus.display()
+        )
+    })?;
+    let mut images = load_corpus(&corpus)?;
+    if let Some(names) = &args.images {
+        images.retain(|i| names.contains(&i.name));
+        images.sort_by_key(|i| names.iter().position(|n| n == &i.name));
+    }
+    if images.is_empty() {
+        bail!("no corpus images selected");
+    }
+    Ok((corpus, images))
+}
+
+/// A running container's baseline: image, container id, path -> SHA-256.
+type Baseline = (String, String, BTreeMap<String, String>);
+
+/// After pulling `image`: `starlight gc`, then the store's size, then every
+/// running container hashes its files again (a file missing or changed is
+/// a failure). Returns gc's first line, the store bytes, the files checked.
+fn collect_and_check(
+    w: &Worker,
+    bins: &Binaries,
+    image: &str,
+    baselines: &[Baseline],
+    timeout: Duration,
+    failures: &mut Vec<String>,
+) -> Result<(String, u64, usize)> {
+    let api = w.api_socket.as_ref().context("no starlightd")?;
+    let mut gc = w.place().command(&bins.starlight);
+    gc.arg("gc").arg("--api").arg(api);
+    let gc_line = run_bounded(&mut gc, timeout)?
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let after_gc = store_bytes(w.dir());
+    let mut files_checked = 0;
+    for (running, id, want) in baselines {
+        let got = hash_files(w, id, timeout)?;
+        files_checked += want.len();
+        for (path, sha) in want {
+            if got.get(path) != Some(sha) {
+                failures.push(format!(
+                    "after {image}: {running}'s {path} is {:?}",
+                    got.get(path)
+                ));
+            }
+        }
+    }
+    Ok((gc_line, after_gc, files_checked))
 }
 
 /// `starlight pull --wait`, again (at most three times) after a failure
