@@ -2,9 +2,12 @@
 # Starlight demo: provisions a real image (redis from Debian packages, whose
 # entrypoint prints READY once `redis-cli ping` answers) through plain
 # containerd (ctr pull + ctr run, overlayfs) and through Starlight
-# (starlightd + proxy: starlight pull + ctr run --snapshotter starlight),
-# fresh and as an update from v1 to v2, and prints the times to the ready
-# line side by side.
+# (starlightd + proxy), both ways a user has: `starlight pull`, and the
+# containerd-native pull (`starlight rpull`: containerd's client pull with
+# the image labels CRI sets, answered by starlightd's remote snapshotter
+# from one bundle; kubelet's CRI PullImage takes the same path), each
+# followed by ctr run --snapshotter starlight; fresh and as an update from
+# v1 to v2, and prints the times to the ready line side by side.
 #
 # Run as root on Debian bookworm: sudo scripts/demo.sh
 #   DEMO_IMAGE=nginx   another corpus image (redis, nginx, postgres, mariadb, python, node)
@@ -78,7 +81,7 @@ if [[ $RTT == loopback ]] || [[ ! -e /dev/net/tun ]]; then
 fi
 step "Provisioning $IMAGE through containerd and through Starlight over $where"
 echo "fresh: empty worker, provision $IMAGE:v2; update: $IMAGE:v1 present, provision $IMAGE:v2"
-"$BENCH" sweep --images "$IMAGE" --methods containerd,starlight,wget --scenarios fresh,update \
+"$BENCH" sweep --images "$IMAGE" --methods containerd,starlight,starlight-rpull,wget --scenarios fresh,update \
     --runs 1 "${link_args[@]}" --bin-dir "$BIN" --work-dir "$WORK/work" --out "$WORK/results" \
     >"$WORK/sweep.out" 2>"$WORK/sweep.err" &
 SWEEP_PID=$!
@@ -92,13 +95,14 @@ awk -F'\t' '
       mb[key, $2] = ($10 == "") ? "" : sprintf("%.1f MB", $10 / 1e6); seen[key] = 1
       raw[key, $2] = $8; ok[key, $2] = ($7 == "true") }
     END {
-        printf "%-8s %-14s %-14s %-16s %-10s\n", "", "containerd", "starlight", "(bundle download)", "speedup"
+        printf "%-8s %-12s %-16s %-17s %-18s %-10s\n", "", "containerd", "starlight pull", "starlight rpull", "(bundle download)", "speedup"
         n = split("fresh update", order, " ")
         for (i = 1; i <= n; i++) {
             s = order[i]; if (!(s in seen)) continue
             sp = (ok[s, "containerd"] && ok[s, "starlight"]) ? sprintf("%.1fx", raw[s, "containerd"] / raw[s, "starlight"]) : "-"
-            printf "%-8s %-14s %-14s %-16s %-10s\n", s, t[s, "containerd"], t[s, "starlight"], t[s, "wget"], sp
-            printf "%-8s %-14s %-14s %-16s\n", "", mb[s, "containerd"], mb[s, "starlight"], mb[s, "wget"]
+            if (ok[s, "containerd"] && ok[s, "starlight-rpull"]) sp = sp sprintf(" / %.1fx", raw[s, "containerd"] / raw[s, "starlight-rpull"])
+            printf "%-8s %-12s %-16s %-17s %-18s %-10s\n", s, t[s, "containerd"], t[s, "starlight"], t[s, "starlight-rpull"], t[s, "wget"], sp
+            printf "%-8s %-12s %-16s %-17s %-18s\n", "", mb[s, "containerd"], mb[s, "starlight"], mb[s, "starlight-rpull"], mb[s, "wget"]
         }
     }' "$WORK/results/runs.tsv"
 if grep -q $'\tfalse\t' "$WORK/results/runs.tsv"; then

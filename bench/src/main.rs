@@ -70,6 +70,10 @@ enum Command {
     HeaderRtt(header_rtt::HeaderRttArgs),
     /// Bundle serving throughput for 1-50 concurrent bundles beside registry blob GETs.
     Serve(serve::ServeArgs),
+    /// GC acceptance: pull every corpus image in turn with `max_store_bytes`
+    /// at half the corpus; the store stays bounded, running containers keep
+    /// every file.
+    GcCorpus(sweep::gc_corpus::GcCorpusArgs),
 }
 
 #[derive(Subcommand)]
@@ -207,6 +211,7 @@ fn main() -> Result<()> {
         Command::TransportMatrix(args) => matrix::run(args),
         Command::HeaderRtt(args) => header_rtt::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::GcCorpus(args) => sweep::gc_corpus::run(args),
     }
 }
 

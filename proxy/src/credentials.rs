@@ -158,6 +158,17 @@ impl Credentials {
         })
     }
 
+    /// These credentials with `user` and `password` (HTTP basic
+    /// authentication) for `host`, before any other source: a user's
+    /// `--user` on the command line.
+    pub fn with_basic(mut self, host: &str, user: &str, password: &str) -> Credentials {
+        self.entries.insert(
+            host.to_string(),
+            RegistryAuth::Basic(user.to_string(), password.to_string()),
+        );
+        self
+    }
+
     /// Registry hosts with a configured entry.
     pub fn hosts(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)

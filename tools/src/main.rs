@@ -86,6 +86,7 @@ it with `ctr images pull --snapshotter starlight`.
 
 Examples:
   starlight rpull --plain-http 127.0.0.1:5000/app:v1
+  printf '%s\\n' \"$REGISTRY_PASSWORD\" | starlight rpull --user ci registry.example/app:v1
   ctr run --snapshotter starlight 127.0.0.1:5000/app:v1 app1")]
     Rpull(cmd::rpull::Args),
     /// Collect startup traces of an image and upload them to the proxy.

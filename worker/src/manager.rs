@@ -73,11 +73,20 @@ pub trait ImageRegistry: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), RegistryError>>;
     /// Removes image `name`'s registration.
     fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), RegistryError>>;
-    /// Every image registered (name and target digest), for the garbage
+    /// Every image registered (namespace, name and target digest; every
+    /// namespace of containerd, so CRI's `k8s.io` too), for the garbage
     /// collection; `None`: this registry cannot tell (nothing counts as
     /// removed from it).
     fn images(&self) -> BoxFuture<'_, Result<Option<Vec<NamedImage>>, RegistryError>> {
         Box::pin(async { Ok(None) })
+    }
+    /// Removes one record [`ImageRegistry::images`] listed (in its own
+    /// namespace); by default, [`ImageRegistry::remove`] of its name.
+    fn remove_listed<'a>(
+        &'a self,
+        image: &'a NamedImage,
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
+        self.remove(&image.name)
     }
 }
 

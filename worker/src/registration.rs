@@ -79,9 +79,23 @@ impl ImageRegistry for ContainerdRegistry {
         Box::pin(async move {
             self.connect()
                 .await?
-                .list_images()
+                .list_images_everywhere()
                 .await
                 .map(Some)
+                .map_err(RegistryError::from)
+        })
+    }
+
+    fn remove_listed<'a>(
+        &'a self,
+        image: &'a NamedImage,
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
+        Box::pin(async move {
+            self.connect()
+                .await?
+                .in_namespace(&image.namespace)?
+                .remove_image(&image.name)
+                .await
                 .map_err(RegistryError::from)
         })
     }

@@ -32,6 +32,7 @@ use cri::images::{full_blob_gets, push_app, push_pause, Pushed, GREETING};
 use cri::{cri_config, wait_for_line, Cri, PodGuard};
 use harness::{skip_reason, Daemon, World};
 use starlight_proxy::registry::RegistryClient;
+use starlight_worker::api::{GcReport, Request, Response};
 
 /// The ready line the app container prints.
 const READY: &str = "READY";
@@ -44,6 +45,12 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_in(None)
+}
+
+/// [`setup`] with starlightd registering its own pulls in `namespace`
+/// (default: CRI's `k8s.io`).
+fn setup_in(namespace: Option<String>) -> Setup {
     if let Some(why) = skip_reason() {
         panic!("this test needs root and /dev/fuse: {why}");
     }
@@ -54,9 +61,11 @@ fn setup() -> Setup {
     let world =
         World::with_cri(|reg, dir| cri_config(reg, &format!("{reg}/pause:v1"), &dir.join("cni")));
     let proxy = world.proxy(None);
-    let daemon = world
-        .setup(world.dir.path().join("state"))
-        .start(proxy.addr, "starlightd.log");
+    let mut daemon_setup = world.setup(world.dir.path().join("state"));
+    if let Some(ns) = namespace {
+        daemon_setup.namespace = ns;
+    }
+    let daemon = daemon_setup.start(proxy.addr, "starlightd.log");
     world.wait_for_snapshotter();
     Setup {
         world,
@@ -267,4 +276,90 @@ fn client_pull_with_the_image_labels_runs_with_ctr_run() {
     assert!(err.contains("no remote snapshot"), "{err}");
     let images = s.world.ctrd.ctr_ok(&["images", "ls", "-q"]);
     assert!(!images.lines().any(|l| l == plain.reference), "{images}");
+}
+
+/// A collection now (`starlight gc`, or `--dry-run`).
+fn gc(s: &Setup, dry_run: bool) -> GcReport {
+    match s.daemon.call(&s.world.rt, Request::Gc { dry_run }) {
+        Response::Gc(r) => r,
+        other => panic!("gc: {other:?}\n{}", s.daemon.log_text()),
+    }
+}
+
+#[test]
+#[ignore = "needs root: containerd's CRI plugin and FUSE"]
+fn gc_keeps_an_image_cri_holds_in_its_own_namespace() {
+    // starlightd registers its own pulls in a namespace of its own; CRI
+    // pulls into k8s.io. An image only CRI holds is held all the same.
+    let s = setup_in(Some(support::containerd::unique_name("own")));
+    let app = push_app(&s.world.reg, "gcapp", true);
+    let rt = &s.world.rt;
+    let mut cri = rt.block_on(Cri::connect(&s.world.ctrd.socket));
+    rt.block_on(cri.pull(&app.reference))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.daemon.log_text()));
+    let held = s.daemon.images(rt);
+    let digest = held
+        .iter()
+        .find(|i| i.name == app.reference)
+        .unwrap_or_else(|| panic!("not held: {held:?}"))
+        .digest
+        .clone();
+
+    // Once its bundle arrived (an image still arriving is in use), not in
+    // starlightd's namespace but in k8s.io: kept.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !s
+        .daemon
+        .images(rt)
+        .iter()
+        .any(|i| i.digest == digest && i.complete)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            s.daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let report = gc(&s, false);
+    assert!(
+        report.evicted.iter().all(|e| e.digest != digest),
+        "{report:?}\n{}",
+        s.daemon.log_text()
+    );
+    assert!(s.daemon.images(rt).iter().any(|i| i.digest == digest));
+
+    // Gone from k8s.io (every record CRI made for it): released.
+    let k8s = rt
+        .block_on(starlight_worker::containerd::Containerd::connect(
+            &s.world.ctrd.socket,
+            "k8s.io",
+        ))
+        .unwrap();
+    let records: Vec<_> = rt
+        .block_on(k8s.list_images())
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.target == digest)
+        .collect();
+    assert!(!records.is_empty(), "CRI recorded no image for {digest}");
+    for r in &records {
+        assert_eq!(r.namespace, "k8s.io");
+        rt.block_on(k8s.remove_image(&r.name)).unwrap();
+    }
+    let dry = gc(&s, true);
+    let evicted: Vec<_> = dry
+        .evicted
+        .iter()
+        .map(|e| (e.digest.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        evicted,
+        [(digest.as_str(), "removed")],
+        "{dry:?}\n{}",
+        s.daemon.log_text()
+    );
+    let report = gc(&s, false);
+    assert_eq!(report.evicted.len(), 1, "{report:?}");
+    assert!(s.daemon.images(rt).iter().all(|i| i.digest != digest));
 }

@@ -28,6 +28,11 @@ pub enum Method {
     /// Starlight, the image never traced: the proxy's static start-up
     /// order, computed at index time.
     StarlightNever,
+    /// The containerd-native path: `starlight rpull` (a containerd-client
+    /// pull whose layer Prepares carry CRI's image labels, answered by
+    /// starlightd's remote snapshots from one bundle of the never-traced
+    /// proxy), then `ctr run --snapshotter starlight`.
+    StarlightRpull,
     /// Starlight ordered by production traces: N warm-up starts (`ctr run`
     /// on other workers, whose starlightd uploads the trace of each real
     /// start), then a fresh worker is measured.
@@ -50,6 +55,7 @@ pub const ALL_METHODS: &[Method] = &[
     Method::Containerd,
     Method::Starlight,
     Method::StarlightNever,
+    Method::StarlightRpull,
     Method::StarlightProd,
     Method::StarlightTrace,
     Method::Wget,
@@ -75,6 +81,7 @@ impl Method {
             Method::Containerd => "containerd",
             Method::Starlight => "starlight",
             Method::StarlightNever => "starlight-never",
+            Method::StarlightRpull => "starlight-rpull",
             Method::StarlightProd => "starlight-prod",
             Method::StarlightTrace => "starlight-trace",
             Method::Wget => "wget",
@@ -86,7 +93,9 @@ impl Method {
     /// The proxy (bundle order) the method talks to, if any.
     pub fn order(self) -> Option<Order> {
         match self {
-            Method::Starlight | Method::StarlightNever | Method::Wget => Some(Order::Never),
+            Method::Starlight | Method::StarlightNever | Method::StarlightRpull | Method::Wget => {
+                Some(Order::Never)
+            }
             Method::StarlightProd => Some(Order::Prod),
             Method::StarlightTrace => Some(Order::Trace),
             Method::Containerd | Method::Estargz | Method::EstargzOpt => None,
@@ -384,10 +393,12 @@ pub fn run_one(
         }
         Method::Starlight
         | Method::StarlightNever
+        | Method::StarlightRpull
         | Method::StarlightProd
         | Method::StarlightTrace => {
             let order = method.order().context("a Starlight method has an order")?;
-            run_starlight(ctx, image, order, scenario, result)?;
+            let rpull = method == Method::StarlightRpull;
+            run_starlight(ctx, image, order, rpull, scenario, result)?;
         }
         Method::Wget => {
             let v1s = c.reference(&image.name, &image.v1_starlight);
@@ -420,12 +431,15 @@ pub fn run_one(
     Ok(())
 }
 
-/// One Starlight run against the proxy of `order`; measured workers record
-/// no traces, so the proxies' orders stay what the sweep prepared.
+/// One Starlight run against the proxy of `order`, provisioning v2 with
+/// `starlight pull` or, if `rpull`, containerd's native path (`starlight
+/// rpull`, remote snapshots); measured workers record no traces, so the
+/// proxies' orders stay what the sweep prepared.
 fn run_starlight(
     ctx: &RunContext<'_>,
     image: &CorpusImage,
     order: Order,
+    rpull: bool,
     scenario: Scenario,
     result: &mut RunResult,
 ) -> Result<()> {
@@ -447,7 +461,11 @@ fn run_starlight(
     }
     let m0 = PullMetrics::parse(&w.metrics()?);
     let meter = Meter::start(ctx, &w.daemon_pids());
-    w.starlight_pull(ctx.bins, &v2s, t)?;
+    if rpull {
+        w.starlight_rpull(ctx.bins, &v2s, t)?;
+    } else {
+        w.starlight_pull(ctx.bins, &v2s, t)?;
+    }
     result.pull_s = meter.elapsed();
     w.run_until_ready(&v2s, Some("starlight"), &image.ready, t, &interrupted)?;
     result.time_s = meter.elapsed();

@@ -11,6 +11,7 @@
 pub mod cloud;
 pub mod coverage;
 pub mod estargz;
+pub mod gc_corpus;
 pub mod methods;
 pub mod orders;
 pub mod plot;
@@ -44,9 +45,10 @@ pub struct SweepArgs {
     /// Images (comma-separated); all of the corpus by default.
     #[arg(long, value_delimiter = ',')]
     pub images: Option<Vec<String>>,
-    /// Methods: containerd, starlight-never, starlight-prod,
-    /// starlight-trace, wget, estargz, estargz-opt (and starlight, the
-    /// same as starlight-never).
+    /// Methods: containerd, starlight-never, starlight-rpull (the
+    /// containerd-native pull: `starlight rpull`, remote snapshots),
+    /// starlight-prod, starlight-trace, wget, estargz, estargz-opt (and
+    /// starlight, the same as starlight-never).
     #[arg(
         long,
         value_delimiter = ',',

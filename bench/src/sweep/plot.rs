@@ -42,6 +42,7 @@ fn color(method: Method) -> RGBColor {
         Method::Starlight | Method::StarlightNever => RGBColor(31, 119, 180),
         Method::StarlightProd => RGBColor(23, 190, 207),
         Method::StarlightTrace => RGBColor(148, 103, 189),
+        Method::StarlightRpull => RGBColor(188, 189, 34),
         Method::Wget => RGBColor(44, 160, 44),
         Method::Estargz => RGBColor(255, 127, 14),
         Method::EstargzOpt => RGBColor(140, 86, 75),

@@ -59,6 +59,8 @@ pub struct WorkerOptions<'a> {
     pub trace_window_secs: Option<u64>,
     /// The stargz snapshotter.
     pub stargz: Option<&'a StargzSetup>,
+    /// starlightd's `max_store_bytes` (default: unbounded).
+    pub max_store_bytes: Option<u64>,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -192,10 +194,14 @@ disabled_plugins = [
                 ),
                 None => "[traces]\nenabled = false\n".to_string(),
             };
+            let bound = opts
+                .max_store_bytes
+                .map(|b| format!("max_store_bytes = {b}\n"))
+                .unwrap_or_default();
             fs::write(
                 &sl_config,
                 format!(
-                    "proxy = \"{}\"\nserver_name = \"{}\"\nca_file = \"{}\"\ntoken = \"{}\"\nstate_dir = \"{}\"\ncontainerd_socket = \"{}\"\nnamespace = \"{namespace}\"\nsnapshotter_socket = \"{}\"\napi_socket = \"{}\"\nmetrics_listen = \"{metrics_addr}\"\n{traces}",
+                    "proxy = \"{}\"\nserver_name = \"{}\"\nca_file = \"{}\"\ntoken = \"{}\"\nstate_dir = \"{}\"\ncontainerd_socket = \"{}\"\nnamespace = \"{namespace}\"\nsnapshotter_socket = \"{}\"\napi_socket = \"{}\"\nmetrics_listen = \"{metrics_addr}\"\n{bound}{traces}",
                     proxy.addr,
                     proxy.server_name,
                     proxy.ca_file.display(),
@@ -249,6 +255,11 @@ disabled_plugins = [
         worker.containerd = Some(containerd);
 
         Ok(worker)
+    }
+
+    /// The ids of the containers [`Worker::run_until_ready`] started.
+    pub fn container_ids(&self) -> Vec<String> {
+        self.containers.iter().map(|c| c.id.clone()).collect()
     }
 
     /// Process ids of the daemons (containerd, then starlightd or the
@@ -319,6 +330,37 @@ disabled_plugins = [
             .context("this worker has no starlightd")?;
         let mut cmd = self.place.command(&bins.starlight);
         cmd.arg("pull").arg("--api").arg(api).arg(image);
+        run_bounded(&mut cmd, timeout).map_err(|e| {
+            let log = self
+                .starlightd
+                .as_ref()
+                .map(Daemon::log_tail)
+                .unwrap_or_default();
+            e.context(format!("starlightd log tail:\n{log}"))
+        })
+    }
+
+    /// `starlight rpull` into this worker's containerd (its namespace, the
+    /// `starlight` snapshotter, the registry over plain HTTP): the
+    /// containerd-native pull through starlightd's remote snapshots.
+    pub fn starlight_rpull(
+        &self,
+        bins: &Binaries,
+        image: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        let api = self
+            .api_socket
+            .as_ref()
+            .context("this worker has no starlightd")?;
+        let mut cmd = self.place.command(&bins.starlight);
+        cmd.arg("rpull")
+            .arg("--api")
+            .arg(api)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .arg("--plain-http")
+            .arg(image);
         run_bounded(&mut cmd, timeout).map_err(|e| {
             let log = self
                 .starlightd

@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use starlight_api::{Request, Response};
-use starlight_proxy::registry::RegistryClient;
+use starlight_proxy::credentials::Credentials;
+use starlight_proxy::registry::{parse_reference, RegistryClient};
 
 use super::api::{request, ApiArgs};
 
@@ -37,6 +38,15 @@ pub struct Args {
     /// The platform of an image index (`os/arch[/variant]`).
     #[arg(long)]
     platform: Option<String>,
+    /// Registry credentials, `USER[:PASSWORD]`, for reading the manifest and
+    /// config (as `ctr images pull --user`); without `:PASSWORD` the password
+    /// is the first line of standard input (prefer it: a password on the
+    /// command line is visible to every local user in /proc). Default:
+    /// docker's `config.json`
+    /// and credential helpers, else anonymous. The layers come through
+    /// starlightd's proxy, which uses its own registry credentials.
+    #[arg(long, short = 'u', value_name = "USER[:PASSWORD]")]
+    user: Option<String>,
     /// The image (`host/repo:tag`), as starlightd's proxy can resolve it.
     image: String,
 }
@@ -44,7 +54,7 @@ pub struct Args {
 /// Runs `starlight rpull`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let registry = RegistryClient::new(args.plain_http);
+    let registry = RegistryClient::new(args.plain_http).with_credentials(credentials(&args)?);
     let resolved = registry
         .resolve_image(&args.image, args.platform.as_deref())
         .await
@@ -78,4 +88,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64(),
     );
     Ok(())
+}
+
+/// The registry credentials of `args`: `--user` for the image's registry
+/// over the user's docker login.
+fn credentials(args: &Args) -> anyhow::Result<Credentials> {
+    let docker = Credentials::load(&[], None).context("cannot load registry credentials")?;
+    let Some(user) = &args.user else {
+        return Ok(docker);
+    };
+    let (name, password) = match user.split_once(':') {
+        Some((name, password)) => (name, password.to_string()),
+        None => (user.as_str(), password_from_stdin()?),
+    };
+    if name.is_empty() {
+        anyhow::bail!("--user needs a user name (USER[:PASSWORD])");
+    }
+    let reference = parse_reference(&args.image)?;
+    Ok(docker.with_basic(reference.registry(), name, &password))
+}
+
+/// The password: the first line of standard input.
+fn password_from_stdin() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    stdin
+        .read_line(&mut line)
+        .context("reading the registry password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        anyhow::bail!(
+            "--user USER without :PASSWORD reads the password from standard input, which gave none"
+        );
+    }
+    Ok(password.to_string())
 }

@@ -181,6 +181,22 @@ impl Containerd {
         &self.namespace
     }
 
+    /// The same connection, its calls made in `namespace`.
+    #[allow(clippy::result_large_err)] // the module's one error type, as its async calls return
+    pub fn in_namespace(&self, namespace: &str) -> Result<Self, ContainerdError> {
+        if namespace.is_empty() {
+            return Err(ContainerdError::Namespace(String::new()));
+        }
+        let ns_header: MetadataValue<Ascii> = namespace
+            .parse()
+            .map_err(|_| ContainerdError::Namespace(namespace.to_string()))?;
+        Ok(Containerd {
+            channel: self.channel.clone(),
+            namespace: namespace.to_string(),
+            ns_header,
+        })
+    }
+
     /// A request in this namespace, under `lease` if given.
     fn request<T>(&self, msg: T, lease: Option<&MetadataValue<Ascii>>) -> Request<T> {
         let mut r = Request::new(msg);

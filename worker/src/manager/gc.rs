@@ -5,9 +5,9 @@
 //! arriving; such an image is never evicted. Of the others, a collection
 //! evicts, in this order:
 //!
-//! 1. images containerd no longer holds (no image record in our namespace
-//!    names their reference or targets their manifest): `ctr images rm`
-//!    releases the image here;
+//! 1. images containerd no longer holds (no image record in any of its
+//!    namespaces -- ours, CRI's `k8s.io`, any other -- names their reference
+//!    or targets their manifest): `ctr images rm` releases the image here;
 //! 2. images unused for `gc_unused_secs`;
 //! 3. while the store is above `max_store_bytes`, the least recently used.
 //!
@@ -355,14 +355,18 @@ impl ImageManager {
         if let Err(reason) = self.registry.remove(record.reference.as_str()).await {
             warn!(image = %record.reference, "containerd: {reason}");
         }
-        self.evict(&record, Some(&[])).await?;
+        // And every record in any namespace (CRI's too) that targets it.
+        let listed = self.registry.images().await.ok().flatten();
+        self.evict(&record, Some(listed.as_deref().unwrap_or(&[])))
+            .await?;
         let (freed, bytes) = self.sweep()?;
         info!(image = %record.reference, %digest, freed, bytes, "image removed");
         Ok((digest.to_string(), freed, bytes))
     }
 
     /// Removes one image: containerd's records of it (those `listed` shows
-    /// naming or targeting it; all under its reference if unknown), our
+    /// targeting it, in their namespaces; its reference in ours if
+    /// unknown), our
     /// record, its mount. Contents are left to [`ImageManager::sweep`].
     async fn evict(
         &self,
@@ -370,17 +374,19 @@ impl ImageManager {
         listed: Option<&[NamedImage]>,
     ) -> Result<(), ManagerError> {
         let digest = record.digest();
-        let names: Vec<String> = match listed {
-            Some(l) => l
-                .iter()
-                .filter(|i| i.target == digest.to_string())
-                .map(|i| i.name.clone())
-                .collect(),
-            None => vec![record.reference.to_string()],
-        };
-        for name in names {
-            if let Err(reason) = self.registry.remove(&name).await {
-                warn!(image = %name, "containerd: {reason}");
+        match listed {
+            Some(l) => {
+                let target = digest.to_string();
+                for image in l.iter().filter(|i| i.target == target) {
+                    if let Err(reason) = self.registry.remove_listed(image).await {
+                        warn!(image = %image.name, namespace = %image.namespace, "containerd: {reason}");
+                    }
+                }
+            }
+            None => {
+                if let Err(reason) = self.registry.remove(record.reference.as_str()).await {
+                    warn!(image = %record.reference, "containerd: {reason}");
+                }
             }
         }
         self.meta.remove(&digest)?;
