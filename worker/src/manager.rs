@@ -833,12 +833,25 @@ impl ImageManager {
                 other => other.into(),
             });
         }
-        admit.admit();
         self.receiving
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(digest);
         let _ = self.meta.touch(&digest, gc::now_secs());
+        // A bounded store makes room before the body is admitted, so the
+        // store stays under `max_store_bytes` while the bundle arrives. The
+        // record is written and the image is receiving (in use, every
+        // content it names counted), so the collection may run now.
+        let gate = if self.config.gc.max_store_bytes.is_some() && !already_complete {
+            drop(gate);
+            if let Err(e) = self.collect(false).await {
+                warn!(image, "making room before the body: {e}");
+            }
+            None
+        } else {
+            Some(gate)
+        };
+        admit.admit();
         let trace = self.ensure_mounted(&record).await?;
         if options.trace {
             trace.enable();
