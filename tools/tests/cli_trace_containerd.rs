@@ -119,9 +119,13 @@ fn tar_of(items: &[(String, Item)]) -> Vec<u8> {
 
 fn entrypoint() -> Vec<u8> {
     let mut s = String::from("#!/bin/sh\n");
+    // The names are put together at run time, so the proxy's static
+    // analysis of the script cannot know them: only a trace can.
+    s.push_str("for f in");
     for f in ACCESS {
-        s.push_str(&format!("cat /{f} > /dev/null || exit 1\n"));
+        s.push_str(&format!(" {}", f.trim_start_matches("data/")));
     }
+    s.push_str("; do cat \"/data/$f\" > /dev/null || exit 1; done\n");
     s.push_str("echo READY\n");
     s.into_bytes()
 }
