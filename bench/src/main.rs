@@ -10,6 +10,7 @@
 //! - `header-rtt` measures time to header, cold and warm, through the link.
 
 mod apt;
+mod body_rate;
 mod corpus;
 mod cputime;
 mod daemon;
@@ -67,6 +68,8 @@ enum Command {
     TransportMatrix(matrix::MatrixArgs),
     /// Time to header through the emulated link, cold and warm, beside 3 RTT + bytes/rate.
     HeaderRtt(header_rtt::HeaderRttArgs),
+    /// Header to last payload: starlightd beside `starlight fetch`, side by side per RTT.
+    BodyRate(body_rate::BodyRateArgs),
 }
 
 #[derive(Subcommand)]
@@ -203,6 +206,7 @@ fn main() -> Result<()> {
         Command::Link(cmd) => run_link(cmd),
         Command::TransportMatrix(args) => matrix::run(args),
         Command::HeaderRtt(args) => header_rtt::run(args),
+        Command::BodyRate(args) => body_rate::run(args),
     }
 }
 
