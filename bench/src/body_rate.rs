@@ -155,13 +155,13 @@ fn strip_ansi(line: &str) -> String {
 /// `time_to_end` of the last "bundle received" line of a starlightd log.
 pub fn stream_end_from_log(log: &str) -> Option<f64> {
     log.lines()
+        .rev()
         .map(strip_ansi)
         .filter(|l| l.contains("bundle received"))
-        .filter_map(|l| {
+        .find_map(|l| {
             let rest = l.split("time_to_end=").nth(1)?;
             parse_debug_duration(rest.split_whitespace().next()?)
         })
-        .last()
 }
 
 /// One fetch: `starlight fetch` of the image from the never-traced proxy.
