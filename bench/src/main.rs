@@ -10,6 +10,7 @@
 //! - `header-rtt` measures time to header, cold and warm, through the link.
 
 mod apt;
+mod body_rate;
 mod corpus;
 mod cputime;
 mod daemon;
@@ -74,6 +75,8 @@ enum Command {
     /// at half the corpus; the store stays bounded, running containers keep
     /// every file.
     GcCorpus(sweep::gc_corpus::GcCorpusArgs),
+    /// Header to last payload: starlightd beside `starlight fetch`, side by side per RTT.
+    BodyRate(body_rate::BodyRateArgs),
 }
 
 #[derive(Subcommand)]
@@ -212,6 +215,7 @@ fn main() -> Result<()> {
         Command::HeaderRtt(args) => header_rtt::run(args),
         Command::Serve(args) => serve::run(args),
         Command::GcCorpus(args) => sweep::gc_corpus::run(args),
+        Command::BodyRate(args) => body_rate::run(args),
     }
 }
 

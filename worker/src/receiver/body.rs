@@ -34,10 +34,10 @@ struct Written {
     last_stored: Option<Instant>,
 }
 
-/// The writer thread: one payload at a time into the store.
+/// One writer thread: its payloads, one at a time, into the store.
 fn write_payloads(
     mut rx: mpsc::Receiver<Msg>,
-    payloads: Vec<PayloadInfo>,
+    payloads: &[PayloadInfo],
     store: Arc<Store>,
     waiters: Arc<ContentWaiters>,
 ) -> Written {
@@ -99,8 +99,74 @@ fn write_payloads(
     }
 }
 
+/// Writer threads for one stream: payload `i` goes to thread `i % n`, so
+/// decompression, hashing and file writes of consecutive payloads run on
+/// every core while the stream is received (a single writer falls behind
+/// the link on small cores, and a reader that waits on it lets the QUIC
+/// receive window close).
+struct Writers {
+    threads: Vec<(mpsc::Sender<Msg>, tokio::task::JoinHandle<Written>)>,
+    current: usize,
+}
+
+/// Messages that may wait in each writer thread's channel.
+const WRITER_DEPTH: usize = 256;
+
+impl Writers {
+    fn start(header: &CheckedHeader, store: &Arc<Store>, waiters: &Arc<ContentWaiters>) -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+        let payloads = Arc::new(header.payloads.clone());
+        let threads = (0..n)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(WRITER_DEPTH);
+                let (payloads, store, waiters) = (payloads.clone(), store.clone(), waiters.clone());
+                let handle = tokio::task::spawn_blocking(move || {
+                    write_payloads(rx, &payloads, store, waiters)
+                });
+                (tx, handle)
+            })
+            .collect();
+        Writers {
+            threads,
+            current: 0,
+        }
+    }
+
+    /// Sends `msg` to the thread of the current payload; `false` if it stopped.
+    async fn send(&mut self, msg: Msg) -> bool {
+        if let Msg::Begin(index) = msg {
+            self.current = usize::try_from(index).unwrap_or(0) % self.threads.len().max(1);
+        }
+        match self.threads.get(self.current) {
+            Some((tx, _)) => tx.send(msg).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Waits for every thread; what they did, summed.
+    async fn finish(self) -> Result<Written, ReceiveError> {
+        let mut all = Written {
+            stored: 0,
+            stored_bytes: 0,
+            failed: Vec::new(),
+            last_stored: None,
+        };
+        for (tx, handle) in self.threads {
+            drop(tx);
+            let w = handle
+                .await
+                .map_err(|e| ReceiveError::Writer(e.to_string()))?;
+            all.stored += w.stored;
+            all.stored_bytes += w.stored_bytes;
+            all.failed.extend(w.failed);
+            all.last_stored = all.last_stored.max(w.last_stored);
+        }
+        Ok(all)
+    }
+}
+
 /// Receives the body of one stream; returns what it carried and what the
-/// writer did with it.
+/// writers did with it.
 async fn receive_body(
     stream: &mut BundleStream,
     header: &CheckedHeader,
@@ -108,11 +174,7 @@ async fn receive_body(
     waiters: &Arc<ContentWaiters>,
     options: &ReceiveOptions,
 ) -> Result<(AttemptReport, Written), ReceiveError> {
-    let (tx, rx) = mpsc::channel(64);
-    let writer = {
-        let (payloads, store, waiters) = (header.payloads.clone(), store.clone(), waiters.clone());
-        tokio::task::spawn_blocking(move || write_payloads(rx, payloads, store, waiters))
-    };
+    let mut writers = Writers::start(header, store, waiters);
     let mut attempt = AttemptReport {
         payloads_announced: header.payloads.len(),
         ..AttemptReport::default()
@@ -144,15 +206,12 @@ async fn receive_body(
                 break;
             }
         };
-        if tx.send(msg).await.is_err() {
+        if !writers.send(msg).await {
             attempt.error = Some("the payload writer stopped".into());
             break;
         }
     }
-    drop(tx);
-    let written = writer
-        .await
-        .map_err(|e| ReceiveError::Writer(e.to_string()))?;
+    let written = writers.finish().await?;
     attempt.bytes_received = stream.bytes_received();
     attempt.payloads_stored = written.stored;
     attempt.payload_bytes_stored = written.stored_bytes;
