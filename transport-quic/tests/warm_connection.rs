@@ -249,9 +249,11 @@ async fn the_warm_connection_is_reopened_after_the_proxy_restarts() {
             Err(e) => panic!("cannot bind {addr} again: {e}"),
         }
     };
-    // Reopened by the keep-warm task, before any fetch asks for it.
+    // Reopened by the keep-warm task, before any fetch asks for it (the
+    // server counts the token before the client has counted the
+    // connection: wait for both).
     wait_for("the warm connection to be reopened", || {
-        server.stats().authenticated == 1
+        server.stats().authenticated == 1 && client.connections_opened() >= 2
     })
     .await;
     assert_eq!(client.connections_opened(), 2);
