@@ -347,19 +347,7 @@ fn without_systemd_a_new_daemon_takes_the_mounts_over_through_the_socket() {
     assert!(state.join("handover.sock").exists());
     let mut user = user_of(&mount);
 
-    let t = Instant::now();
-    let new = setup
-        .try_start_with(proxy.addr, "new.log", &["--take-over"])
-        .unwrap_or_else(|e| panic!("the new daemon did not start: {e}\n{}", old.log_text()));
-    println!(
-        "taken over, the new starlightd ready after {:?}",
-        t.elapsed()
-    );
-    let status = wait_exit(&mut old);
-    assert!(status.success(), "{status}:\n{}", old.log_text());
-    assert!(old
-        .log_text()
-        .contains("handed the mounts over to a new starlightd"));
+    let new = take_over(&setup, &mut old, proxy.addr);
     let log = new.log_text();
     assert!(
         log.contains("mount connections handed over by the running starlightd"),
@@ -426,19 +414,7 @@ fn a_container_keeps_its_files_across_a_take_over_that_refuses_other_users() {
     assert!(!find(&old.images(&world.rt), &image).mountpoint.is_empty());
 
     let proxy = world.proxy(None);
-    let t = Instant::now();
-    let new = setup
-        .try_start_with(proxy.addr, "new.log", &["--take-over"])
-        .unwrap_or_else(|e| panic!("the new daemon did not start: {e}\n{}", old.log_text()));
-    println!(
-        "taken over, the new starlightd ready after {:?}",
-        t.elapsed()
-    );
-    let status = wait_exit(&mut old);
-    assert!(status.success(), "{status}:\n{}", old.log_text());
-    assert!(old
-        .log_text()
-        .contains("handed the mounts over to a new starlightd"));
+    let new = take_over(&setup, &mut old, proxy.addr);
     drop(paced);
     assert!(reader.running(), "the container outlives the old daemon");
     reader.read_on(&|| new.log_text());
@@ -534,4 +510,23 @@ fn grace_bounds_the_time_without_progress_not_the_life_of_a_stream() {
     wait_complete(&daemon, &world, &image);
     reader.end();
     world.ctrd.ctr_ok(&["containers", "rm", &reader.id.clone()]);
+}
+
+/// Starts a new starlightd with `--take-over` on `setup`'s state and checks
+/// that `old` handed its mounts over and exited cleanly.
+fn take_over(setup: &Setup, old: &mut Daemon, proxy: std::net::SocketAddr) -> Daemon {
+    let t = Instant::now();
+    let new = setup
+        .try_start_with(proxy, "new.log", &["--take-over"])
+        .unwrap_or_else(|e| panic!("the new daemon did not start: {e}\n{}", old.log_text()));
+    println!(
+        "taken over, the new starlightd ready after {:?}",
+        t.elapsed()
+    );
+    let status = wait_exit(old);
+    assert!(status.success(), "{status}:\n{}", old.log_text());
+    assert!(old
+        .log_text()
+        .contains("handed the mounts over to a new starlightd"));
+    new
 }
