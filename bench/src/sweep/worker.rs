@@ -324,12 +324,28 @@ disabled_plugins = [
         image: &str,
         timeout: Duration,
     ) -> Result<String> {
+        self.starlight_cli(bins, &["pull"], image, timeout)
+    }
+
+    /// Runs `starlight SUBCOMMAND --api <this worker's socket> ... IMAGE`,
+    /// bounded by `timeout`; a failure carries starlightd's log tail.
+    fn starlight_cli(
+        &self,
+        bins: &Binaries,
+        subcommand: &[&str],
+        image: &str,
+        timeout: Duration,
+    ) -> Result<String> {
         let api = self
             .api_socket
             .as_ref()
             .context("this worker has no starlightd")?;
         let mut cmd = self.place.command(&bins.starlight);
-        cmd.arg("pull").arg("--api").arg(api).arg(image);
+        cmd.args(&subcommand[..1])
+            .arg("--api")
+            .arg(api)
+            .args(&subcommand[1..])
+            .arg(image);
         run_bounded(&mut cmd, timeout).map_err(|e| {
             let log = self
                 .starlightd
@@ -349,26 +365,13 @@ disabled_plugins = [
         image: &str,
         timeout: Duration,
     ) -> Result<String> {
-        let api = self
-            .api_socket
-            .as_ref()
-            .context("this worker has no starlightd")?;
-        let mut cmd = self.place.command(&bins.starlight);
-        cmd.arg("rpull")
-            .arg("--api")
-            .arg(api)
-            .arg("--namespace")
-            .arg(&self.namespace)
-            .arg("--plain-http")
-            .arg(image);
-        run_bounded(&mut cmd, timeout).map_err(|e| {
-            let log = self
-                .starlightd
-                .as_ref()
-                .map(Daemon::log_tail)
-                .unwrap_or_default();
-            e.context(format!("starlightd log tail:\n{log}"))
-        })
+        let namespace = self.namespace.clone();
+        self.starlight_cli(
+            bins,
+            &["rpull", "--namespace", &namespace, "--plain-http"],
+            image,
+            timeout,
+        )
     }
 
     /// Starts `ctr run` of `image` (host network of the worker namespace)
