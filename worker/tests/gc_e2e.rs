@@ -23,7 +23,7 @@ mod support;
 use harness::*;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serve_support::{noise, starlight_layer};
 use sha2::{Digest, Sha256};

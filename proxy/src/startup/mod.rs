@@ -15,13 +15,13 @@
 //!    recursively;
 //! 4. for a shell script (the entrypoint, a `#!` script, `sh -c`), the
 //!    programs its commands run, found through the config's `PATH`, and
-//!    the files they name, recursively (see [`shell`]);
+//!    the files they name, recursively (see `shell.rs`);
 //! 5. for a Python interpreter (run directly, through `#!`, as
 //!    `python -m mod` or `python script.py`), the modules every start
 //!    imports, `.pth` files of the site directories, then the script and
 //!    every module its `import` statements reach, resolved as the path
 //!    finder resolves them, in the order Python loads them; extension
-//!    modules bring their libraries (see [`python`]);
+//!    modules bring their libraries (see `python.rs`);
 //! 6. the small files nearly every start reads (`ld.so.cache`, `passwd`,
 //!    `group`, `nsswitch.conf`, `hosts`, `localtime`, ...).
 //!
