@@ -13,8 +13,9 @@
 //!    it (`find / -xdev -type f | sha256sum`). After each pull, `starlight
 //!    gc`; the store's size (the files under `content/`) is read after the
 //!    collection and sampled every 50 ms during the pull, and every running
-//!    container hashes its files again: any file unreadable or changed
-//!    fails the run.
+//!    container hashes its files again: any file unreadable or changed, or
+//!    a store above the bound (sampled during a pull or after a
+//!    collection), fails the run.
 //!
 //! Writes a Markdown report with the command line.
 
@@ -160,6 +161,11 @@ pub fn run(args: GcCorpusArgs) -> Result<()> {
             collect_and_check(&w, &bins, r, &baselines, timeout, &mut failures)?;
         if after_gc > bound {
             failures.push(format!("after {r}: store {after_gc} > bound {bound}"));
+        }
+        if peak_during_pull > bound {
+            failures.push(format!(
+                "while pulling {r}: store sampled at {peak_during_pull} > bound {bound}"
+            ));
         }
         eprintln!("{r}: store {after_gc} (peak {peak_during_pull}) of {bound}; {gc_line}");
         steps.push(Step {
@@ -377,7 +383,7 @@ fn markdown(command: &str, total: u64, bound: u64, steps: &[Step], failures: &[S
         mb(peak)
     );
     if failures.is_empty() {
-        let _ = writeln!(s, "Result: PASS (the store ended every collection under the bound; running containers read every file back with the same SHA-256).");
+        let _ = writeln!(s, "Result: PASS (the store stayed under the bound while every bundle arrived and after every collection; running containers read every file back with the same SHA-256).");
     } else {
         let _ = writeln!(s, "Result: FAIL\n");
         for f in failures.iter().take(50) {
