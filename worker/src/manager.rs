@@ -885,9 +885,13 @@ impl ImageManager {
             "image registered; the body continues in the background"
         );
         crate::metrics::global().image_ready(t0.elapsed());
-        // Recorded and registered: a collection may run (and does, now).
+        // Recorded and registered: a collection may run (and does, now,
+        // unless one just made room for this body).
+        let made_room = gate.is_none();
         drop(gate);
-        self.gc_soon();
+        if !made_room {
+            self.gc_soon();
+        }
         let this = self.clone();
         let (image_owned, digest_owned) = (image.to_string(), digest);
         let finishing = tokio::spawn(async move {
